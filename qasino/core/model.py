@@ -1,0 +1,60 @@
+"""Value types passed between the front ends, the core and the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+Cell = Union[int, float, str, None]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A checked table: identifiers valid, types normalised, rows rectangular.
+
+    ``column_types`` hold the normalised SQLite types (INTEGER, REAL, TEXT).
+    ``rows`` is a list of lists of cells (int, float, str or None); it is not
+    copied, so callers must not mutate it after building the Table.
+    """
+
+    tablename: str
+    column_names: tuple[str, ...]
+    column_types: tuple[str, ...]
+    rows: Sequence[Sequence[Cell]]
+
+
+@dataclass(frozen=True)
+class PublishOptions:
+    """Options of one publish; ``keycols`` empty means "all columns"."""
+
+    identity: str
+    persist: bool = False
+    static: bool = False
+    update: bool = False
+    keycols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Publish:
+    table: Table
+    options: PublishOptions
+
+
+@dataclass(frozen=True)
+class Result:
+    """Rows of a query, raw SQLite values (None, int, float, str, bytes)."""
+
+    column_names: tuple[str, ...]
+    rows: list[tuple[object, ...]] = field(default_factory=list)
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class ViewDef:
+    """One entry of views.conf: its name, the file's text and the SELECT body."""
+
+    viewname: str
+    view: str  # the CREATE VIEW statement as written in the file
+    select_sql: str  # the part after AS, used to build the TEMP view
+    column_list: Optional[tuple[str, ...]] = None  # CREATE VIEW v(a, b) AS ...
+    error: Optional[str] = None  # set when the entry itself is malformed
