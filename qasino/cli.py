@@ -1,0 +1,29 @@
+"""Console entry points. The only module (with the clients) that imports the
+global reactor, and only inside the functions."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+
+def _not_yet(name: str) -> int:
+    sys.stderr.write(f"{name}: not yet implemented in this release\n")
+    return 2
+
+
+def server_main(argv: Optional[Sequence[str]] = None) -> int:
+    return _not_yet("qasino_server")
+
+
+def sqlclient_main(argv: Optional[Sequence[str]] = None) -> int:
+    return _not_yet("qasinosql")
+
+
+def publish_main(argv: Optional[Sequence[str]] = None) -> int:
+    return _not_yet("qasino_publish")
+
+
+def csvpublisher_main(argv: Optional[Sequence[str]] = None) -> int:
+    return _not_yet("qasino_csvpublisher")

@@ -1,0 +1,116 @@
+"""Turn query results into the protocol's JSON shape and text rendering.
+
+Everything here is pure and linear in the size of the result: it runs on
+results of up to ``--max-result-rows`` (100,000 by default) rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from qasino.core.model import Result
+
+COLUMN_SEPARATOR = "  "
+
+
+def cell_to_str(value: object) -> str:
+    """Render one SQLite value as the protocol's string cell.
+
+    None -> "", int -> decimal, float -> Python's shortest repr
+    (``1382105123.1``), str unchanged, bytes -> lowercase hex.
+    """
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    return str(value)
+
+
+def stringify_rows(rows: Iterable[Sequence[object]]) -> list[list[str]]:
+    """Render every cell of ``rows`` with :func:`cell_to_str`."""
+    to_str = cell_to_str
+    return [[to_str(cell) for cell in row] for row in rows]
+
+
+def _column_widths(column_names: Sequence[str], str_rows: Sequence[Sequence[str]]) -> list[int]:
+    """Width of each column: the longest of its name and its cells."""
+    widths = [len(name) for name in column_names]
+    if not str_rows:
+        return widths
+    for index, column in enumerate(zip(*str_rows, strict=False)):
+        if index >= len(widths):
+            break
+        widest = max(map(len, column))
+        if widest > widths[index]:
+            widths[index] = widest
+    return widths
+
+
+def max_widths(column_names: Sequence[str], str_rows: Sequence[Sequence[str]]) -> dict[str, int]:
+    """The protocol's ``max_widths``: column index (as a string) -> width."""
+    widths = _column_widths(column_names, str_rows)
+    return {str(index): width for index, width in enumerate(widths)}
+
+
+def result_shape(result: Result, identity: str) -> dict[str, Any]:
+    """The JSON success shape of a query result, cells as strings."""
+    column_names = list(result.column_names)
+    str_rows = stringify_rows(result.rows)
+    shape: dict[str, Any] = {
+        "response_op": "result_table",
+        "identity": identity,
+        "table": {"column_names": column_names, "rows": str_rows},
+        "max_widths": max_widths(column_names, str_rows),
+    }
+    if result.truncated:
+        shape["truncated"] = True
+    return shape
+
+
+def error_shape(message: str, identity: str) -> dict[str, Any]:
+    """The JSON error shape."""
+    return {"response_op": "error", "identity": identity, "error_message": message}
+
+
+def _justified_line(cells: Sequence[str], widths: Sequence[int]) -> str:
+    return COLUMN_SEPARATOR.join(
+        [cell.rjust(width) for cell, width in zip(cells, widths, strict=False)]
+    )
+
+
+def render_text(
+    column_names: Sequence[str],
+    str_rows: Sequence[Sequence[str]],
+    truncated: bool = False,
+) -> str:
+    """The text rendering (telnet, ``format=text``, CLI) of a result.
+
+    Header and cells are right-justified to the column width, columns are
+    joined by two spaces, a line of ``=`` sits under the header and the
+    result ends with ``N rows returned`` (plus a truncation note when cut).
+    Every line ends with a newline.
+    """
+    widths = _column_widths(column_names, str_rows)
+    lines = [
+        _justified_line(column_names, widths),
+        COLUMN_SEPARATOR.join(["=" * width for width in widths]),
+    ]
+    lines.extend([_justified_line(row, widths) for row in str_rows])
+    lines.append(f"{len(str_rows)} rows returned")
+    if truncated:
+        lines.append(f"(result truncated at {len(str_rows)} rows)")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def render_result_text(result: Result) -> str:
+    """Text rendering of a :class:`Result`."""
+    return render_text(list(result.column_names), stringify_rows(result.rows), result.truncated)
+
+
+def render_error_text(message: str) -> str:
+    """Text rendering of an error: ``SQL error: MESSAGE``."""
+    return f"SQL error: {message}\n"

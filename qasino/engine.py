@@ -1,0 +1,264 @@
+"""The Twisted face of the store: SQLite work off the reactor thread.
+
+All writes (publishes, name/value updates, rotations) go through one writer
+thread, in order; queries run on a pool of reader threads, each on its own
+read-only connection. Front ends only ever call :class:`Engine`; it returns
+Deferreds that fire on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Protocol, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from qasino.core.errors import QasinoError, ViewsFileError
+from qasino.core.model import Publish, Result, ViewDef
+from qasino.core.views import load_views_file
+from qasino.store.store import SnapshotInfo, Store
+
+log = Logger(namespace="qasino.engine")
+
+T = TypeVar("T")
+
+
+class Runner(Protocol):
+    def write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]: ...
+
+    def read(self, fn: Callable[..., T], *args: Any) -> Deferred[T]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class ThreadRunner:
+    """One writer thread (a queue, in order) and a pool of reader threads."""
+
+    def __init__(self, reactor: IReactorThreads, readers: int = 4) -> None:
+        self.reactor = reactor
+        self.writer = ThreadPool(minthreads=1, maxthreads=1, name="qasino-writer")
+        self.reader = ThreadPool(minthreads=1, maxthreads=readers, name="qasino-reader")
+
+    def write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        return deferToThreadPool(self.reactor, self.writer, fn, *args)
+
+    def read(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        return deferToThreadPool(self.reactor, self.reader, fn, *args)
+
+    def start(self) -> None:
+        self.writer.start()
+        self.reader.start()
+
+    def stop(self) -> None:
+        # ThreadPool.stop lets queued work finish before the threads exit.
+        self.writer.stop()
+        self.reader.stop()
+
+
+class SyncRunner:
+    """Runs everything at once on the calling thread (deterministic tests)."""
+
+    def write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        try:
+            return succeed(fn(*args))
+        except BaseException:
+            return fail(Failure())
+
+    read = write
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class ViewsSource:
+    """The views file, re-read when its modification time or size changes.
+
+    A file that fails to parse keeps the previous views; the error is logged
+    once per change.
+    """
+
+    def __init__(self, path: Optional[str]) -> None:
+        self.path = path
+        self._stamp: Optional[tuple[float, int]] = None
+        self.views: list[ViewDef] = []
+        self.last_error: Optional[str] = None
+
+    def poll(self) -> bool:
+        """Reload if the file changed; return True if the views changed."""
+        if not self.path:
+            return False
+        try:
+            st = os.stat(self.path)
+            stamp: Optional[tuple[float, int]] = (st.st_mtime, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        if stamp is None:
+            if self.views:
+                log.warn("views file {path} is gone; keeping the last views", path=self.path)
+            return False
+        try:
+            views = load_views_file(self.path)
+        except ViewsFileError as e:
+            self.last_error = e.message
+            log.error(
+                "views file {path} not loaded, keeping the last good views: {error}",
+                path=self.path,
+                error=e.message,
+            )
+            return False
+        self.last_error = None
+        self.views = views
+        log.info("loaded {n} views from {path}", n=len(views), path=self.path)
+        return True
+
+
+class Engine:
+    """What every front end calls: publish, query, rotate, table list."""
+
+    def __init__(
+        self,
+        store: Store,
+        runner: Runner,
+        clock: Any,
+        identity: str,
+        views: Optional[ViewsSource] = None,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.clock = clock
+        self.identity = identity
+        self.views = views or ViewsSource(None)
+        self._generation_listeners: list[Callable[[SnapshotInfo], None]] = []
+
+    def _now(self) -> float:
+        """The engine clock's time (an IReactorTime: the reactor or a Clock)."""
+        return float(self.clock.seconds())
+
+    def publish(self, publish: Publish) -> Deferred[None]:
+        """Fires once the table is in the writer generation (or errbacks)."""
+        return self.runner.write(self.store.publish, publish, self._now())
+
+    def name_value_update(
+        self, tablename: str, column: str, value: str, identity: str
+    ) -> Deferred[None]:
+        return self.runner.write(
+            self.store.name_value_update, tablename, column, value, identity, self._now()
+        )
+
+    def query(self, sql: str, use_write_db: bool = False) -> Deferred[Result]:
+        return self.runner.read(self.store.query, sql, use_write_db)
+
+    def table_list(self) -> dict[str, dict[str, object]]:
+        return self.store.table_list()
+
+    def snapshot_info(self) -> SnapshotInfo:
+        return self.store.snapshot_info()
+
+    def count_publish_error(self, nr_rows: int = 0) -> None:
+        """A publish refused before it reached the store (bad input)."""
+        self.store.counters.add(updates_received=1, update_errors=1, inserts_received=nr_rows)
+
+    def count_query_error(self) -> None:
+        self.store.counters.add(sql_received=1, sql_errors=1)
+
+    def on_generation(self, listener: Callable[[SnapshotInfo], None]) -> None:
+        """Call ``listener(info)`` on the reactor thread after each snapshot."""
+        self._generation_listeners.append(listener)
+
+    def rotate(self) -> Deferred[SnapshotInfo]:
+        """Snapshot now; fires with the new snapshot's info after listeners ran."""
+        d = self.runner.write(self._rotate_job, self._now())
+        d.addCallback(self._announce)
+        return d
+
+    def _rotate_job(self, now: float) -> SnapshotInfo:
+        if self.views.poll():
+            self.store.set_views(self.views.views)
+        return self.store.rotate(now)
+
+    def _announce(self, info: SnapshotInfo) -> SnapshotInfo:
+        log.info(
+            "generation {number} is being served (duration {duration}s)",
+            number=info.generation_number,
+            duration=info.generation_duration_s,
+        )
+        for listener in list(self._generation_listeners):
+            try:
+                listener(info)
+            except Exception:
+                log.failure("generation listener failed")
+        return info
+
+    def close(self) -> Deferred[None]:
+        """Close the store on the writer thread, after all queued writes."""
+        return self.runner.write(self.store.close)
+
+
+class EngineService(Service):
+    """Starts the threads and the generation timer; stops them in order.
+
+    Rotates every ``generation_duration_s`` seconds by ``engine.clock``. A
+    failed rotation is logged and the timer goes on.
+    """
+
+    def __init__(self, engine: Engine, generation_duration_s: float) -> None:
+        self.engine = engine
+        self.generation_duration_s = generation_duration_s
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = engine.clock
+        self._loop_done: Optional[Deferred[Any]] = None
+
+    def _tick(self) -> Deferred[Any]:
+        d: Deferred[Any] = self.engine.rotate()
+        d.addErrback(self._rotate_failed)
+        return d
+
+    def _rotate_failed(self, failure: Failure) -> None:
+        if failure.check(QasinoError):
+            log.error("rotation failed: {error}", error=failure.value)
+        else:
+            log.failure("rotation failed", failure)
+
+    def startService(self) -> None:
+        super().startService()
+        self.engine.runner.start()
+        # The first views load happens at once, so the startup snapshot
+        # already has them.
+        self._loop_done = self._loop.start(self.generation_duration_s, now=True)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        d = self.engine.close()
+
+        def stop_threads(result: object) -> object:
+            self.engine.runner.stop()
+            return result
+
+        d.addBoth(stop_threads)
+        d.addErrback(lambda f: log.failure("closing the store failed", f))
+        return d
+
+
+def views_from(views: Sequence[ViewDef]) -> ViewsSource:
+    """A ViewsSource with a fixed set of views (tests)."""
+    source = ViewsSource(None)
+    source.views = list(views)
+    return source

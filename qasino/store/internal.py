@@ -1,0 +1,118 @@
+"""The six internal tables, built into every generation at its snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import apsw
+
+INTERNAL_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "qasino_server_info": (
+        ("generation_number", "INTEGER"),
+        ("generation_duration_s", "INTEGER"),
+        ("generation_start_epoch", "REAL"),
+    ),
+    "qasino_server_tables": (
+        ("tablename", "TEXT"),
+        ("nr_rows", "INTEGER"),
+        ("nr_updates", "INTEGER"),
+        ("last_update_epoch", "REAL"),
+        ("static", "INTEGER"),
+    ),
+    "qasino_server_connections": (
+        ("identity", "TEXT"),
+        ("nr_tables", "INTEGER"),
+        ("last_update_epoch", "REAL"),
+    ),
+    "qasino_server_views": (
+        ("viewname", "TEXT"),
+        ("loaded", "INTEGER"),
+        ("errormsg", "TEXT"),
+        ("view", "TEXT"),
+    ),
+    "qasino_server_sql_stats": (
+        ("sql_received", "INTEGER"),
+        ("sql_completed", "INTEGER"),
+        ("sql_errors", "INTEGER"),
+    ),
+    "qasino_server_update_stats": (
+        ("updates_received", "INTEGER"),
+        ("updates_completed", "INTEGER"),
+        ("update_errors", "INTEGER"),
+        ("inserts_received", "INTEGER"),
+        ("inserts_completed", "INTEGER"),
+    ),
+}
+
+
+@dataclass
+class TableEntry:
+    tablename: str
+    nr_rows: int
+    nr_updates: int
+    last_update_epoch: float
+    static: bool
+
+
+@dataclass
+class GenerationReport:
+    """Everything the internal tables of one snapshot say."""
+
+    generation_number: int
+    generation_duration_s: float
+    generation_start_epoch: float
+    tables: list[TableEntry] = field(default_factory=list)
+    connections: list[tuple[str, int, float]] = field(default_factory=list)
+    views: list[tuple[str, int, str, str]] = field(default_factory=list)
+    sql_stats: tuple[int, int, int] = (0, 0, 0)
+    update_stats: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+
+
+def _create(conn: apsw.Connection, name: str) -> None:
+    cols = ", ".join(f'"{c}" {t}' for c, t in INTERNAL_TABLES[name])
+    conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+    conn.execute(f'CREATE TABLE "{name}" ({cols})')
+
+
+def _fill(conn: apsw.Connection, name: str, rows: list[tuple[object, ...]]) -> None:
+    if rows:
+        marks = ", ".join("?" * len(INTERNAL_TABLES[name]))
+        conn.executemany(f'INSERT INTO "{name}" VALUES ({marks})', rows)
+
+
+def write_internal_tables(conn: apsw.Connection, report: GenerationReport) -> None:
+    """Write all six internal tables into ``conn`` in one transaction.
+
+    ``qasino_server_tables`` lists itself and the other internal tables too.
+    """
+    duration = report.generation_duration_s
+    duration_out: object = int(duration) if float(duration).is_integer() else duration
+    internal_rows: dict[str, list[tuple[object, ...]]] = {
+        "qasino_server_info": [
+            (report.generation_number, duration_out, report.generation_start_epoch)
+        ],
+        "qasino_server_connections": list(report.connections),
+        "qasino_server_views": list(report.views),
+        "qasino_server_sql_stats": [report.sql_stats],
+        "qasino_server_update_stats": [report.update_stats],
+    }
+    entries: list[tuple[object, ...]] = [
+        (t.tablename, t.nr_rows, t.nr_updates, t.last_update_epoch, int(t.static))
+        for t in report.tables
+    ]
+    nr_table_rows = len(entries) + len(INTERNAL_TABLES)
+    for name in INTERNAL_TABLES:
+        n = nr_table_rows if name == "qasino_server_tables" else len(internal_rows[name])
+        entries.append((name, n, 0, report.generation_start_epoch, 0))
+    internal_rows["qasino_server_tables"] = entries
+    with conn:
+        for name in INTERNAL_TABLES:
+            _create(conn, name)
+            _fill(conn, name, internal_rows[name])
+
+
+def write_views_table(conn: apsw.Connection, rows: list[tuple[str, int, str, str]]) -> None:
+    """Replace the rows of qasino_server_views (same count as before)."""
+    with conn:
+        conn.execute('DELETE FROM "qasino_server_views"')
+        _fill(conn, "qasino_server_views", list(rows))

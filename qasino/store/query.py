@@ -1,0 +1,99 @@
+"""The read-only query runner: one guarded statement, a deadline, a row cap."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import apsw
+
+from qasino.core.errors import QueryError, QueryTimeout
+from qasino.core.identifiers import quote_ident
+from qasino.core.model import Result
+from qasino.store.sqlite import STATIC_SCHEMA, prepare_guarded, sqlite_message
+
+# How many SQLite VM steps between two looks at the clock.
+PROGRESS_STEPS = 2000
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    timeout_s: float = 5.0
+    max_rows: int = 100_000
+
+
+def run_select(
+    conn: apsw.Connection,
+    sql: str,
+    params: Sequence[object] = (),
+    limits: QueryLimits = QueryLimits(),
+    monotonic: Callable[[], float] = time.monotonic,
+    guard: bool = True,
+) -> Result:
+    """Run one SELECT on ``conn`` and return its rows.
+
+    With ``guard`` (client text) the statement must pass
+    :func:`prepare_guarded`; without it (our own shortcut SQL) it runs as is.
+    A statement still running after ``limits.timeout_s`` is interrupted; more
+    than ``limits.max_rows`` rows are cut and the result marked truncated.
+    """
+    sql, names = prepare_guarded(conn, sql, guard)
+    deadline = monotonic() + limits.timeout_s
+    timed_out = False
+
+    def progress() -> bool:
+        nonlocal timed_out
+        if monotonic() > deadline:
+            timed_out = True
+            return True
+        return False
+
+    conn.set_progress_handler(progress, PROGRESS_STEPS)
+    cursor = conn.cursor()
+    try:
+        cursor.execute(sql, tuple(params))
+        rows: list[tuple[object, ...]] = []
+        truncated = False
+        cap = limits.max_rows
+        for row in cursor:
+            if len(rows) >= cap:
+                truncated = True
+                break
+            rows.append(row)
+        return Result(column_names=names, rows=rows, truncated=truncated)
+    except apsw.InterruptError:
+        if timed_out:
+            raise QueryTimeout(
+                f"Query exceeded the time limit of {limits.timeout_s:g} seconds"
+            ) from None
+        raise QueryError("Query interrupted") from None
+    except apsw.Error as e:
+        raise QueryError(sqlite_message(e)) from None
+    finally:
+        try:
+            cursor.close(force=True)
+        finally:
+            conn.set_progress_handler(None)
+
+
+def describe_table(conn: apsw.Connection, name: str) -> Result:
+    """DESC: (column_name, column_type) of a table or view, generation first."""
+    quoted = quote_ident(name)
+    for schema in ("temp", "main", STATIC_SCHEMA):
+        if schema == STATIC_SCHEMA and STATIC_SCHEMA not in conn.db_names():
+            continue
+        rows = list(conn.execute(f"PRAGMA {schema}.table_info({quoted})"))
+        if rows:
+            return Result(
+                column_names=("column_name", "column_type"),
+                rows=[(r[1], r[2]) for r in rows],
+            )
+    raise QueryError(f"No such table: {name}")
+
+
+def first_value(conn: apsw.Connection, sql: str, params: Sequence[object] = ()) -> Optional[object]:
+    for row in conn.execute(sql, tuple(params)):
+        return row[0]
+    return None

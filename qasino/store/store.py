@@ -1,0 +1,590 @@
+"""The generation store: writer generation, snapshots, static DB, queries.
+
+Threading contract (see docs/concurrency.md):
+
+- ``publish``, ``name_value_update``, ``rotate`` and ``close`` are *writer*
+  methods: call them from one thread only (the engine's writer thread).
+- ``query``, ``table_list`` and ``snapshot_info`` may be called from any
+  number of threads at once; each query borrows a read-only connection of
+  the snapshot it started on, so a rotation never waits for it and it never
+  sees a half-built generation.
+- Time comes in as arguments (``now``); the store never reads the clock
+  except ``monotonic`` for query deadlines, which is injectable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Optional
+
+import apsw
+from twisted.logger import Logger
+
+from qasino.core.commands import Command, parse_command
+from qasino.core.errors import InvalidInput, PublishRejected, QasinoError, StoreError
+from qasino.core.identifiers import (
+    INTEGER,
+    REAL,
+    TEXT,
+    check_identifier,
+    is_identifier,
+    quote_ident,
+)
+from qasino.core.model import Cell, Publish, PublishOptions, Result, Table, ViewDef
+from qasino.core.persist import PersistRegistry
+from qasino.store.internal import (
+    GenerationReport,
+    TableEntry,
+    write_internal_tables,
+    write_views_table,
+)
+from qasino.store.query import QueryLimits, describe_table, run_select
+from qasino.store.schema import TableSchema, count_rows, ensure_table, insert_rows, load_schemas
+from qasino.store.sqlite import open_reader, open_writer, sqlite_message
+from qasino.store.views import build_views, create_temp_view
+
+STATIC_FILE = "static.sqlite"
+GENERATIONS_DIR = "generations"
+
+log = Logger(namespace="qasino.store")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    db_dir: str
+    generation_duration_s: float = 30.0
+    archive_dir: Optional[str] = None
+    limits: QueryLimits = QueryLimits()
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    generation_number: int
+    generation_duration_s: float
+    generation_start_epoch: float
+
+
+class Counters:
+    """The per-generation statistics of the two sql/update stats tables."""
+
+    NAMES = (
+        "sql_received",
+        "sql_completed",
+        "sql_errors",
+        "updates_received",
+        "updates_completed",
+        "update_errors",
+        "inserts_received",
+        "inserts_completed",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(self.NAMES, 0)
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for name, n in deltas.items():
+                self._values[name] += n
+
+    def take(self) -> dict[str, int]:
+        """Return the counts so far and start again from zero."""
+        with self._lock:
+            values = self._values
+            self._values = dict.fromkeys(self.NAMES, 0)
+        return values
+
+    def peek(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)
+
+
+class GenFile:
+    """One generation DB file and the read-only connections open on it.
+
+    It is the writer generation first (readable with ``use_write_db``), then
+    the snapshot. ``refs`` counts borrowed connections; once retired and no
+    longer borrowed, the file is removed or archived.
+    """
+
+    def __init__(self, path: str, number: int, static_path: str) -> None:
+        self.path = path
+        self.number = number
+        self.static_path = static_path
+        self.refs = 0
+        self.retired = False
+        self.views: tuple[ViewDef, ...] = ()
+        self.views_version = 0
+        self.info: Optional[SnapshotInfo] = None
+        self.table_list: dict[str, dict[str, object]] = {}
+        self._idle: list[tuple[int, apsw.Connection]] = []
+        self._lock = threading.Lock()
+
+    def set_views(self, views: Sequence[ViewDef]) -> None:
+        with self._lock:
+            self.views = tuple(views)
+            self.views_version += 1
+            stale, self._idle = self._idle, []
+        for _, conn in stale:
+            conn.close()
+
+    def take(self) -> tuple[int, apsw.Connection]:
+        with self._lock:
+            version, views = self.views_version, self.views
+            while self._idle:
+                v, conn = self._idle.pop()
+                if v == version:
+                    return v, conn
+                conn.close()
+        conn = open_reader(self.path, self.static_path)
+        for view in views:
+            create_temp_view(conn, view)
+        return version, conn
+
+    def give_back(self, version: int, conn: apsw.Connection) -> None:
+        with self._lock:
+            if version == self.views_version and not self.retired:
+                self._idle.append((version, conn))
+                return
+        conn.close()
+
+    def close_connections(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, conn in idle:
+            conn.close()
+
+
+@dataclass
+class _TableStat:
+    tablename: str
+    nr_updates: int = 0
+    last_update_epoch: float = 0.0
+
+
+@dataclass
+class WriterGeneration:
+    """The generation being filled, and its bookkeeping (all in one place)."""
+
+    file: GenFile
+    conn: apsw.Connection
+    opened_at: float
+    schemas: dict[str, TableSchema] = field(default_factory=dict)
+    published: set[tuple[str, str]] = field(default_factory=set)
+    carried: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    table_stats: dict[str, _TableStat] = field(default_factory=dict)
+    identity_stats: dict[str, list[float]] = field(default_factory=dict)  # [nr_tables, last]
+
+    def note_publish(self, tablename: str, identity: str, now: float, static: bool) -> None:
+        key = ("static:" if static else "") + tablename.lower()
+        stat = self.table_stats.get(key)
+        if stat is None:
+            stat = self.table_stats[key] = _TableStat(tablename)
+        stat.nr_updates += 1
+        stat.last_update_epoch = now
+        ident = self.identity_stats.setdefault(identity, [0, 0.0])
+        ident[0] += 1
+        ident[1] = now
+
+
+class StaticDB:
+    """The persistent static tables, in their own durable DB file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn = open_writer(path, durable=True)
+        self.schemas = load_schemas(self.conn)
+
+    def apply(self, publish: Publish) -> None:
+        table, opts = publish.table, publish.options
+        lower = table.tablename.lower()
+        current = self.schemas.get(lower)
+        with self.conn:
+            if opts.update:
+                keycols = opts.keycols or table.column_names
+                schema = ensure_table(self.conn, current, table, keycols)
+                insert_rows(self.conn, table, "replace", target=schema.name)
+            else:
+                if current is not None:
+                    self.conn.execute(f"DROP TABLE {quote_ident(current.name)}")
+                schema = ensure_table(self.conn, None, table, opts.keycols or None)
+                insert_rows(self.conn, table, "insert")
+        self.schemas[lower] = schema
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Store:
+    """Qasino's SQLite state. See the module docstring for the threading rules."""
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        now: float,
+        views: Sequence[ViewDef] = (),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.monotonic = monotonic
+        self.counters = Counters()
+        self.persisted = PersistRegistry()
+        self._lock = threading.Lock()
+        self._views: tuple[ViewDef, ...] = tuple(views)
+        self._last_number = 0
+        self._closed = False
+        try:
+            os.makedirs(config.db_dir, exist_ok=True)
+            self.gen_dir = os.path.join(config.db_dir, GENERATIONS_DIR)
+            # Generation files are transient: whatever a previous run left is stale.
+            shutil.rmtree(self.gen_dir, ignore_errors=True)
+            os.makedirs(self.gen_dir)
+            if config.archive_dir:
+                os.makedirs(config.archive_dir, exist_ok=True)
+            self.static = StaticDB(os.path.join(config.db_dir, STATIC_FILE))
+        except (OSError, apsw.Error) as e:
+            raise StoreError(f"cannot open the db dir {config.db_dir!r}: {e}") from None
+        self._snapshot: Optional[GenFile] = None
+        self._writer = self._open_generation(now)
+        # Serve an (empty) snapshot at once: static tables and the internal
+        # tables are queryable from the first second.
+        self.rotate(now)
+
+    # ------------------------------------------------------------------ writer
+
+    def _open_generation(self, now: float) -> WriterGeneration:
+        number = max(int(now), self._last_number + 1)
+        self._last_number = number
+        path = os.path.join(self.gen_dir, f"gen-{number}.sqlite")
+        gen_file = GenFile(path, number, self.static.path)
+        gen_file.set_views(self._views)
+        gen = WriterGeneration(gen_file, open_writer(path), now)
+        for carried in self.persisted.carried():
+            try:
+                self._apply(gen, carried.publish, now, carried=True)
+            except QasinoError as e:
+                log.error(
+                    "could not carry persisted table {table} of {identity} forward: {error}",
+                    table=carried.publish.table.tablename,
+                    identity=carried.publish.options.identity,
+                    error=e.message,
+                )
+        return gen
+
+    def publish(self, publish: Publish, now: float) -> None:
+        """Apply one table to the writer generation (or the static DB).
+
+        Atomic: all its rows or none. Raises PublishRejected, InvalidInput
+        or StoreError; returns once the rows are committed.
+        """
+        nrows = len(publish.table.rows)
+        self.counters.add(updates_received=1, inserts_received=nrows)
+        try:
+            if publish.options.static:
+                self._apply_static(publish, now)
+            else:
+                self._apply(self._writer, publish, now)
+                self.persisted.record(publish)
+        except QasinoError:
+            self.counters.add(update_errors=1)
+            raise
+        self.counters.add(updates_completed=1, inserts_completed=nrows)
+
+    def _apply_static(self, publish: Publish, now: float) -> None:
+        try:
+            self.static.apply(publish)
+        except apsw.Error as e:
+            raise _write_error(e) from None
+        self._writer.note_publish(publish.table.tablename, publish.options.identity, now, True)
+
+    def _apply(
+        self,
+        gen: WriterGeneration,
+        publish: Publish,
+        now: float,
+        carried: bool = False,
+        merge_cells: bool = False,
+    ) -> None:
+        table, opts = publish.table, publish.options
+        lower = table.tablename.lower()
+        key = (lower, opts.identity)
+        if not carried and not opts.update and key in gen.published:
+            raise PublishRejected(
+                f"table {table.tablename} was already published by identity "
+                f"{opts.identity} in this generation; this publish is ignored"
+            )
+        current = gen.schemas.get(lower)
+        keycols = (opts.keycols or table.column_names) if opts.update else None
+        conn = gen.conn
+        span: Optional[tuple[int, int]] = None
+        try:
+            with conn:
+                schema = ensure_table(conn, current, table, keycols)
+                if not carried and not opts.update and key in gen.carried:
+                    lo, hi = gen.carried[key]
+                    conn.execute(
+                        f"DELETE FROM {quote_ident(schema.name)} WHERE rowid BETWEEN ? AND ?",
+                        (lo, hi),
+                    )
+                if opts.update:
+                    mode = "merge" if merge_cells else "replace"
+                    insert_rows(conn, table, mode, keycols or (), target=schema.name)
+                elif table.rows:
+                    top = conn.execute(
+                        f"SELECT coalesce(max(rowid), 0) FROM {quote_ident(schema.name)}"
+                    ).fetchall()[0][0]
+                    before = top if isinstance(top, int) else 0
+                    insert_rows(conn, table, "insert", target=schema.name)
+                    span = (before + 1, conn.last_insert_rowid())
+        except apsw.Error as e:
+            raise _write_error(e) from None
+        gen.schemas[lower] = schema
+        if carried:
+            if span is not None:
+                gen.carried[key] = span
+            return
+        gen.carried.pop(key, None)
+        if not opts.update:
+            gen.published.add(key)
+        gen.note_publish(schema.name, opts.identity, now, False)
+
+    def name_value_update(
+        self, tablename: str, column: str, value: str, identity: str, now: float
+    ) -> None:
+        """Upsert (identity, column=value) into a persisted table keyed by identity.
+
+        The value is stored as INTEGER or REAL when it reads as one, else TEXT.
+        Other columns of the identity's row keep their values.
+        """
+        check_identifier(tablename, "table name")
+        check_identifier(column, "column name")
+        if column.lower() == "identity":
+            raise InvalidInput("the column name 'identity' is reserved for the key")
+        cell, type_ = _typed_value(value)
+        table = Table(tablename, ("identity", column), (TEXT, type_), [[identity, cell]])
+        opts = PublishOptions(identity=identity, persist=True, update=True, keycols=("identity",))
+        publish = Publish(table, opts)
+        self.counters.add(updates_received=1, inserts_received=1)
+        try:
+            self._apply(self._writer, publish, now, merge_cells=True)
+        except QasinoError:
+            self.counters.add(update_errors=1)
+            raise
+        self.persisted.record(publish, merge_cells=True)
+        self.counters.add(updates_completed=1, inserts_completed=1)
+
+    def set_views(self, views: Sequence[ViewDef]) -> None:
+        """Use these views from the next snapshot on (any thread)."""
+        with self._lock:
+            self._views = tuple(views)
+
+    def rotate(self, now: float) -> SnapshotInfo:
+        """Snapshot the writer generation and start a new one.
+
+        Builds the internal tables and the views into the finished
+        generation, then swaps it in as the snapshot in one step.
+        """
+        gen = self._writer
+        with self._lock:
+            views = self._views
+        report = GenerationReport(
+            generation_number=gen.file.number,
+            generation_duration_s=self.config.generation_duration_s,
+            generation_start_epoch=now,
+        )
+        report.tables = self._table_entries(gen)
+        report.connections = sorted(
+            (ident, int(s[0]), s[1]) for ident, s in gen.identity_stats.items()
+        )
+        counts = self.counters.take()
+        report.sql_stats = (counts["sql_received"], counts["sql_completed"], counts["sql_errors"])
+        report.update_stats = (
+            counts["updates_received"],
+            counts["updates_completed"],
+            counts["update_errors"],
+            counts["inserts_received"],
+            counts["inserts_completed"],
+        )
+        report.views = [(v.viewname, 0, "", v.view) for v in views]
+        try:
+            # The views may read the internal tables: write those first, then
+            # check the views on a reader of the finished generation and
+            # record their verdicts.
+            write_internal_tables(gen.conn, report)
+            checker = open_reader(gen.file.path, self.static.path)
+            try:
+                status = build_views(checker, views)
+            finally:
+                checker.close()
+            report.views = [
+                (v.viewname, int(status[v.viewname] is None), status[v.viewname] or "", v.view)
+                for v in views
+            ]
+            write_views_table(gen.conn, report.views)
+            gen.conn.pragma("wal_checkpoint", "PASSIVE")
+        except apsw.Error as e:
+            raise _write_error(e) from None
+        info = SnapshotInfo(gen.file.number, self.config.generation_duration_s, now)
+        gen.file.info = info
+        gen.file.table_list = {
+            t.tablename: {
+                "nr_rows": t.nr_rows,
+                "updates": t.nr_updates,
+                "last_update_epoch": t.last_update_epoch,
+            }
+            for t in report.tables
+        }
+        loaded = [v for v in views if status.get(v.viewname) is None]
+        gen.file.set_views(loaded)
+        new_gen = self._open_generation(now)
+        gen.conn.close()
+        with self._lock:
+            old = self._snapshot
+            self._snapshot = gen.file
+            self._writer = new_gen
+            dispose = old is not None and self._retire_locked(old)
+        if dispose:
+            assert old is not None
+            self._dispose(old)
+        return info
+
+    def _table_entries(self, gen: WriterGeneration) -> list[TableEntry]:
+        entries = []
+        for lower, schema in sorted(gen.schemas.items()):
+            stat = gen.table_stats.get(lower) or _TableStat(schema.name, 0, gen.opened_at)
+            entries.append(
+                TableEntry(
+                    schema.name,
+                    count_rows(gen.conn, schema.name),
+                    stat.nr_updates,
+                    stat.last_update_epoch,
+                    False,
+                )
+            )
+        for lower, schema in sorted(self.static.schemas.items()):
+            stat = gen.table_stats.get("static:" + lower) or _TableStat(schema.name, 0, 0.0)
+            entries.append(
+                TableEntry(
+                    schema.name,
+                    count_rows(self.static.conn, schema.name),
+                    stat.nr_updates,
+                    stat.last_update_epoch,
+                    True,
+                )
+            )
+        return entries
+
+    def close(self) -> None:
+        """Close every connection; the static DB is left consistent."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            snapshot, writer = self._snapshot, self._writer
+        writer.conn.close()
+        writer.file.close_connections()
+        if snapshot is not None:
+            snapshot.close_connections()
+        self.static.close()
+
+    # ------------------------------------------------------------------ readers
+
+    def snapshot_info(self) -> SnapshotInfo:
+        with self._lock:
+            assert self._snapshot is not None and self._snapshot.info is not None
+            return self._snapshot.info
+
+    def table_list(self) -> dict[str, dict[str, object]]:
+        """get_table_list: the tables of the snapshot being served."""
+        with self._lock:
+            assert self._snapshot is not None
+            return dict(self._snapshot.table_list)
+
+    def query(self, text: str, use_write_db: bool = False) -> Result:
+        """Run one client statement (SELECT or shortcut) read-only."""
+        self.counters.add(sql_received=1)
+        try:
+            command = parse_command(text)
+            result = self._run(command, use_write_db)
+        except QasinoError:
+            self.counters.add(sql_errors=1)
+            raise
+        self.counters.add(sql_completed=1)
+        return result
+
+    def _run(self, command: Command, use_write_db: bool) -> Result:
+        with self._lock:
+            gen_file = self._writer.file if use_write_db else self._snapshot
+            assert gen_file is not None
+            gen_file.refs += 1
+        try:
+            version, conn = gen_file.take()
+            try:
+                if command.kind == "desc_table":
+                    assert command.name is not None
+                    return describe_table(conn, command.name)
+                return run_select(
+                    conn,
+                    command.sql,
+                    command.params,
+                    self.config.limits,
+                    self.monotonic,
+                    guard=command.kind == "select",
+                )
+            finally:
+                gen_file.give_back(version, conn)
+        finally:
+            with self._lock:
+                gen_file.refs -= 1
+                dispose = gen_file.retired and gen_file.refs == 0
+            if dispose:
+                self._dispose(gen_file)
+
+    def _retire_locked(self, gen_file: GenFile) -> bool:
+        gen_file.retired = True
+        return gen_file.refs == 0
+
+    def _dispose(self, gen_file: GenFile) -> None:
+        """Remove (or archive) a snapshot nobody reads any more."""
+        gen_file.close_connections()
+        if self.config.archive_dir:
+            target = os.path.join(self.config.archive_dir, os.path.basename(gen_file.path))
+            try:
+                conn = open_reader(gen_file.path, None)
+                try:
+                    conn.execute("VACUUM INTO ?", (target,))
+                finally:
+                    conn.close()
+            except apsw.Error:
+                pass
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(gen_file.path + suffix)
+            except FileNotFoundError:
+                pass
+
+
+def _typed_value(value: str) -> tuple[Cell, str]:
+    try:
+        return int(value), INTEGER
+    except ValueError:
+        pass
+    try:
+        return float(value), REAL
+    except ValueError:
+        return value, TEXT
+
+
+def _write_error(e: apsw.Error) -> QasinoError:
+    text = sqlite_message(e)
+    if isinstance(e, (apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError)):
+        return StoreError(f"storage error: {text}")
+    return PublishRejected(f"could not store the table: {text}")
+
+
+__all__ = ["Store", "StoreConfig", "SnapshotInfo", "is_identifier"]

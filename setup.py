@@ -1,0 +1,40 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="qasino",
+    version="0.1.0",
+    description="Qasino: the current state of your fleet, in SQL",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["qasino", "qasino.*"]),
+    include_package_data=True,
+    package_data={"qasino.web": ["templates/*", "static/*"]},
+    install_requires=[
+        "twisted>=23.10",
+        "txzmq>=1.0",
+        "pyzmq>=25",
+        "apsw>=3.44",
+        "pyyaml>=6",
+        "jinja2>=3.1",
+        "requests>=2.28",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6",
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "types-PyYAML",
+            "types-requests",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "qasino_server=qasino.cli:server_main",
+            "qasinosql=qasino.cli:sqlclient_main",
+            "qasino_publish=qasino.cli:publish_main",
+            "qasino_csvpublisher=qasino.cli:csvpublisher_main",
+        ],
+    },
+)
