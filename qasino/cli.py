@@ -14,7 +14,9 @@ def _not_yet(name: str) -> int:
 
 
 def server_main(argv: Optional[Sequence[str]] = None) -> int:
-    return _not_yet("qasino_server")
+    from qasino.server_main import main
+
+    return main(argv)
 
 
 def sqlclient_main(argv: Optional[Sequence[str]] = None) -> int:

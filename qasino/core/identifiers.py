@@ -47,9 +47,7 @@ def is_identifier(name: object) -> bool:
 def check_identifier(name: object, what: str = "identifier") -> str:
     """Return ``name`` if it is a valid identifier, else raise InvalidInput."""
     if not is_identifier(name):
-        shown = repr(name)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
+        shown = _shown(name, 80)
         raise InvalidInput(
             f"invalid {what} {shown}: must match [A-Za-z][A-Za-z0-9_]* "
             f"and be at most {MAX_IDENTIFIER_LENGTH} characters"
@@ -71,9 +69,15 @@ def normalize_type(type_name: object) -> str:
         found = TYPE_ALIASES.get(type_name.strip().lower())
         if found is not None:
             return found
-    shown = repr(type_name)
-    if len(shown) > 40:
-        shown = shown[:37] + "..."
+    shown = _shown(type_name, 40)
     raise InvalidInput(
         f"unknown column type {shown}: expected one of {', '.join(sorted(TYPE_ALIASES))}"
     )
+
+
+def _shown(value: object, limit: int) -> str:
+    """A short repr for error messages; never expensive, never raises."""
+    if not isinstance(value, str):
+        return f"<{type(value).__name__}>"
+    shown = repr(value[: limit + 1])
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."

@@ -1,0 +1,207 @@
+"""HTTP front end: ``/request`` (the JSON API) on twisted.web.
+
+Thin: decode the request, call the shared :class:`~qasino.ops.Dispatcher`,
+encode the reply. Every Deferred ends in a write + finish, and a client
+that went away is noticed so nothing is written to a closed request.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from qasino.ops import Dispatcher, encode_json, is_true
+
+log = Logger(namespace="qasino.http")
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+JSON_TYPE = b"application/json"
+TEXT_TYPE = b"text/plain; charset=utf-8"
+
+
+class LimitedRequest(server.Request):
+    """A Request that refuses bodies over ``site.max_body_bytes`` with 413.
+
+    The refusal happens as soon as the Content-Length is known (or, for a
+    chunked body, as soon as the limit is passed): the body is never
+    buffered whole, and the connection is closed.
+    """
+
+    _refused = False
+    _received = 0
+
+    def _limit(self) -> int:
+        return int(getattr(self.channel.site, "max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+
+    def gotLength(self, length: Optional[int]) -> None:
+        if length is not None and length > self._limit():
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self._limit():
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return
+        super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        self.content = io.BytesIO()
+        identity = getattr(self.channel.site, "identity", "")
+        body = encode_json(
+            {
+                "response_op": "error",
+                "identity": identity,
+                "error_message": f"Request body too large (limit {self._limit()} bytes)",
+            }
+        )
+        log.info("refused a request body over {limit} bytes", limit=self._limit())
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+            b"Connection: close\r\n\r\n" + body
+        )
+        transport.loseConnection()
+
+
+def _args(request: server.Request) -> dict[str, str]:
+    """The query-string arguments, first value of each, as text."""
+    out: dict[str, str] = {}
+    for key, values in (request.args or {}).items():
+        if values:
+            out[key.decode("utf-8", "replace")] = values[0].decode("utf-8", "replace")
+    return out
+
+
+class RequestResource(Resource):
+    """``/request?op=...``: every op of the protocol, GET and POST."""
+
+    isLeaf = True
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        super().__init__()
+        self.dispatcher = dispatcher
+
+    def render_GET(self, request: server.Request) -> Any:
+        args = _args(request)
+        if args.get("op") == "query" and args.get("format") == "text":
+            return self._text_query(request, args.get("sql"), is_true(args.get("use_write_db")))
+        return self._reply(request, self.dispatcher.dispatch(args, "http"))
+
+    def render_POST(self, request: server.Request) -> Any:
+        args = _args(request)
+        body = request.content.read() if request.content is not None else b""
+        if args.get("op") == "add_csv_table_data":
+            return self._reply(
+                request, self.dispatcher.add_csv_table_data(body, args.get("identity"))
+            )
+        try:
+            payload = json.loads(body) if body.strip() else {}
+        except (ValueError, UnicodeDecodeError) as e:
+            self.dispatcher.engine.count_publish_error() if args.get(
+                "op"
+            ) == "add_table_data" else None
+            return self._send(
+                request, encode_json(self.dispatcher.error(f"Could not parse POST body: {e}"))
+            )
+        if not isinstance(payload, dict):
+            return self._send(
+                request,
+                encode_json(self.dispatcher.error("Could not parse POST body: not a JSON object")),
+            )
+        for key, value in args.items():
+            payload.setdefault(key, value)
+        if payload.get("op") == "query" and args.get("format") == "text":
+            return self._text_query(
+                request, payload.get("sql"), is_true(payload.get("use_write_db"))
+            )
+        return self._reply(request, self.dispatcher.dispatch(payload, "http"))
+
+    def _text_query(self, request: server.Request, sql: object, use_write_db: bool) -> Any:
+        d = self.dispatcher.query_text(sql if isinstance(sql, str) else None, use_write_db)
+        d.addCallback(lambda text: text.encode("utf-8"))
+        return self._reply(request, d, TEXT_TYPE)
+
+    def _reply(
+        self, request: server.Request, d: Deferred[Any], content_type: bytes = JSON_TYPE
+    ) -> Any:
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def write(reply: Any) -> None:
+            if gone:
+                return
+            body = reply if isinstance(reply, bytes) else encode_json(reply)
+            self._send(request, body, content_type, finish=True)
+
+        def failed(failure: Failure) -> None:
+            log.failure("request failed", failure)
+            if not gone:
+                request.setResponseCode(500)
+                self._send(
+                    request,
+                    encode_json(self.dispatcher.error("Internal error")),
+                    JSON_TYPE,
+                    finish=True,
+                )
+
+        d.addCallback(write).addErrback(failed)
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _send(
+        request: server.Request,
+        body: bytes,
+        content_type: bytes = JSON_TYPE,
+        finish: bool = False,
+    ) -> Any:
+        request.setHeader(b"Content-Type", content_type)
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        if not finish:
+            return body
+        request.write(body)
+        request.finish()
+        return None
+
+
+class RootResource(Resource):
+    """``/`` until the web UI lands: a pointer to the API."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        super().__init__()
+        self.putChild(b"request", RequestResource(dispatcher))
+
+    def getChild(self, path: bytes, request: server.Request) -> Resource:
+        return self
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"Content-Type", TEXT_TYPE)
+        return b"Qasino. Query with GET /request?op=query&format=text&sql=SHOW+tables\n"
+
+
+def make_site(dispatcher: Dispatcher, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> server.Site:
+    site = server.Site(RootResource(dispatcher), parsePOSTFormSubmission=False)
+    site.requestFactory = LimitedRequest
+    site.max_body_bytes = max_body_bytes  # type: ignore[attr-defined]
+    site.identity = dispatcher.identity  # type: ignore[attr-defined]
+    site.displayTracebacks = False
+    site.noisy = False
+    return site

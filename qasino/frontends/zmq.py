@@ -1,0 +1,156 @@
+"""ZeroMQ front ends: the REP JSON RPC socket and the PUB generation signal.
+
+The REP side is txzmq's ROUTER-based REP connection, so replies may come
+back in any order and a slow query never holds up the others. Every
+request gets exactly one reply, whatever it holds.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import zmq
+from twisted.application.service import Service
+from twisted.logger import Logger
+from txzmq import ZmqEndpoint, ZmqEndpointType, ZmqFactory, ZmqPubConnection, ZmqREPConnection
+
+from qasino.ops import Dispatcher, Reply, encode_json
+
+log = Logger(namespace="qasino.zmq")
+
+GENSIG_TAG = b"GENSIG"
+
+
+def zmq_address(host: str, port: int) -> str:
+    """A tcp:// bind address; port 0 asks ZeroMQ for a free port."""
+    return f"tcp://{host}:{port if port else '*'}"
+
+
+def bound_port(connection: Any) -> int:
+    endpoint = connection.socket.get(zmq.LAST_ENDPOINT).decode()
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+class RPCConnection(ZmqREPConnection):
+    """Requests in, one reply each; the ops come from the shared Dispatcher."""
+
+    def __init__(self, factory: ZmqFactory, endpoint: ZmqEndpoint, dispatcher: Dispatcher):
+        self.dispatcher = dispatcher
+        super().__init__(factory, endpoint)
+
+    def messageReceived(self, message: list[bytes]) -> None:
+        # The envelope is routing frames, the request id, an empty frame,
+        # then the body. A peer that breaks it (a raw DEALER, say) cannot
+        # be answered; drop it rather than let an exception reach txzmq.
+        try:
+            i = message.index(b"")
+        except ValueError:
+            log.info("dropped a ZeroMQ message without an envelope")
+            return
+        if i < 1:
+            log.info("dropped a ZeroMQ message without a request id")
+            return
+        routing, msg_id, parts = message[: i - 1], message[i - 1], message[i + 1 :]
+        self._routingInfo[msg_id] = routing
+        self.gotMessage(msg_id, *parts)
+
+    def gotMessage(self, messageId: bytes, *messageParts: bytes) -> None:
+        if len(messageParts) != 1:
+            self._send(
+                messageId,
+                self.dispatcher.error(
+                    f"Failed to parse JSON message: expected one frame, got {len(messageParts)}"
+                ),
+            )
+            return
+        try:
+            request = json.loads(messageParts[0])
+        except (ValueError, UnicodeDecodeError) as e:
+            self._send(messageId, self.dispatcher.error(f"Failed to parse JSON message: {e}"))
+            return
+        d = self.dispatcher.dispatch(request, "zmq")
+        d.addCallback(lambda reply: self._send(messageId, reply))
+        d.addErrback(lambda f: self._send(messageId, self.dispatcher.error("Internal error")))
+
+    def _send(self, message_id: bytes, reply: Reply | bytes) -> None:
+        if self.socket is None:  # shut down while the request ran
+            self._routingInfo.pop(message_id, None)
+            return
+        try:
+            if isinstance(reply, bytes):
+                self.reply(message_id, reply)
+            elif reply.get("response_op") == "tables_list":
+                meta = {k: v for k, v in reply.items() if k != "tables"}
+                self.reply(message_id, encode_json(meta), encode_json(reply.get("tables", {})))
+            else:
+                self.reply(message_id, encode_json(reply))
+        except Exception:
+            log.failure("could not send a ZeroMQ reply")
+            self._routingInfo.pop(message_id, None)
+
+
+class ZmqServices(Service):
+    """Binds the REP and PUB sockets in startService, closes them in stopService."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        reactor: Any,
+        bind: str,
+        rpc_port: Optional[int],
+        pub_port: Optional[int],
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.reactor = reactor
+        self.bind = bind
+        self.rpc_port = rpc_port
+        self.pub_port = pub_port
+        self.factory: Optional[ZmqFactory] = None
+        self.rpc: Optional[RPCConnection] = None
+        self.pub: Optional[ZmqPubConnection] = None
+
+    def startService(self) -> None:
+        factory = ZmqFactory()
+        factory.reactor = self.reactor
+        self.factory = factory
+        if self.rpc_port is not None:
+            endpoint = ZmqEndpoint(ZmqEndpointType.bind, zmq_address(self.bind, self.rpc_port))
+            self.rpc = RPCConnection(factory, endpoint, self.dispatcher)
+            self.rpc_port = bound_port(self.rpc)
+            log.info("ZeroMQ RPC listening on {bind}:{port}", bind=self.bind, port=self.rpc_port)
+        if self.pub_port is not None:
+            endpoint = ZmqEndpoint(ZmqEndpointType.bind, zmq_address(self.bind, self.pub_port))
+            self.pub = ZmqPubConnection(factory, endpoint)
+            self.pub_port = bound_port(self.pub)
+            log.info(
+                "ZeroMQ generation signal on {bind}:{port}", bind=self.bind, port=self.pub_port
+            )
+        super().startService()
+
+    def publish_generation(self, generation_number: int, generation_duration_s: float) -> None:
+        """Send the GENSIG frame (txzmq framing: tag, NUL, JSON)."""
+        if self.pub is None or self.pub.socket is None:
+            return
+        duration: object = (
+            int(generation_duration_s)
+            if float(generation_duration_s).is_integer()
+            else generation_duration_s
+        )
+        body = encode_json(
+            {
+                "op": "generation_signal",
+                "identity": self.dispatcher.identity,
+                "generation_number": generation_number,
+                "generation_duration_s": duration,
+            }
+        )
+        self.pub.publish(body, GENSIG_TAG)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.factory is not None:
+            self.factory.shutdown()
+            self.factory = None
+        self.rpc = None
+        self.pub = None

@@ -1,0 +1,165 @@
+"""The one dispatch of protocol ops, shared by the HTTP and ZeroMQ front ends.
+
+A front end decodes its request into a dict (or CSV text), calls
+:meth:`Dispatcher.dispatch` and encodes the reply dict it gets back. Errors
+never escape as exceptions: every failure becomes the protocol's error
+shape, so no request can be left without a reply.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from qasino.core.errors import InvalidInput, QasinoError
+from qasino.core.model import Result
+from qasino.core.render import error_shape, render_error_text, render_result_text, result_shape
+from qasino.core.tables import parse_csv_publish, parse_json_publish
+from qasino.engine import Engine
+
+log = Logger(namespace="qasino.ops")
+
+Reply = dict[str, Any]
+
+# The texts old clients know; the ZeroMQ one names the op.
+NO_OP = "No op specified"
+UNKNOWN_OP_HTTP = "Unrecognized operation"
+MISSING_SQL = "Must specify 'sql' param"
+
+
+def is_true(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def encode_json(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class Dispatcher:
+    """Turns protocol requests into engine calls and engine results into replies."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.ops: dict[str, Callable[[dict[str, Any]], Deferred[Reply]]] = {
+            "add_table_data": self.add_table_data,
+            "query": self.query,
+            "get_table_list": self.get_table_list,
+            "name_value_update": self.name_value_update,
+        }
+
+    @property
+    def identity(self) -> str:
+        return self.engine.identity
+
+    def error(self, message: str) -> Reply:
+        return error_shape(message, self.identity)
+
+    def ok(self) -> Reply:
+        return {"identity": self.identity, "response_op": "ok"}
+
+    def dispatch(self, request: object, source: str = "http") -> Deferred[Reply]:
+        """Run one request dict; always fires with a reply dict, never errbacks."""
+        if not isinstance(request, dict):
+            return succeed(self.error("Request must be a JSON object"))
+        op = request.get("op")
+        if op is None or op == "":
+            return succeed(self.error(NO_OP))
+        handler = self.ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            if source == "zmq":
+                return succeed(self.error(f"Unrecognized op {op!r}"))
+            return succeed(self.error(UNKNOWN_OP_HTTP))
+        try:
+            d = handler(request)
+        except Exception:
+            return succeed(self._failed(Failure(), op))
+        d.addErrback(self._failed, op)
+        return d
+
+    def _failed(self, failure: Failure, op: object) -> Reply:
+        if failure.check(InvalidInput):
+            message = "Invalid input format: " + failure.value.message
+            log.info("refused {op}: {message}", op=op, message=message)
+            return self.error(message)
+        if failure.check(QasinoError):
+            log.info("{op} failed: {message}", op=op, message=failure.value.message)
+            return self.error(failure.value.message)
+        log.failure("unexpected error in {op}", failure, op=op)
+        return self.error(f"Internal error: {failure.getErrorMessage()}")
+
+    # ------------------------------------------------------------------ ops
+
+    def add_table_data(self, request: dict[str, Any]) -> Deferred[Reply]:
+        try:
+            publish = parse_json_publish(request)
+        except InvalidInput:
+            table = request.get("table")
+            rows = table.get("rows") if isinstance(table, dict) else None
+            self.engine.count_publish_error(len(rows) if isinstance(rows, list) else 0)
+            raise
+        return self.engine.publish(publish).addCallback(lambda _: self.ok())
+
+    def add_csv_table_data(self, body: bytes, identity: Optional[str] = None) -> Deferred[Reply]:
+        """The CSV publish format (HTTP op add_csv_table_data)."""
+        try:
+            publish = parse_csv_publish(body, identity)
+        except InvalidInput as e:
+            self.engine.count_publish_error()
+            return succeed(self._failed(Failure(e), "add_csv_table_data"))
+        d = self.engine.publish(publish).addCallback(lambda _: self.ok())
+        d.addErrback(self._failed, "add_csv_table_data")
+        return d
+
+    def name_value_update(self, request: dict[str, Any]) -> Deferred[Reply]:
+        name, value, identity = request.get("name"), request.get("value"), request.get("identity")
+        if not isinstance(name, str) or name.count(".") != 1:
+            raise InvalidInput("'name' must be TABLE.COLUMN")
+        if value is None or not isinstance(value, (str, int, float)):
+            raise InvalidInput("'value' is required")
+        if not isinstance(identity, str) or not identity:
+            raise InvalidInput("'identity' is required")
+        tablename, column = name.split(".")
+        d = self.engine.name_value_update(tablename, column, str(value), identity)
+        return d.addCallback(lambda _: self.ok())
+
+    def get_table_list(self, request: dict[str, Any]) -> Deferred[Reply]:
+        return succeed(
+            {
+                "response_op": "tables_list",
+                "identity": self.identity,
+                "tables": self.engine.table_list(),
+            }
+        )
+
+    def query(self, request: dict[str, Any]) -> Deferred[Reply]:
+        sql = request.get("sql")
+        if not isinstance(sql, str) or not sql.strip():
+            self.engine.count_query_error()
+            return succeed(self.error(MISSING_SQL))
+        use_write_db = is_true(request.get("use_write_db", False))
+        identity = self.identity
+        return self.engine.query_then(
+            sql, use_write_db, lambda result: result_shape(result, identity)
+        )
+
+    def query_text(self, sql: Optional[str], use_write_db: bool = False) -> Deferred[str]:
+        """The text rendering of a query, or ``SQL error: ...`` (never errbacks)."""
+        if not isinstance(sql, str) or not sql.strip():
+            return succeed(render_error_text(MISSING_SQL))
+        d = self.engine.query_then(sql, use_write_db, render_result_text)
+
+        def failed(failure: Failure) -> str:
+            return render_error_text(self._failed(failure, "query")["error_message"])
+
+        return d.addErrback(failed)
+
+    def query_result(self, sql: str, use_write_db: bool = False) -> Deferred[Result]:
+        """The raw Result (errbacks with QasinoError); for the web UI."""
+        return self.engine.query(sql, use_write_db)

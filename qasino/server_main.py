@@ -1,0 +1,137 @@
+"""``qasino_server``: flags, logging, start, run until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
+from qasino.core.errors import StoreError
+from qasino.service import ServerConfig, default_db_dir
+
+
+def _port(text: str) -> Optional[int]:
+    """A port number; 0 picks a free one; 'off' disables the listener."""
+    if text.strip().lower() in ("off", "none", "-1"):
+        return None
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qasino_server",
+        description="Qasino stats server: merges tables published by many hosts "
+        "into one SQLite snapshot per generation and answers SQL about it.",
+    )
+    d = ServerConfig()
+    p.add_argument("-i", "--identity", default="", help="server identity (default: hostname)")
+    p.add_argument("--bind", default=d.bind, help="address to listen on (default %(default)s)")
+    p.add_argument(
+        "-d", "--db-dir", default="", help=f"data directory (default {default_db_dir()})"
+    )
+    p.add_argument(
+        "-k", "--archive-db-dir", default=None, help="keep a copy of every retired snapshot here"
+    )
+    p.add_argument(
+        "-g",
+        "--generation-duration",
+        type=float,
+        default=d.generation_duration_s,
+        help="seconds per generation (default %(default)s)",
+    )
+    p.add_argument(
+        "-v", "--views-file", default=d.views_file, help="views YAML file (default %(default)s)"
+    )
+    p.add_argument("--line-port", type=_port, default=d.line_port)
+    p.add_argument("--pubsub-port", type=_port, default=d.pubsub_port)
+    p.add_argument("--http-port", type=_port, default=d.http_port)
+    p.add_argument("--zmq-port", type=_port, default=d.zmq_port)
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--max-statement-bytes", type=int, default=d.max_statement_bytes)
+    p.add_argument("--query-timeout", type=float, default=d.query_timeout_s)
+    p.add_argument("--max-result-rows", type=int, default=d.max_result_rows)
+    p.add_argument("--reader-threads", type=int, default=d.reader_threads)
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warn", "error", "critical"],
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    if args.generation_duration <= 0:
+        raise SystemExit("qasino_server: --generation-duration must be positive")
+    return ServerConfig(
+        identity=args.identity,
+        bind=args.bind,
+        db_dir=args.db_dir,
+        archive_db_dir=args.archive_db_dir,
+        generation_duration_s=args.generation_duration,
+        views_file=args.views_file,
+        line_port=args.line_port,
+        pubsub_port=args.pubsub_port,
+        http_port=args.http_port,
+        zmq_port=args.zmq_port,
+        max_body_bytes=args.max_body_bytes,
+        max_statement_bytes=args.max_statement_bytes,
+        query_timeout_s=args.query_timeout,
+        max_result_rows=args.max_result_rows,
+        reader_threads=max(1, args.reader_threads),
+    ).resolved()
+
+
+def start_logging(level: str) -> None:
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    start_logging(args.log_level)
+
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+    from twisted.logger import Logger
+
+    from qasino.service import make_service
+
+    log = Logger(namespace="qasino.server")
+    log.info(
+        "qasino_server {identity} starting: db dir {db_dir}, generation {duration}s",
+        identity=config.identity,
+        db_dir=config.db_dir,
+        duration=config.generation_duration_s,
+    )
+    try:
+        server = make_service(config, reactor)
+    except StoreError as e:
+        sys.stderr.write(f"qasino_server: {e.message}\n")
+        return 1
+    try:
+        server.startService()
+    except (CannotListenError, OSError, Exception) as e:  # zmq.ZMQError is an Exception
+        sys.stderr.write(f"qasino_server: cannot start: {e}\n")
+        try:
+            server.stopService()
+        except Exception:
+            pass
+        return 1
+    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    reactor.run()
+    log.info("qasino_server stopped")
+    return 0

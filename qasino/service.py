@@ -1,0 +1,151 @@
+"""make_service(config, reactor): the whole daemon as one MultiService.
+
+Start order: the engine (threads + generation timer), then the listeners.
+Stop order is the reverse, so listeners close before the store does.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from qasino.engine import Engine, EngineService, ThreadRunner, ViewsSource
+from qasino.frontends.http import DEFAULT_MAX_BODY_BYTES, make_site
+from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory
+from qasino.frontends.zmq import ZmqServices
+from qasino.ops import Dispatcher
+from qasino.store.query import QueryLimits
+from qasino.store.store import Store, StoreConfig
+
+log = Logger(namespace="qasino.server")
+
+
+def default_db_dir() -> str:
+    """A per-user data dir: $XDG_DATA_HOME/qasino or ~/.local/share/qasino."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(base, "qasino")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    identity: str = ""
+    bind: str = "0.0.0.0"
+    db_dir: str = ""
+    archive_db_dir: Optional[str] = None
+    generation_duration_s: float = 30.0
+    views_file: Optional[str] = "views.conf"
+    line_port: Optional[int] = 15000
+    pubsub_port: Optional[int] = 15596
+    http_port: Optional[int] = 15597
+    zmq_port: Optional[int] = 15598
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES
+    query_timeout_s: float = 5.0
+    max_result_rows: int = 100_000
+    reader_threads: int = 4
+
+    def resolved(self) -> ServerConfig:
+        """Fill the defaults that depend on the machine."""
+        from dataclasses import replace
+
+        return replace(
+            self,
+            identity=self.identity or socket.gethostname(),
+            db_dir=self.db_dir or default_db_dir(),
+        )
+
+
+class TCPListenService(Service):
+    """Listens in startService (raising CannotListenError if it can't) and
+    logs the real address; stops listening in stopService."""
+
+    def __init__(self, name: str, reactor: Any, port: int, factory: Factory, bind: str):
+        self.setName(name)
+        self.reactor = reactor
+        self.port = port
+        self.factory = factory
+        self.bind = bind
+        self.listening: Optional[IListeningPort] = None
+
+    def startService(self) -> None:
+        self.listening = self.reactor.listenTCP(self.port, self.factory, interface=self.bind)
+        self.port = self.listening.getHost().port
+        log.info(
+            "{name} listening on {bind}:{port}", name=self.name, bind=self.bind, port=self.port
+        )
+        super().startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            return listening.stopListening()
+        return None
+
+
+class QasinoServer(MultiService):
+    """The daemon. ``engine``, ``zmq`` and the listeners are attributes so
+    tests and the CLI can read the real ports."""
+
+    def __init__(self, config: ServerConfig, reactor: Any) -> None:
+        super().__init__()
+        self.config = config = config.resolved()
+        self.reactor = reactor
+        store = Store(
+            StoreConfig(
+                db_dir=config.db_dir,
+                generation_duration_s=config.generation_duration_s,
+                archive_dir=config.archive_db_dir,
+                limits=QueryLimits(config.query_timeout_s, config.max_result_rows),
+            ),
+            now=reactor.seconds(),
+        )
+        views = ViewsSource(config.views_file)
+        self.engine = Engine(
+            store, ThreadRunner(reactor, config.reader_threads), reactor, config.identity, views
+        )
+        self.dispatcher = Dispatcher(self.engine)
+        EngineService(self.engine, config.generation_duration_s).setServiceParent(self)
+        self.zmq = ZmqServices(
+            self.dispatcher, reactor, config.bind, config.zmq_port, config.pubsub_port
+        )
+        self.zmq.setServiceParent(self)
+        self.engine.on_generation(
+            lambda info: self.zmq.publish_generation(
+                info.generation_number, info.generation_duration_s
+            )
+        )
+        self.http: Optional[TCPListenService] = None
+        self.line: Optional[TCPListenService] = None
+        if config.http_port is not None:
+            site = make_site(self.dispatcher, config.max_body_bytes)
+            self.http = TCPListenService("HTTP", reactor, config.http_port, site, config.bind)
+            self.http.setServiceParent(self)
+        if config.line_port is not None:
+            factory = LineSQLFactory(self.dispatcher, config.max_statement_bytes)
+            self.line = TCPListenService(
+                "line protocol", reactor, config.line_port, factory, config.bind
+            )
+            self.line.setServiceParent(self)
+
+    def ports(self) -> dict[str, Optional[int]]:
+        """The real ports, once started."""
+        return {
+            "line": self.line.port if self.line else None,
+            "http": self.http.port if self.http else None,
+            "zmq": self.zmq.rpc_port,
+            "pubsub": self.zmq.pub_port,
+        }
+
+
+def make_service(config: ServerConfig, reactor: Any) -> QasinoServer:
+    return QasinoServer(config, reactor)
