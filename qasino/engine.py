@@ -164,6 +164,17 @@ class Engine:
     def query(self, sql: str, use_write_db: bool = False) -> Deferred[Result]:
         return self.runner.read(self.store.query, sql, use_write_db)
 
+    def query_then(
+        self, sql: str, use_write_db: bool, transform: Callable[[Result], T]
+    ) -> Deferred[T]:
+        """Query and apply ``transform`` (e.g. encoding) on the reader thread,
+        so large results are never rendered on the reactor thread."""
+
+        def job() -> T:
+            return transform(self.store.query(sql, use_write_db))
+
+        return self.runner.read(job)
+
     def table_list(self) -> dict[str, dict[str, object]]:
         return self.store.table_list()
 

@@ -116,9 +116,8 @@ class RequestResource(Resource):
         try:
             payload = json.loads(body) if body.strip() else {}
         except (ValueError, UnicodeDecodeError) as e:
-            self.dispatcher.engine.count_publish_error() if args.get(
-                "op"
-            ) == "add_table_data" else None
+            if args.get("op") == "add_table_data":
+                self.dispatcher.engine.count_publish_error()
             return self._send(
                 request, encode_json(self.dispatcher.error(f"Could not parse POST body: {e}"))
             )
