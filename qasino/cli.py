@@ -20,11 +20,15 @@ def server_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def sqlclient_main(argv: Optional[Sequence[str]] = None) -> int:
-    return _not_yet("qasinosql")
+    from qasino.clients.sqlclient import main
+
+    return main(argv)
 
 
 def publish_main(argv: Optional[Sequence[str]] = None) -> int:
-    return _not_yet("qasino_publish")
+    from qasino.clients.publish import main
+
+    return main(argv)
 
 
 def csvpublisher_main(argv: Optional[Sequence[str]] = None) -> int:
