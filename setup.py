@@ -27,6 +27,7 @@ setup(
             "mypy>=1.10",
             "types-PyYAML",
             "types-requests",
+            "pexpect>=4.8",
         ],
     },
     entry_points={

@@ -32,4 +32,6 @@ def publish_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def csvpublisher_main(argv: Optional[Sequence[str]] = None) -> int:
-    return _not_yet("qasino_csvpublisher")
+    from qasino.clients.csvpublisher import main
+
+    return main(argv)

@@ -92,17 +92,25 @@ class ViewsSource:
 
     def __init__(self, path: Optional[str]) -> None:
         self.path = path
-        self._stamp: Optional[tuple[float, int]] = None
+        self._stamp: Optional[tuple[int, ...]] = None
         self.views: list[ViewDef] = []
         self.last_error: Optional[str] = None
+        # A fixed set (views_from) is handed to the store at the first poll.
+        self._fixed_pending = False
 
     def poll(self) -> bool:
         """Reload if the file changed; return True if the views changed."""
         if not self.path:
-            return False
+            pending, self._fixed_pending = self._fixed_pending, False
+            return pending
         try:
             st = os.stat(self.path)
-            stamp: Optional[tuple[float, int]] = (st.st_mtime, st.st_size)
+            stamp: Optional[tuple[int, ...]] = (
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                st.st_size,
+                st.st_ino,
+            )
         except OSError:
             stamp = None
         if stamp == self._stamp:
@@ -272,4 +280,5 @@ def views_from(views: Sequence[ViewDef]) -> ViewsSource:
     """A ViewsSource with a fixed set of views (tests)."""
     source = ViewsSource(None)
     source.views = list(views)
+    source._fixed_pending = True
     return source

@@ -47,7 +47,7 @@ class ZmqTransport:
     def __init__(self, host: str, port: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.address = f"tcp://{host}:{port}"
         self.timeout_ms = int(timeout_s * 1000)
-        self.context = zmq.Context.instance()
+        self.context: zmq.Context[Any] = zmq.Context.instance()
         self.socket: Optional[zmq.Socket[bytes]] = None
 
     def _socket(self) -> zmq.Socket[bytes]:

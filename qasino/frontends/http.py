@@ -62,6 +62,9 @@ class LimitedRequest(server.Request):
 
     def _refuse(self) -> None:
         self._refused = True
+        # The channel answers "Expect: 100-continue" right after gotLength;
+        # a refused request must not invite the body.
+        self.requestHeaders.removeHeader(b"Expect")
         self.content = io.BytesIO()
         identity = getattr(self.channel.site, "identity", "")
         body = encode_json(

@@ -39,7 +39,8 @@ class LineSQLProtocol(LineReceiver):
         self._parts: list[str] = []
         self._size = 0
         self._tail: Deferred[None] = succeed(None)
-        self._closing = False
+        self._closing = False  # no more statements accepted (quit or error)
+        self._lost = False  # the connection is gone: write nothing more
 
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
@@ -48,11 +49,11 @@ class LineSQLProtocol(LineReceiver):
             self._bye()
             return
         text = line.decode("utf-8", "replace").rstrip("\r")
+        if not self._parts and not text.strip():
+            return
         self._size += len(line) + 1
         if self._size > self.max_statement_bytes:
             self._too_long()
-            return
-        if not self._parts and not text.strip():
             return
         self._parts.append(text)
         if not text.rstrip().endswith(";"):
@@ -69,7 +70,7 @@ class LineSQLProtocol(LineReceiver):
             return self.dispatcher.query_text(statement)
 
         def write(text: str) -> None:
-            if self.transport is not None and not self._closing:
+            if self.transport is not None and not self._lost:
                 self.transport.write(text.encode("utf-8"))
 
         # Chain on the previous statement so answers come back in order.
@@ -80,7 +81,7 @@ class LineSQLProtocol(LineReceiver):
 
     def _bye(self) -> None:
         def bye(_: object) -> None:
-            if self.transport is not None:
+            if self.transport is not None and not self._lost:
                 self.transport.write(b"Bye!\n")
                 self.transport.loseConnection()
 
@@ -102,6 +103,7 @@ class LineSQLProtocol(LineReceiver):
 
     def connectionLost(self, reason: object = None) -> None:
         self._closing = True
+        self._lost = True
 
 
 class LineSQLFactory(protocol.ServerFactory):

@@ -68,6 +68,23 @@ def open_reader(path: str, static_path: Optional[str]) -> apsw.Connection:
     return conn
 
 
+def copy_database(path: str, target: str) -> None:
+    """Copy the DB at ``path`` into a new file ``target`` (VACUUM INTO).
+
+    Uses its own read-only connection: VACUUM INTO attaches the target, which
+    a reader connection (attach limit 0) cannot do.
+    """
+    conn = apsw.Connection(
+        file_uri(path, mode="ro"),
+        flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI,
+    )
+    try:
+        conn.set_busy_timeout(2000)
+        conn.execute("VACUUM INTO ?", (target,))
+    finally:
+        conn.close()
+
+
 def read_only_authorizer(
     action: int,
     arg1: Optional[str],

@@ -14,7 +14,9 @@ Threading contract (see docs/concurrency.md):
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import threading
 import time
@@ -26,9 +28,16 @@ import apsw
 from twisted.logger import Logger
 
 from qasino.core.commands import Command, parse_command
-from qasino.core.errors import InvalidInput, PublishRejected, QasinoError, StoreError
+from qasino.core.errors import (
+    InvalidInput,
+    PublishRejected,
+    QasinoError,
+    QueryError,
+    StoreError,
+)
 from qasino.core.identifiers import (
     INTEGER,
+    INTERNAL_PREFIX,
     REAL,
     TEXT,
     check_identifier,
@@ -45,7 +54,7 @@ from qasino.store.internal import (
 )
 from qasino.store.query import QueryLimits, describe_table, run_select
 from qasino.store.schema import TableSchema, count_rows, ensure_table, insert_rows, load_schemas
-from qasino.store.sqlite import open_reader, open_writer, sqlite_message
+from qasino.store.sqlite import copy_database, open_reader, open_writer, sqlite_message
 from qasino.store.views import build_views, create_temp_view
 
 STATIC_FILE = "static.sqlite"
@@ -285,6 +294,8 @@ class Store:
         nrows = len(publish.table.rows)
         self.counters.add(updates_received=1, inserts_received=nrows)
         try:
+            _check_tablename(publish.table.tablename)
+            _check_keycols(publish)
             if publish.options.static:
                 self._apply_static(publish, now)
             else:
@@ -361,7 +372,7 @@ class Store:
         The value is stored as INTEGER or REAL when it reads as one, else TEXT.
         Other columns of the identity's row keep their values.
         """
-        check_identifier(tablename, "table name")
+        _check_tablename(check_identifier(tablename, "table name"))
         check_identifier(column, "column name")
         if column.lower() == "identity":
             raise InvalidInput("the column name 'identity' is reserved for the key")
@@ -528,7 +539,7 @@ class Store:
                 if command.kind == "desc_table":
                     assert command.name is not None
                     return describe_table(conn, command.name)
-                return run_select(
+                result = run_select(
                     conn,
                     command.sql,
                     command.params,
@@ -536,6 +547,9 @@ class Store:
                     self.monotonic,
                     guard=command.kind == "select",
                 )
+                if command.kind == "desc_view" and not result.rows:
+                    raise QueryError(f"No such view: {command.name}")
+                return result
             finally:
                 gen_file.give_back(version, conn)
         finally:
@@ -555,13 +569,14 @@ class Store:
         if self.config.archive_dir:
             target = os.path.join(self.config.archive_dir, os.path.basename(gen_file.path))
             try:
-                conn = open_reader(gen_file.path, None)
-                try:
-                    conn.execute("VACUUM INTO ?", (target,))
-                finally:
-                    conn.close()
-            except apsw.Error:
-                pass
+                copy_database(gen_file.path, target)
+            except apsw.Error as e:
+                log.error(
+                    "could not archive {path} to {target}: {error}",
+                    path=gen_file.path,
+                    target=target,
+                    error=sqlite_message(e),
+                )
         for suffix in ("", "-wal", "-shm"):
             try:
                 os.unlink(gen_file.path + suffix)
@@ -569,15 +584,47 @@ class Store:
                 pass
 
 
+_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
+_REAL_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+_INT64 = range(-(2**63), 2**63)
+
+
 def _typed_value(value: str) -> tuple[Cell, str]:
-    try:
+    """INTEGER or REAL for a plain decimal number (ASCII digits), else TEXT.
+
+    Python's int()/float() alone would also take "1_000", " 12", "nan",
+    "inf" and non-ASCII digits, and an int beyond 64 bits cannot be bound.
+    """
+    if _INT_RE.match(value) and len(value) <= 20 and int(value) in _INT64:
         return int(value), INTEGER
-    except ValueError:
-        pass
-    try:
-        return float(value), REAL
-    except ValueError:
-        return value, TEXT
+    if _REAL_RE.match(value):
+        number = float(value)
+        if math.isfinite(number):
+            return number, REAL
+    return value, TEXT
+
+
+def _check_tablename(tablename: str) -> None:
+    """The internal tables are the server's: a publish may not write into them."""
+    if tablename.lower().startswith(INTERNAL_PREFIX):
+        raise InvalidInput(
+            f"tablename {tablename!r} is reserved: names starting with "
+            f"{INTERNAL_PREFIX!r} belong to the server"
+        )
+
+
+def _check_keycols(publish: Publish) -> None:
+    """keycols must name columns of the published table.
+
+    Otherwise SQLite would read a quoted unknown name as a string literal and
+    key the table on a constant, and the persist registry could not key rows.
+    """
+    columns = {c.lower() for c in publish.table.column_names}
+    for keycol in publish.options.keycols:
+        if keycol.lower() not in columns:
+            raise InvalidInput(
+                f"key column {keycol!r} is not a column of table {publish.table.tablename!r}"
+            )
 
 
 def _write_error(e: apsw.Error) -> QasinoError:

@@ -1,0 +1,337 @@
+"""The telnet line protocol (PROTOCOL.md "Line protocol") over a StringTransport."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+
+from qasino.engine import Engine, SyncRunner
+from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory, LineSQLProtocol
+from qasino.ops import Dispatcher
+from qasino.store.store import Store, StoreConfig
+
+IDENTITY = "testserver"
+ONE = b"a\n=\n1\n1 rows returned\n"
+TWO = b"b\n=\n2\n1 rows returned\n"
+
+
+class ManualRunner:
+    """Store calls wait in a queue until ``run_pending`` (a slow store)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def write(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((d, fn, args))
+        return d
+
+    read = write
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def run_one(self) -> None:
+        d, fn, args = self.pending.pop(0)
+        try:
+            result = fn(*args)
+        except Exception:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+    def run_pending(self) -> None:
+        while self.pending:
+            self.run_one()
+
+
+@pytest.fixture
+def store(tmp_path: Any) -> Iterator[Store]:
+    s = Store(StoreConfig(db_dir=str(tmp_path)), now=1000.0)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    c = Clock()
+    c.advance(1000.0)
+    return c
+
+
+@pytest.fixture
+def dispatcher(store: Store, clock: Clock) -> Dispatcher:
+    return Dispatcher(Engine(store, SyncRunner(), clock, IDENTITY))
+
+
+@pytest.fixture
+def manual_runner() -> ManualRunner:
+    return ManualRunner()
+
+
+@pytest.fixture
+def slow_dispatcher(store: Store, clock: Clock, manual_runner: ManualRunner) -> Dispatcher:
+    return Dispatcher(Engine(store, manual_runner, clock, IDENTITY))
+
+
+@pytest.fixture
+def logged_failures() -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield events
+    globalLogPublisher.removeObserver(observer)
+
+
+def connect(
+    dispatcher: Dispatcher, max_statement_bytes: int | None = None
+) -> tuple[LineSQLProtocol, StringTransport]:
+    protocol = LineSQLFactory(dispatcher, max_statement_bytes).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_factory_builds_protocol_with_default_statement_limit(dispatcher: Dispatcher) -> None:
+    protocol = LineSQLFactory(dispatcher).buildProtocol(None)
+    assert isinstance(protocol, LineSQLProtocol)
+    assert protocol.max_statement_bytes == DEFAULT_MAX_STATEMENT_BYTES
+
+
+def test_statement_is_answered_with_the_exact_text_rendering(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT 1382105093 AS generation_number, 'x' AS s, NULL AS n;\n")
+    assert transport.value() == (
+        b"generation_number  s  n\n"
+        b"=================  =  =\n"
+        b"       1382105093  x   \n"
+        b"1 rows returned\n"
+    )  # fmt: skip
+    assert not transport.disconnecting
+
+
+def test_multi_line_statement_is_answered_once_complete(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT\n")
+    protocol.dataReceived(b"  1 AS a\n")
+    assert transport.value() == b""
+    protocol.dataReceived(b"  ;\n")
+    assert transport.value() == ONE
+
+
+def test_crlf_line_endings_are_accepted(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT\r\n1 AS a;\r\n")
+    assert transport.value() == ONE
+
+
+def test_statement_split_inside_a_line_across_packets(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT 1 A")
+    assert transport.value() == b""
+    protocol.dataReceived(b"S a;\n")
+    assert transport.value() == ONE
+
+
+def test_sql_error_is_one_sql_error_line_and_the_connection_stays(
+    dispatcher: Dispatcher,
+) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT * FROM nowhere;\n")
+    reply = transport.value()
+    assert reply.startswith(b"SQL error: ")
+    assert reply.endswith(b"\n") and reply.count(b"\n") == 1
+    assert b"nowhere" in reply
+    assert not transport.disconnecting
+    transport.clear()
+    protocol.dataReceived(b"SELECT 1 AS a;\n")
+    assert transport.value() == ONE
+
+
+def test_writing_statement_is_refused_with_sql_error(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"DROP TABLE qasino_server_info;\n")
+    assert transport.value().startswith(b"SQL error: ")
+
+
+@pytest.mark.parametrize(
+    "line", [b"quit;", b"exit;", b"logout;", b"QUIT;", b"Exit;", b"LogOut;", b"  quit ;  "]
+)
+def test_quit_words_say_bye_and_close(dispatcher: Dispatcher, line: bytes) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(line + b"\r\n")
+    assert transport.value() == b"Bye!\n"
+    assert transport.disconnecting
+
+
+def test_quit_word_without_semicolon_waits_for_the_statement_end(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"quit\n")
+    assert transport.value() == b""
+    assert not transport.disconnecting
+
+
+@pytest.mark.parametrize("line", [b"\x04", b"\x03", b"\x04\x04", b"\x03\x04\x03", b" \x04 \r"])
+def test_line_of_only_ctrl_d_or_ctrl_c_says_bye_and_closes(
+    dispatcher: Dispatcher, line: bytes
+) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(line + b"\n")
+    assert transport.value() == b"Bye!\n"
+    assert transport.disconnecting
+
+
+def test_ctrl_d_in_the_middle_of_a_statement_says_bye(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT 1\n\x04\n")
+    assert transport.value() == b"Bye!\n"
+    assert transport.disconnecting
+
+
+def test_ctrl_d_inside_a_line_with_text_is_not_a_break(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT 1 AS a; \x04\n")
+    assert transport.value() != b"Bye!\n"
+    assert not transport.disconnecting
+
+
+def test_nothing_is_answered_after_bye(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"quit;\nSELECT 1 AS a;\n")
+    assert transport.value() == b"Bye!\n"
+
+
+def test_several_statements_in_one_packet_are_answered_in_order(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT 1 AS a;\nSELECT nope;\nSELECT 2 AS b;\n")
+    first, rest = transport.value().split(b"1 rows returned\n", 1)
+    assert first + b"1 rows returned\n" == ONE
+    error_line, last = rest.split(b"\n", 1)
+    assert error_line.startswith(b"SQL error: ")
+    assert last == TWO
+
+
+def test_statements_then_quit_in_one_packet_answer_all_then_bye(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT 1 AS a;\nSELECT 2 AS b;\nquit;\n")
+    assert transport.value() == ONE + TWO + b"Bye!\n"
+    assert transport.disconnecting
+
+
+def test_slow_statements_are_answered_in_order_one_at_a_time(
+    slow_dispatcher: Dispatcher, manual_runner: ManualRunner
+) -> None:
+    protocol, transport = connect(slow_dispatcher)
+    protocol.dataReceived(b"SELECT 1 AS a;\nSELECT 2 AS b;\n")
+    assert transport.value() == b""
+    assert len(manual_runner.pending) == 1, "the second waits for the first"
+    manual_runner.run_one()
+    assert transport.value() == ONE
+    manual_runner.run_pending()
+    assert transport.value() == ONE + TWO
+
+
+def test_slow_statement_before_quit_is_answered_before_bye(
+    slow_dispatcher: Dispatcher, manual_runner: ManualRunner
+) -> None:
+    protocol, transport = connect(slow_dispatcher)
+    protocol.dataReceived(b"SELECT 1 AS a;\nquit;\n")
+    manual_runner.run_pending()
+    assert transport.value() == ONE + b"Bye!\n"
+    assert transport.disconnecting
+
+
+def test_answer_to_a_client_that_went_away_is_dropped(
+    slow_dispatcher: Dispatcher,
+    manual_runner: ManualRunner,
+    logged_failures: list[dict[str, Any]],
+) -> None:
+    protocol, transport = connect(slow_dispatcher)
+    protocol.dataReceived(b"SELECT 1 AS a;\n")
+    protocol.connectionLost(Failure(ConnectionDone()))
+    manual_runner.run_pending()
+    assert transport.value() == b""
+    assert logged_failures == []
+
+
+def test_single_line_over_the_statement_limit_is_refused_and_disconnected(
+    dispatcher: Dispatcher, store: Store
+) -> None:
+    protocol, transport = connect(dispatcher, max_statement_bytes=64)
+    protocol.dataReceived(b"SELECT '" + b"x" * 100)  # no newline yet
+    assert transport.value() == b"SQL error: statement longer than 64 bytes\n"
+    assert transport.disconnecting
+    protocol.dataReceived(b"';\nSELECT 1 AS a;\n")
+    assert transport.value() == b"SQL error: statement longer than 64 bytes\n"
+    assert store.counters.peek()["sql_received"] == 0
+
+
+def test_multi_line_statement_over_the_limit_is_refused_and_disconnected(
+    dispatcher: Dispatcher, store: Store
+) -> None:
+    protocol, transport = connect(dispatcher, max_statement_bytes=64)
+    protocol.dataReceived(b"SELECT\n" + b"1 AS a,\n" * 8)
+    assert transport.value() == b"SQL error: statement longer than 64 bytes\n"
+    assert transport.disconnecting
+    protocol.dataReceived(b"2 AS b;\n")
+    assert transport.value() == b"SQL error: statement longer than 64 bytes\n"
+    assert store.counters.peek()["sql_received"] == 0
+
+
+def test_statements_under_the_limit_do_not_add_up(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher, max_statement_bytes=64)
+    protocol.dataReceived(b"SELECT 1 AS a;\n" * 10)
+    assert transport.value() == ONE * 10
+    assert not transport.disconnecting
+
+
+def test_blank_lines_do_not_count_towards_the_statement_limit(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher, max_statement_bytes=64)
+    protocol.dataReceived(b"\n" * 100 + b"SELECT 1 AS a;\n")
+    assert transport.value() == ONE
+    assert not transport.disconnecting
+
+
+def test_blank_lines_are_ignored(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"\n\r\n   \n\t\r\n")
+    assert transport.value() == b""
+    assert not transport.disconnecting
+    protocol.dataReceived(b"SELECT 1 AS a;\n\n")
+    assert transport.value() == ONE
+
+
+def test_lone_semicolon_does_not_raise(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b";\n")
+    assert transport.value().startswith(b"SQL error: ")
+    assert not transport.disconnecting
+
+
+def test_invalid_utf8_is_answered_not_raised(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"\x80\x81\xfe;\n")
+    reply = transport.value()
+    assert reply.startswith(b"SQL error: ")
+    reply.decode("utf-8")
+    transport.clear()
+    protocol.dataReceived(b"SELECT '\xff\xfe' AS v;\n")
+    reply = transport.value()
+    assert reply.endswith(b"1 rows returned\n")
+    assert "\ufffd\ufffd" in reply.decode("utf-8")
+    assert not transport.disconnecting
