@@ -211,6 +211,10 @@ class Engine:
             self.store.set_views(self.views.views)
         return self.store.rotate(now)
 
+    def announce_current(self) -> None:
+        """Tell the generation listeners about the snapshot served now."""
+        self._announce(self.store.snapshot_info())
+
     def _announce(self, info: SnapshotInfo) -> SnapshotInfo:
         log.info(
             "generation {number} is being served (duration {duration}s)",
@@ -257,9 +261,17 @@ class EngineService(Service):
     def startService(self) -> None:
         super().startService()
         self.engine.runner.start()
-        # The first views load happens at once, so the startup snapshot
-        # already has them.
-        self._loop_done = self._loop.start(self.generation_duration_s, now=True)
+        # The store served its first snapshot when it opened. If the views
+        # it was given are not the file's, rotate at once so they apply;
+        # otherwise just announce that snapshot (publishers learn at once
+        # that a server is there). Then rotate every generation_duration_s.
+        if self.engine.views.poll():
+            self.engine.store.set_views(self.engine.views.views)
+            now = True
+        else:
+            self.engine.announce_current()
+            now = False
+        self._loop_done = self._loop.start(self.generation_duration_s, now=now)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -58,6 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pubsub-port", type=_port, default=d.pubsub_port)
     p.add_argument("--http-port", type=_port, default=d.http_port)
     p.add_argument("--zmq-port", type=_port, default=d.zmq_port)
+    p.add_argument(
+        "--https-port",
+        type=_port,
+        default=d.https_port,
+        help="HTTPS port, used when --tls-cert and --tls-key are given (default %(default)s)",
+    )
+    p.add_argument("--tls-cert", default=None, help="PEM certificate (chain) for HTTPS")
+    p.add_argument("--tls-key", default=None, help="PEM private key for HTTPS")
+    p.add_argument(
+        "-p",
+        "--htpasswd-file",
+        default=None,
+        help="htpasswd file (bcrypt, apr1, SHA) for HTTP basic auth on the HTTPS listener",
+    )
+    p.add_argument(
+        "--http-loopback-only",
+        action="store_true",
+        help="bind the plain HTTP listener to 127.0.0.1 only (use --http-port off to disable it)",
+    )
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument("--max-statement-bytes", type=int, default=d.max_statement_bytes)
     p.add_argument("--query-timeout", type=float, default=d.query_timeout_s)
@@ -74,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.generation_duration <= 0:
         raise SystemExit("qasino_server: --generation-duration must be positive")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("qasino_server: --tls-cert and --tls-key go together")
     return ServerConfig(
         identity=args.identity,
         bind=args.bind,
@@ -90,6 +111,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         query_timeout_s=args.query_timeout,
         max_result_rows=args.max_result_rows,
         reader_threads=max(1, args.reader_threads),
+        https_port=args.https_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        htpasswd_file=args.htpasswd_file,
+        http_loopback_only=args.http_loopback_only,
     ).resolved()
 
 
@@ -117,10 +143,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         db_dir=config.db_dir,
         duration=config.generation_duration_s,
     )
+    from qasino.frontends.tls import TLSConfigError
+
     try:
         server = make_service(config, reactor)
     except StoreError as e:
         sys.stderr.write(f"qasino_server: {e.message}\n")
+        return 1
+    except TLSConfigError as e:
+        sys.stderr.write(f"qasino_server: {e}\n")
         return 1
     try:
         server.startService()

@@ -1,7 +1,8 @@
 """make_service(config, reactor): the whole daemon as one MultiService.
 
-Start order: the engine (threads + generation timer), then the listeners.
-Stop order is the reverse, so listeners close before the store does.
+Start order: the ZeroMQ sockets, the engine (threads + generation timer),
+then the TCP listeners. Stop order is the reverse: HTTP and telnet close
+first, then the store, then the ZeroMQ sockets.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from qasino.engine import Engine, EngineService, ThreadRunner, ViewsSource
 from qasino.frontends.http import DEFAULT_MAX_BODY_BYTES, make_site
 from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory
+from qasino.frontends.tls import HtpasswdChecker, HtpasswdStore, load_tls_options, protect
 from qasino.frontends.zmq import ZmqServices
 from qasino.ops import Dispatcher
 from qasino.store.query import QueryLimits
@@ -52,6 +55,11 @@ class ServerConfig:
     query_timeout_s: float = 5.0
     max_result_rows: int = 100_000
     reader_threads: int = 4
+    https_port: Optional[int] = 443
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    htpasswd_file: Optional[str] = None
+    http_loopback_only: bool = False
 
     def resolved(self) -> ServerConfig:
         """Fill the defaults that depend on the machine."""
@@ -68,16 +76,30 @@ class TCPListenService(Service):
     """Listens in startService (raising CannotListenError if it can't) and
     logs the real address; stops listening in stopService."""
 
-    def __init__(self, name: str, reactor: Any, port: int, factory: Factory, bind: str):
+    def __init__(
+        self,
+        name: str,
+        reactor: Any,
+        port: int,
+        factory: Factory,
+        bind: str,
+        tls_options: Any = None,
+    ):
         self.setName(name)
         self.reactor = reactor
         self.port = port
         self.factory = factory
         self.bind = bind
+        self.tls_options = tls_options
         self.listening: Optional[IListeningPort] = None
 
     def startService(self) -> None:
-        self.listening = self.reactor.listenTCP(self.port, self.factory, interface=self.bind)
+        if self.tls_options is not None:
+            self.listening = self.reactor.listenSSL(
+                self.port, self.factory, self.tls_options, interface=self.bind
+            )
+        else:
+            self.listening = self.reactor.listenTCP(self.port, self.factory, interface=self.bind)
         self.port = self.listening.getHost().port
         log.info(
             "{name} listening on {bind}:{port}", name=self.name, bind=self.bind, port=self.port
@@ -92,6 +114,21 @@ class TCPListenService(Service):
         return None
 
 
+class ThreadPoolService(Service):
+    """A thread pool started and stopped with the server."""
+
+    def __init__(self, name: str, maxthreads: int) -> None:
+        self.pool = ThreadPool(minthreads=0, maxthreads=maxthreads, name=name)
+
+    def startService(self) -> None:
+        self.pool.start()
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
 class QasinoServer(MultiService):
     """The daemon. ``engine``, ``zmq`` and the listeners are attributes so
     tests and the CLI can read the real ports."""
@@ -100,6 +137,8 @@ class QasinoServer(MultiService):
         super().__init__()
         self.config = config = config.resolved()
         self.reactor = reactor
+        views = ViewsSource(config.views_file)
+        views.poll()  # the first snapshot, served at once, has the views
         store = Store(
             StoreConfig(
                 db_dir=config.db_dir,
@@ -108,17 +147,19 @@ class QasinoServer(MultiService):
                 limits=QueryLimits(config.query_timeout_s, config.max_result_rows),
             ),
             now=reactor.seconds(),
+            views=views.views,
         )
-        views = ViewsSource(config.views_file)
         self.engine = Engine(
             store, ThreadRunner(reactor, config.reader_threads), reactor, config.identity, views
         )
         self.dispatcher = Dispatcher(self.engine)
-        EngineService(self.engine, config.generation_duration_s).setServiceParent(self)
         self.zmq = ZmqServices(
             self.dispatcher, reactor, config.bind, config.zmq_port, config.pubsub_port
         )
         self.zmq.setServiceParent(self)
+        # After the ZeroMQ sockets, so the PUB socket is bound when the
+        # engine announces its first snapshot.
+        EngineService(self.engine, config.generation_duration_s).setServiceParent(self)
         self.engine.on_generation(
             lambda info: self.zmq.publish_generation(
                 info.generation_number, info.generation_duration_s
@@ -128,8 +169,13 @@ class QasinoServer(MultiService):
         self.line: Optional[TCPListenService] = None
         if config.http_port is not None:
             site = make_site(self.dispatcher, config.max_body_bytes)
-            self.http = TCPListenService("HTTP", reactor, config.http_port, site, config.bind)
+            bind = "127.0.0.1" if config.http_loopback_only else config.bind
+            self.http = TCPListenService("HTTP", reactor, config.http_port, site, bind)
             self.http.setServiceParent(self)
+        self.https: Optional[TCPListenService] = None
+        if config.tls_cert and config.tls_key and config.https_port is not None:
+            self.https = self._https_service(config, reactor)
+            self.https.setServiceParent(self)
         if config.line_port is not None:
             factory = LineSQLFactory(self.dispatcher, config.max_statement_bytes)
             self.line = TCPListenService(
@@ -137,11 +183,29 @@ class QasinoServer(MultiService):
             )
             self.line.setServiceParent(self)
 
+    def _https_service(self, config: ServerConfig, reactor: Any) -> TCPListenService:
+        """HTTPS on --https-port: the same API and UI, behind basic auth when
+        an htpasswd file is given. Raises TLSConfigError on bad files."""
+        assert config.tls_cert and config.tls_key and config.https_port is not None
+        options = load_tls_options(config.tls_cert, config.tls_key)
+        site = make_site(self.dispatcher, config.max_body_bytes)
+        if config.htpasswd_file:
+            pool = ThreadPoolService("qasino-auth", maxthreads=2)
+            pool.setServiceParent(self)
+            checker = HtpasswdChecker(HtpasswdStore(config.htpasswd_file), reactor, pool.pool)
+            site.resource = protect(site.resource, checker)
+        else:
+            log.warn("HTTPS without --htpasswd-file: no authentication on the HTTPS listener")
+        return TCPListenService(
+            "HTTPS", reactor, config.https_port, site, config.bind, tls_options=options
+        )
+
     def ports(self) -> dict[str, Optional[int]]:
         """The real ports, once started."""
         return {
             "line": self.line.port if self.line else None,
             "http": self.http.port if self.http else None,
+            "https": self.https.port if self.https else None,
             "zmq": self.zmq.rpc_port,
             "pubsub": self.zmq.pub_port,
         }

@@ -107,7 +107,12 @@ class HttpTransport:
         self.session = requests.Session()
         if username is not None:
             self.session.auth = (username, password or "")
-        self.session.verify = verify
+        self.verify = verify
+        if not verify:
+            # The user asked for it (-s/-k); don't print a warning per request.
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self.timeout_s = timeout_s
 
     def post(self, op: str, body: bytes, content_type: str = "application/json") -> Any:
@@ -118,6 +123,9 @@ class HttpTransport:
                 data=body,
                 headers={"Content-Type": content_type},
                 timeout=self.timeout_s,
+                # Per request: a session-level verify=False loses to
+                # REQUESTS_CA_BUNDLE in the environment.
+                verify=self.verify,
             )
         except requests.RequestException as e:
             raise TransportError(f"cannot reach {self.url}: {e}") from None
