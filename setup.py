@@ -11,13 +11,15 @@ setup(
     include_package_data=True,
     package_data={"qasino.web": ["templates/*", "static/*"]},
     install_requires=[
-        "twisted>=23.10",
+        "twisted[tls]>=23.10",
         "txzmq>=1.0",
         "pyzmq>=25",
         "apsw>=3.44",
         "pyyaml>=6",
         "jinja2>=3.1",
         "requests>=2.28",
+        "libpass>=1.9",
+        "bcrypt>=4",
     ],
     extras_require={
         "test": [
@@ -28,6 +30,7 @@ setup(
             "types-PyYAML",
             "types-requests",
             "pexpect>=4.8",
+            "cryptography>=41",
         ],
     },
     entry_points={
