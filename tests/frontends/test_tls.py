@@ -1,0 +1,125 @@
+"""HTTPS pieces: htpasswd checking (bcrypt, apr1-MD5, {SHA}), its cache, TLS files."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+import bcrypt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from passlib.hash import apr_md5_crypt, ldap_sha1
+
+from qasino.frontends.tls import HtpasswdStore, TLSConfigError, load_tls_options
+
+
+def write_htpasswd(path: Path, entries: dict[str, str]) -> None:
+    path.write_text("".join(f"{user}:{hashed}\n" for user, hashed in entries.items()))
+
+
+@pytest.fixture()
+def htpasswd(tmp_path: Path) -> Path:
+    path = tmp_path / "htpasswd"
+    write_htpasswd(
+        path,
+        {
+            # htpasswd -B writes $2y$; bcrypt writes $2b$: the same scheme.
+            "bee": bcrypt.hashpw(b"bee-pw", bcrypt.gensalt(rounds=4))
+            .decode()
+            .replace("$2b$", "$2y$"),
+            "apr": apr_md5_crypt.hash("apr-pw"),
+            "sha": ldap_sha1.hash("sha-pw"),
+        },
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("user", "password"), [("bee", b"bee-pw"), ("apr", b"apr-pw"), ("sha", b"sha-pw")]
+)
+def test_each_htpasswd_hash_format_accepts_its_password(
+    htpasswd: Path, user: str, password: bytes
+) -> None:
+    assert HtpasswdStore(str(htpasswd)).check(user, password)
+
+
+@pytest.mark.parametrize(
+    ("user", "password"),
+    [("bee", b"wrong"), ("apr", b"bee-pw"), ("sha", b""), ("nobody", b"bee-pw")],
+)
+def test_wrong_password_or_unknown_user_is_refused(
+    htpasswd: Path, user: str, password: bytes
+) -> None:
+    assert not HtpasswdStore(str(htpasswd)).check(user, password)
+
+
+def test_a_good_check_is_cached_but_a_changed_file_is_read_again(htpasswd: Path) -> None:
+    now = [0.0]
+    store = HtpasswdStore(str(htpasswd), clock=lambda: now[0], ttl_s=60)
+    assert store.check("sha", b"sha-pw")
+    write_htpasswd(htpasswd, {"sha": ldap_sha1.hash("new-pw")})
+    os.utime(htpasswd, ns=(1, 1))  # a different stamp even within one tick
+    assert not store.check("sha", b"sha-pw")
+    assert store.check("sha", b"new-pw")
+
+
+def test_cached_check_expires(htpasswd: Path) -> None:
+    now = [0.0]
+    store = HtpasswdStore(str(htpasswd), clock=lambda: now[0], ttl_s=60)
+    assert store.check("apr", b"apr-pw")
+    assert store._cache
+    now[0] = 61.0
+    assert store.check("apr", b"apr-pw")  # checked again against the file, still good
+    assert not store.check("apr", b"other")
+
+
+def test_missing_htpasswd_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(TLSConfigError, match="htpasswd"):
+        HtpasswdStore(str(tmp_path / "missing"))
+
+
+def make_cert(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_options_load_from_pem_files(tmp_path: Path) -> None:
+    cert, key = make_cert(tmp_path)
+    options = load_tls_options(str(cert), str(key))
+    assert options.getContext() is not None
+
+
+def test_tls_files_that_are_not_pem_are_a_config_error(tmp_path: Path) -> None:
+    cert, key = make_cert(tmp_path)
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    with pytest.raises(TLSConfigError, match="no PEM certificate"):
+        load_tls_options(str(tmp_path / "junk.pem"), str(key))
+    with pytest.raises(TLSConfigError, match="bad TLS"):
+        load_tls_options(str(cert), str(tmp_path / "junk.pem"))
+    with pytest.raises(TLSConfigError, match="cannot read"):
+        load_tls_options(str(tmp_path / "nope.pem"), str(key))
