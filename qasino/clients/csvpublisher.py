@@ -442,12 +442,15 @@ def run_round(
         tables=tables_message(settings.identity, reports),
     )
     if unreachable is None and not (stop is not None and stop.is_set()):
-        try:
-            sender.request(result.info)
-            sender.request(result.tables)
-            result.info_sent = True
-        except (TransportError, ServerError) as e:
-            log.warning("sending the %s tables: %s", INFO_TABLE, e)
+        result.info_sent = True
+        for message in (result.info, result.tables):
+            try:
+                sender.request(message)
+            except (TransportError, ServerError) as e:
+                result.info_sent = False
+                log.warning("sending table %s: %s", message["table"]["tablename"], e)
+                if isinstance(e, TransportError):
+                    break
     log.info(
         "round done: %d tables sent, %d errors%s",
         nr_tables,

@@ -1,0 +1,454 @@
+"""qasino_csvpublisher against the real server, both as subprocesses on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from passlib.hash import ldap_sha1
+
+from qasino.clients.transport import HttpTransport, ServerError, TransportError
+
+REPO = Path(__file__).resolve().parents[2]
+SERVER_CODE = "import sys; from qasino.cli import server_main; sys.exit(server_main(sys.argv[1:]))"
+AGENT_CODE = (
+    "import sys; from qasino.cli import csvpublisher_main; "
+    "sys.exit(csvpublisher_main(sys.argv[1:]))"
+)
+LISTENERS = {
+    "zmq": r"ZeroMQ RPC listening on 127\.0\.0\.1:(\d+)",
+    "pub": r"ZeroMQ generation signal on 127\.0\.0\.1:(\d+)",
+    "http": r"HTTP listening on 127\.0\.0\.1:(\d+)",
+    "line": r"line protocol listening on 127\.0\.0\.1:(\d+)",
+}
+AGENT_ID = "agent_e2e"
+
+T = TypeVar("T")
+
+
+def poll(check: Callable[[], Optional[T]], timeout: float, what: str) -> T:
+    """Call ``check`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Optional[T] = None
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(0.05)
+
+
+class Proc:
+    """A subprocess with its output in a log file."""
+
+    def __init__(
+        self, args: list[str], log_path: Path, cwd: Path, extra_env: Optional[dict[str, str]] = None
+    ) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        env.pop("QASINO_CLIENT_USERNAME", None)
+        env.pop("QASINO_CLIENT_PASSWORD", None)
+        env.update(extra_env or {})
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, after: int = 0) -> re.Match[str]:
+        """The first match of ``pattern`` in the log after offset ``after``."""
+
+        def check() -> Optional[re.Match[str]]:
+            if self.popen.poll() is not None:
+                pytest.fail(f"process exited ({self.popen.returncode}):\n{self.log()}")
+            return re.compile(pattern).search(self.log(), after)
+
+        return poll(check, timeout, f"{pattern!r} in {self.log_path.name}")
+
+    def terminate(self, timeout: float = 5.0) -> tuple[int, float]:
+        """SIGTERM; return (exit code, seconds it took)."""
+        start = time.monotonic()
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"{self.log_path.name}: no exit {timeout}s after SIGTERM:\n{self.log()}")
+        return code, time.monotonic() - start
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+        self._log.close()
+
+
+class Harness:
+    """Starts servers and agents in a temp folder; kills them all at teardown."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: list[Proc] = []
+        self.db_dir = root / "db"
+        self.views = root / "views.conf"
+        self.views.write_text("[]\n")
+
+    def server(
+        self,
+        ports: Optional[dict[str, int]] = None,
+        extra: Sequence[str] = (),
+        listeners: Optional[dict[str, str]] = None,
+    ) -> tuple[Proc, dict[str, int]]:
+        ports = ports or dict.fromkeys(LISTENERS, 0)
+        listeners = listeners or LISTENERS
+        args = [
+            "-c",
+            SERVER_CODE,
+            "--bind",
+            "127.0.0.1",
+            "--line-port",
+            str(ports["line"]),
+            "--http-port",
+            str(ports["http"]),
+            "--zmq-port",
+            str(ports["zmq"]),
+            "--pubsub-port",
+            str(ports["pub"]),
+            "-d",
+            str(self.db_dir),
+            "-g",
+            "1",
+            "-v",
+            str(self.views),
+            "-i",
+            "testserver",
+            *extra,
+        ]
+        proc = self._start(args, "server")
+        found = {name: int(proc.wait_log(rx, 15).group(1)) for name, rx in listeners.items()}
+        return proc, found
+
+    def agent(self, *flags: str, env: Optional[dict[str, str]] = None) -> Proc:
+        return self._start(["-c", AGENT_CODE, *flags], "agent", env)
+
+    def _start(self, args: list[str], kind: str, env: Optional[dict[str, str]] = None) -> Proc:
+        proc = Proc(args, self.root / f"{kind}{len(self.procs)}.log", self.root, env)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def query(http_port: int, sql: str) -> Optional[list[list[str]]]:
+    """Rows of a query (cells as strings), or None on any error (no such table...)."""
+    transport = HttpTransport("127.0.0.1", http_port, timeout_s=3)
+    try:
+        reply = transport.request({"op": "query", "sql": sql})
+    except (ServerError, TransportError):
+        return None
+    finally:
+        transport.close()
+    rows: list[list[str]] = reply["table"]["rows"]
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def write_tree(root: Path) -> dict[str, Any]:
+    """Two indexes (one via an index list), good, missing, broken and filtered tables."""
+    data = root / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "a.csv").write_text(
+        "1\ntbl_a\nhost,val\nstring,integer\nHost,Value\nh1,1\nh2,2\n"
+    )
+    (data / "tbl_b.csv").write_text("1\ntbl_b\nx\nreal\nX\n1.5\n")
+    (data / "tbl_broken.csv").write_text("1\ntbl_broken\nx,y\nint,int\nX,Y\n1,2\n3,oops\n")
+    (data / "tbl_skipped.csv").write_text("1\ntbl_skipped\nx\nint\nX\n1\n")
+    index1 = data / "index.txt"
+    index1.write_text("1\nsub/a.csv,tbl_a\ntbl_b\ntbl_missing\ntbl_broken\ntbl_skipped\n")
+    other = root / "other"
+    other.mkdir()
+    (other / "c_file.csv").write_text("1\nwhatever\nn\nint\nN\n7\n8\n")
+    (other / "index.txt").write_text("1\nc_file.csv,tbl_c\n")
+    index_list = root / "indexes.txt"
+    index_list.write_text(f"# more indexes\n\n{other / 'index.txt'}\n")
+    table_list = root / "tables.txt"
+    table_list.write_text("# whitelist\ntbl_b\n\ntbl_broken\ntbl_c\n")
+    return {
+        "index": str(index1),
+        "index_list": str(index_list),
+        "table_list": str(table_list),
+        "missing": str(data / "tbl_missing.csv"),
+    }
+
+
+def agent_flags(ports: dict[str, int], *extra: str) -> list[str]:
+    return [
+        "-I",
+        AGENT_ID,
+        "-H",
+        "127.0.0.1",
+        "-p",
+        str(ports["zmq"]),
+        "-P",
+        str(ports["pub"]),
+        "--timeout",
+        "2",
+        *extra,
+    ]
+
+
+def test_publishes_index_after_generation_signal(harness: Harness) -> None:
+    files = write_tree(harness.root)
+    server, ports = harness.server()
+    agent = harness.agent(
+        *agent_flags(ports),
+        "-i",
+        files["index"],
+        "-f",
+        files["index_list"],
+        "-T",
+        "tbl_a",
+        "-T",
+        "tbl_missing",
+        "-t",
+        files["table_list"],
+        "-d",
+        "0",
+        "-g",
+        "30",
+    )
+    http = ports["http"]
+
+    rows = poll(lambda: query(http, "SELECT host, val FROM tbl_a ORDER BY host"), 15, "tbl_a")
+    assert rows == [["h1", "1"], ["h2", "2"]]
+    assert poll(lambda: query(http, "SELECT x FROM tbl_b"), 5, "tbl_b") == [["1.5"]]
+    # Named by the index, not by the file's tablename line; found through the index list.
+    assert poll(lambda: query(http, "SELECT n FROM tbl_c ORDER BY n"), 5, "tbl_c") == [
+        ["7"],
+        ["8"],
+    ]
+
+    info = poll(
+        lambda: query(
+            http,
+            "SELECT identity, nr_tables, nr_errors, update_epoch > 1000000000 "
+            f"FROM qasino_csvpublisher_info WHERE identity = '{AGENT_ID}'",
+        ),
+        5,
+        "qasino_csvpublisher_info",
+    )
+    assert info == [[AGENT_ID, "3", "2", "1"]]
+
+    tables = poll(
+        lambda: query(
+            http,
+            "SELECT tablename, nr_errors, error_message, nr_rows, filepath, identity, "
+            "read_epoch > 1000000000, read_time_s >= 0 "
+            "FROM qasino_csvpublisher_tables ORDER BY tablename",
+        ),
+        5,
+        "qasino_csvpublisher_tables",
+    )
+    by_name = {row[0]: row for row in tables}
+    assert sorted(by_name) == ["tbl_a", "tbl_b", "tbl_broken", "tbl_c", "tbl_missing"]
+    for name in ("tbl_a", "tbl_b", "tbl_c"):
+        assert by_name[name][1:3] == ["0", ""], by_name[name]
+        assert by_name[name][5:] == [AGENT_ID, "1", "1"]
+    assert by_name["tbl_a"][3:5] == ["2", files["index"].replace("index.txt", "sub/a.csv")]
+    assert by_name["tbl_missing"][1] == "1"
+    assert "No such file" in by_name["tbl_missing"][2]
+    assert by_name["tbl_missing"][4] == files["missing"]
+    assert by_name["tbl_broken"][1] == "1"
+    assert "line 7" in by_name["tbl_broken"][2] and "oops" in by_name["tbl_broken"][2]
+
+    # The whitelist kept tbl_skipped out, and the broken table was never sent.
+    assert query(http, "SELECT * FROM tbl_skipped") is None
+    assert query(http, "SELECT * FROM tbl_broken") is None
+    assert "tbl_skipped" not in agent.log()
+
+    code, took = agent.terminate()
+    assert code == 0, agent.log()
+    assert took < 2.0
+    assert server.popen.poll() is None
+
+
+def test_server_restart_is_picked_up_without_restarting_the_agent(harness: Harness) -> None:
+    files = write_tree(harness.root)
+    server, ports = harness.server()
+    agent = harness.agent(
+        *agent_flags(ports), "-i", files["index"], "-T", "tbl_a", "-d", "0", "-g", "3"
+    )
+    sql = f"SELECT nr_tables FROM qasino_csvpublisher_info WHERE identity = '{AGENT_ID}'"
+    assert poll(lambda: query(ports["http"], sql), 15, "first server gets the info") == [["1"]]
+
+    code, _ = server.terminate()
+    assert code == 0
+    mark = len(agent.log())
+    # No signal for -g seconds: the agent resubscribes (and keeps running).
+    agent.wait_log("resubscribing", timeout=10, after=mark)
+    assert agent.popen.poll() is None
+
+    _, ports2 = harness.server(ports)  # same ports, same data dir
+    assert ports2 == ports
+    assert poll(lambda: query(ports["http"], sql), 15, "restarted server gets the info") == [["1"]]
+    rows = poll(lambda: query(ports["http"], "SELECT host FROM tbl_a ORDER BY host"), 5, "tbl_a")
+    assert rows == [["h1"], ["h2"]]
+    assert agent.popen.poll() is None
+
+    code, took = agent.terminate()
+    assert code == 0 and took < 2.0
+
+
+def test_sigterm_while_waiting_for_a_signal(harness: Harness) -> None:
+    files = write_tree(harness.root)
+    nowhere = {"zmq": free_port(), "pub": free_port()}
+    agent = harness.agent(*agent_flags(nowhere), "-i", files["index"])
+    agent.wait_log("subscribing to generation signals")
+    code, took = agent.terminate()
+    assert code == 0 and took < 1.5, agent.log()
+
+
+def test_sigterm_during_the_random_delay(harness: Harness) -> None:
+    files = write_tree(harness.root)
+    _, ports = harness.server()
+    agent = harness.agent(*agent_flags(ports), "-i", files["index"], "-d", "60")
+    match = agent.wait_log(r"sending in ([0-9.]+)s", timeout=15)
+    code, took = agent.terminate()
+    assert code == 0, agent.log()
+    # Interrupted the wait (unless the random delay happened to be tiny).
+    assert took < 1.5 or float(match.group(1)) < took
+
+
+def test_sigterm_during_a_send_to_a_silent_server(harness: Harness) -> None:
+    files = write_tree(harness.root)
+    nowhere = {"zmq": free_port(), "pub": free_port()}
+    flags = agent_flags(nowhere) + ["--timeout", "30", "--log-level", "debug"]
+    agent = harness.agent(*flags, "-i", files["index"], "-x", "60")
+    agent.wait_log("sending table tbl_a")
+    code, took = agent.terminate()
+    assert code == 0 and took < 1.5, agent.log()
+
+
+def test_fixed_interval_survives_a_server_outage(harness: Harness) -> None:
+    files = write_tree(harness.root)
+    server, ports = harness.server()
+    flags = agent_flags(ports) + ["--timeout", "1"]
+    agent = harness.agent(*flags, "-i", files["index"], "-T", "tbl_a", "-x", "1")
+    sql = "SELECT host FROM tbl_a ORDER BY host"
+    assert poll(lambda: query(ports["http"], sql), 15, "tbl_a") == [["h1"], ["h2"]]
+    assert "subscribing" not in agent.log()
+
+    code, _ = server.terminate()
+    assert code == 0
+    mark = len(agent.log())
+    # Sends fail within --timeout and are counted; the agent goes on.
+    agent.wait_log(r"sending table tbl_a: no reply .* within 1s", timeout=10, after=mark)
+    agent.wait_log(r"round done: 0 tables sent, 1 errors", timeout=10, after=mark)
+
+    harness.server(ports)
+    assert poll(lambda: query(ports["http"], sql), 15, "tbl_a after the restart") == [
+        ["h1"],
+        ["h2"],
+    ]
+    code, took = agent.terminate()
+    assert code == 0 and took < 2.0
+
+
+def make_cert(root: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost (the agent runs with -k)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = root / "cert.pem", root / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_with_basic_auth(harness: Harness) -> None:
+    files = write_tree(harness.root)
+    cert, key = make_cert(harness.root)
+    htpasswd = harness.root / "htpasswd"
+    htpasswd.write_text(f"pub:{ldap_sha1.hash('pub-pw')}\n")
+    listeners = dict(LISTENERS, https=r"HTTPS listening on 127\.0\.0\.1:(\d+)")
+    tls = ["--https-port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    _, ports = harness.server(extra=[*tls, "--htpasswd-file", str(htpasswd)], listeners=listeners)
+    https = ["-s", "-k", "-p", str(ports["https"]), "-P", str(ports["pub"])]
+    common = ["-H", "127.0.0.1", "-i", files["index"], "-T", "tbl_a", "-d", "0"]
+
+    # Credentials from the environment.
+    good = harness.agent(
+        "-I",
+        "https_agent",
+        *https,
+        *common,
+        env={"QASINO_CLIENT_USERNAME": "pub", "QASINO_CLIENT_PASSWORD": "pub-pw"},
+    )
+    # A wrong password: every send is refused and counted, the agent goes on.
+    bad = harness.agent("-I", "bad_agent", *https, *common, "-u", "pub", "-w", "wrong")
+
+    sql = "SELECT identity, nr_tables, nr_errors FROM qasino_csvpublisher_info"
+    assert poll(lambda: query(ports["http"], sql), 15, "info over HTTPS") == [
+        ["https_agent", "1", "0"]
+    ]
+    assert query(ports["http"], "SELECT host FROM tbl_a ORDER BY host") == [["h1"], ["h2"]]
+    bad.wait_log("authentication failed")
+    assert "https://127.0.0.1:" in good.log()
+    for agent in (good, bad):
+        code, took = agent.terminate()
+        assert code == 0 and took < 2.0, agent.log()
