@@ -273,10 +273,16 @@ class EngineService(Service):
             now = False
         self._loop_done = self._loop.start(self.generation_duration_s, now=now)
 
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> Optional[Deferred[None]]:
+        was_running = self.running
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+        if not was_running:
+            # Never started (another service failed first): no threads to
+            # go through, close the store here.
+            self.engine.store.close()
+            return None
         d = self.engine.close()
 
         def stop_threads(result: object) -> object:

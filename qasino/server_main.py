@@ -157,10 +157,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         server.startService()
     except (CannotListenError, OSError, Exception) as e:  # zmq.ZMQError is an Exception
         sys.stderr.write(f"qasino_server: cannot start: {e}\n")
-        try:
-            server.stopService()
-        except Exception:
-            pass
+        # Stop what did start (threads included) with the reactor running,
+        # then exit 1.
+        from twisted.internet.defer import maybeDeferred
+
+        def shut_down() -> None:
+            d = maybeDeferred(server.stopService)
+            d.addErrback(lambda f: log.failure("stopping after a failed start", f))
+            d.addBoth(lambda _: reactor.stop())
+
+        reactor.callWhenRunning(shut_down)
+        reactor.run(installSignalHandlers=False)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.run()

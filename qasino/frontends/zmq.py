@@ -35,9 +35,9 @@ def bound_port(connection: Any) -> int:
 class RPCConnection(ZmqREPConnection):
     """Requests in, one reply each; the ops come from the shared Dispatcher."""
 
-    def __init__(self, factory: ZmqFactory, endpoint: ZmqEndpoint, dispatcher: Dispatcher):
+    def __init__(self, factory: ZmqFactory, dispatcher: Dispatcher):
         self.dispatcher = dispatcher
-        super().__init__(factory, endpoint)
+        super().__init__(factory)
 
     def messageReceived(self, message: list[bytes]) -> None:
         # The envelope is routing frames, the request id, an empty frame,
@@ -115,18 +115,27 @@ class ZmqServices(Service):
         factory.reactor = self.reactor
         self.factory = factory
         if self.rpc_port is not None:
-            endpoint = ZmqEndpoint(ZmqEndpointType.bind, zmq_address(self.bind, self.rpc_port))
-            self.rpc = RPCConnection(factory, endpoint, self.dispatcher)
-            self.rpc_port = bound_port(self.rpc)
+            self.rpc = RPCConnection(factory, self.dispatcher)
+            self.rpc_port = self._bind(self.rpc, self.rpc_port)
             log.info("ZeroMQ RPC listening on {bind}:{port}", bind=self.bind, port=self.rpc_port)
         if self.pub_port is not None:
-            endpoint = ZmqEndpoint(ZmqEndpointType.bind, zmq_address(self.bind, self.pub_port))
-            self.pub = ZmqPubConnection(factory, endpoint)
-            self.pub_port = bound_port(self.pub)
+            self.pub = ZmqPubConnection(factory)
+            self.pub_port = self._bind(self.pub, self.pub_port)
             log.info(
                 "ZeroMQ generation signal on {bind}:{port}", bind=self.bind, port=self.pub_port
             )
         super().startService()
+
+    def _bind(self, connection: Any, port: int) -> int:
+        """Bind a created connection; on failure close its socket (an open
+        socket would make the ZeroMQ context hang at shutdown) and raise."""
+        address = zmq_address(self.bind, port)
+        try:
+            connection.addEndpoints([ZmqEndpoint(ZmqEndpointType.bind, address)])
+        except zmq.ZMQError as e:
+            connection.shutdown()
+            raise OSError(f"Couldn't listen on {self.bind}:{port}: {e}") from None
+        return bound_port(connection)
 
     def publish_generation(self, generation_number: int, generation_duration_s: float) -> None:
         """Send the GENSIG frame (txzmq framing: tag, NUL, JSON)."""
