@@ -19,7 +19,13 @@ from twisted.python.failure import Failure
 from qasino.core.errors import InvalidInput, QasinoError
 from qasino.core.model import Result
 from qasino.core.render import error_shape, render_error_text, render_result_text, result_shape
-from qasino.core.tables import parse_csv_publish, parse_json_publish
+from qasino.core.tables import (
+    DEFAULT_MAX_CELL_BYTES,
+    DEFAULT_MAX_COLUMNS,
+    DEFAULT_MAX_ROWS,
+    parse_csv_publish,
+    parse_json_publish,
+)
 from qasino.engine import Engine
 
 log = Logger(namespace="qasino.ops")
@@ -45,8 +51,19 @@ def encode_json(obj: object) -> bytes:
 class Dispatcher:
     """Turns protocol requests into engine calls and engine results into replies."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        max_table_rows: int = DEFAULT_MAX_ROWS,
+        max_table_columns: int = DEFAULT_MAX_COLUMNS,
+        max_cell_bytes: int = DEFAULT_MAX_CELL_BYTES,
+    ) -> None:
         self.engine = engine
+        self.limits = {
+            "max_rows": max_table_rows,
+            "max_columns": max_table_columns,
+            "max_cell_bytes": max_cell_bytes,
+        }
         self.ops: dict[str, Callable[[dict[str, Any]], Deferred[Reply]]] = {
             "add_table_data": self.add_table_data,
             "query": self.query,
@@ -98,7 +115,7 @@ class Dispatcher:
 
     def add_table_data(self, request: dict[str, Any]) -> Deferred[Reply]:
         try:
-            publish = parse_json_publish(request)
+            publish = parse_json_publish(request, **self.limits)
         except InvalidInput:
             table = request.get("table")
             rows = table.get("rows") if isinstance(table, dict) else None
@@ -109,7 +126,7 @@ class Dispatcher:
     def add_csv_table_data(self, body: bytes, identity: Optional[str] = None) -> Deferred[Reply]:
         """The CSV publish format (HTTP op add_csv_table_data)."""
         try:
-            publish = parse_csv_publish(body, identity)
+            publish = parse_csv_publish(body, identity, **self.limits)
         except InvalidInput as e:
             self.engine.count_publish_error()
             return succeed(self._failed(Failure(e), "add_csv_table_data"))

@@ -77,10 +77,55 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="bind the plain HTTP listener to 127.0.0.1 only (use --http-port off to disable it)",
     )
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    p.add_argument("--max-statement-bytes", type=int, default=d.max_statement_bytes)
-    p.add_argument("--query-timeout", type=float, default=d.query_timeout_s)
-    p.add_argument("--max-result-rows", type=int, default=d.max_result_rows)
+    limits = p.add_argument_group("limits")
+    limits.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=d.max_body_bytes,
+        help="largest HTTP request body; larger gets 413 (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-table-rows",
+        type=int,
+        default=d.max_table_rows,
+        help="most rows in one published table (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-table-columns",
+        type=int,
+        default=d.max_table_columns,
+        help="most columns in one published table (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-cell-bytes",
+        type=int,
+        default=d.max_cell_bytes,
+        help="largest text cell in UTF-8 bytes (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-statement-bytes",
+        type=int,
+        default=d.max_statement_bytes,
+        help="largest statement on the line protocol (default %(default)s)",
+    )
+    limits.add_argument(
+        "--query-timeout",
+        type=float,
+        default=d.query_timeout_s,
+        help="seconds before a query is stopped (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-result-rows",
+        type=int,
+        default=d.max_result_rows,
+        help="rows returned before a result is cut (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help="concurrent connections per TCP listener; 0 = no limit (default %(default)s)",
+    )
     p.add_argument("--reader-threads", type=int, default=d.reader_threads)
     p.add_argument(
         "--log-level",
@@ -116,6 +161,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_key=args.tls_key,
         htpasswd_file=args.htpasswd_file,
         http_loopback_only=args.http_loopback_only,
+        max_table_rows=args.max_table_rows,
+        max_table_columns=args.max_table_columns,
+        max_cell_bytes=args.max_cell_bytes,
+        max_connections=max(0, args.max_connections),
     ).resolved()
 
 
@@ -173,3 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     reactor.run()
     log.info("qasino_server stopped")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,8 +16,10 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols.policies import LimitTotalConnectionsFactory
 from twisted.python.threadpool import ThreadPool
 
+from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFAULT_MAX_ROWS
 from qasino.engine import Engine, EngineService, ThreadRunner, ViewsSource
 from qasino.frontends.http import DEFAULT_MAX_BODY_BYTES, make_site
 from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory
@@ -60,6 +62,10 @@ class ServerConfig:
     tls_key: Optional[str] = None
     htpasswd_file: Optional[str] = None
     http_loopback_only: bool = False
+    max_table_rows: int = DEFAULT_MAX_ROWS
+    max_table_columns: int = DEFAULT_MAX_COLUMNS
+    max_cell_bytes: int = DEFAULT_MAX_CELL_BYTES
+    max_connections: int = 1024
 
     def resolved(self) -> ServerConfig:
         """Fill the defaults that depend on the machine."""
@@ -84,6 +90,7 @@ class TCPListenService(Service):
         factory: Factory,
         bind: str,
         tls_options: Any = None,
+        max_connections: int = 0,
     ):
         self.setName(name)
         self.reactor = reactor
@@ -91,15 +98,20 @@ class TCPListenService(Service):
         self.factory = factory
         self.bind = bind
         self.tls_options = tls_options
+        self.max_connections = max_connections
         self.listening: Optional[IListeningPort] = None
 
     def startService(self) -> None:
+        factory: Any = self.factory
+        if self.max_connections:
+            factory = LimitTotalConnectionsFactory(factory)
+            factory.connectionLimit = self.max_connections
         if self.tls_options is not None:
             self.listening = self.reactor.listenSSL(
-                self.port, self.factory, self.tls_options, interface=self.bind
+                self.port, factory, self.tls_options, interface=self.bind
             )
         else:
-            self.listening = self.reactor.listenTCP(self.port, self.factory, interface=self.bind)
+            self.listening = self.reactor.listenTCP(self.port, factory, interface=self.bind)
         self.port = self.listening.getHost().port
         log.info(
             "{name} listening on {bind}:{port}", name=self.name, bind=self.bind, port=self.port
@@ -152,7 +164,12 @@ class QasinoServer(MultiService):
         self.engine = Engine(
             store, ThreadRunner(reactor, config.reader_threads), reactor, config.identity, views
         )
-        self.dispatcher = Dispatcher(self.engine)
+        self.dispatcher = Dispatcher(
+            self.engine,
+            max_table_rows=config.max_table_rows,
+            max_table_columns=config.max_table_columns,
+            max_cell_bytes=config.max_cell_bytes,
+        )
         self.zmq = ZmqServices(
             self.dispatcher, reactor, config.bind, config.zmq_port, config.pubsub_port
         )
@@ -170,7 +187,14 @@ class QasinoServer(MultiService):
         if config.http_port is not None:
             site = make_site(self.dispatcher, config.max_body_bytes)
             bind = "127.0.0.1" if config.http_loopback_only else config.bind
-            self.http = TCPListenService("HTTP", reactor, config.http_port, site, bind)
+            self.http = TCPListenService(
+                "HTTP",
+                reactor,
+                config.http_port,
+                site,
+                bind,
+                max_connections=config.max_connections,
+            )
             self.http.setServiceParent(self)
         self.https: Optional[TCPListenService] = None
         if config.tls_cert and config.tls_key and config.https_port is not None:
@@ -179,7 +203,12 @@ class QasinoServer(MultiService):
         if config.line_port is not None:
             factory = LineSQLFactory(self.dispatcher, config.max_statement_bytes)
             self.line = TCPListenService(
-                "line protocol", reactor, config.line_port, factory, config.bind
+                "line protocol",
+                reactor,
+                config.line_port,
+                factory,
+                config.bind,
+                max_connections=config.max_connections,
             )
             self.line.setServiceParent(self)
 
@@ -197,7 +226,13 @@ class QasinoServer(MultiService):
         else:
             log.warn("HTTPS without --htpasswd-file: no authentication on the HTTPS listener")
         return TCPListenService(
-            "HTTPS", reactor, config.https_port, site, config.bind, tls_options=options
+            "HTTPS",
+            reactor,
+            config.https_port,
+            site,
+            config.bind,
+            tls_options=options,
+            max_connections=config.max_connections,
         )
 
     def ports(self) -> dict[str, Optional[int]]:
