@@ -16,7 +16,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.policies import LimitTotalConnectionsFactory
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.threadpool import ThreadPool
 
 from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFAULT_MAX_ROWS
@@ -78,6 +78,29 @@ class ServerConfig:
         )
 
 
+class ConnectionLimitFactory(WrappingFactory):
+    """Refuses (closes at once) connections beyond ``limit`` open ones."""
+
+    def __init__(self, wrapped: Factory, limit: int, name: str) -> None:
+        super().__init__(wrapped)
+        self.limit = limit
+        self.name = name
+        self._refused = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if len(self.protocols) >= self.limit:
+            self._refused += 1
+            if self._refused == 1 or self._refused % 1000 == 0:
+                log.warn(
+                    "{name}: {limit} connections open, refusing more ({n} refused so far)",
+                    name=self.name,
+                    limit=self.limit,
+                    n=self._refused,
+                )
+            return None
+        return super().buildProtocol(addr)
+
+
 class TCPListenService(Service):
     """Listens in startService (raising CannotListenError if it can't) and
     logs the real address; stops listening in stopService."""
@@ -104,8 +127,7 @@ class TCPListenService(Service):
     def startService(self) -> None:
         factory: Any = self.factory
         if self.max_connections:
-            factory = LimitTotalConnectionsFactory(factory)
-            factory.connectionLimit = self.max_connections
+            factory = ConnectionLimitFactory(factory, self.max_connections, self.name)
         if self.tls_options is not None:
             self.listening = self.reactor.listenSSL(
                 self.port, factory, self.tls_options, interface=self.bind
