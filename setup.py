@@ -20,6 +20,7 @@ setup(
         "requests>=2.28",
         "libpass>=1.9",
         "bcrypt>=4",
+        "orjson>=3.9",
     ],
     extras_require={
         "test": [
@@ -30,6 +31,7 @@ setup(
             "types-PyYAML",
             "types-requests",
             "pexpect>=4.8",
+            "playwright>=1.40",
             "cryptography>=41",
         ],
     },

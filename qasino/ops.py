@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any, Optional
 
+import orjson
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,7 +46,29 @@ def is_true(value: object) -> bool:
 
 
 def encode_json(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON (orjson: >10x faster than the stdlib encoder)."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        # Integers beyond 64 bits and the like: the stdlib copes.
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def decode_json(data: bytes | str) -> Any:
+    """Parse JSON; raises ValueError (with the stdlib's message) on bad input.
+
+    orjson first (2-3x faster); on its refusal the stdlib parser decides, so
+    what old publishers send (NaN, Infinity) keeps working and error
+    messages keep their familiar form.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 class Dispatcher:

@@ -7,8 +7,8 @@ that went away is noticed so nothing is written to a closed request.
 
 from __future__ import annotations
 
+import csv
 import io
-import json
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
@@ -17,13 +17,19 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from qasino.ops import Dispatcher, encode_json, is_true
+from qasino.core.errors import QasinoError
+from qasino.core.model import Result
+from qasino.core.render import cell_to_str, render_error_text
+from qasino.frontends.web import install_web_ui
+from qasino.ops import MISSING_SQL, Dispatcher, decode_json, encode_json, is_true
 
 log = Logger(namespace="qasino.http")
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 JSON_TYPE = b"application/json"
 TEXT_TYPE = b"text/plain; charset=utf-8"
+CSV_TYPE = b"text/csv; charset=utf-8"
+CSV_DISPOSITION = b'attachment; filename="qasino_query.csv"'
 
 
 class LimitedRequest(server.Request):
@@ -107,6 +113,8 @@ class RequestResource(Resource):
         args = _args(request)
         if args.get("op") == "query" and args.get("format") == "text":
             return self._text_query(request, args.get("sql"), is_true(args.get("use_write_db")))
+        if args.get("op") == "query" and args.get("format") == "csv":
+            return self._csv_query(request, args.get("sql"), is_true(args.get("use_write_db")))
         return self._reply(request, self.dispatcher.dispatch(args, "http"))
 
     def render_POST(self, request: server.Request) -> Any:
@@ -117,7 +125,7 @@ class RequestResource(Resource):
                 request, self.dispatcher.add_csv_table_data(body, args.get("identity"))
             )
         try:
-            payload = json.loads(body) if body.strip() else {}
+            payload = decode_json(body) if body.strip() else {}
         except (ValueError, UnicodeDecodeError) as e:
             if args.get("op") == "add_table_data":
                 self.dispatcher.engine.count_publish_error()
@@ -142,8 +150,29 @@ class RequestResource(Resource):
         d.addCallback(lambda text: text.encode("utf-8"))
         return self._reply(request, d, TEXT_TYPE)
 
+    def _csv_query(self, request: server.Request, sql: Optional[str], use_write_db: bool) -> Any:
+        """A header row and the rows as a CSV download; an error as ``SQL error: ...``."""
+        if not sql or not sql.strip():
+            return self._send(request, render_error_text(MISSING_SQL).encode("utf-8"), TEXT_TYPE)
+        d = self.dispatcher.engine.query_then(sql, use_write_db, result_csv)
+
+        def attach(body: bytes) -> bytes:
+            request.setHeader(b"Content-Type", CSV_TYPE)
+            request.setHeader(b"Content-Disposition", CSV_DISPOSITION)
+            return body
+
+        def sql_error(failure: Failure) -> bytes:
+            failure.trap(QasinoError)  # anything else: _reply logs it and answers 500
+            error = failure.value
+            assert isinstance(error, QasinoError)
+            request.setHeader(b"Content-Type", TEXT_TYPE)
+            return render_error_text(error.message).encode("utf-8")
+
+        d.addCallbacks(attach, sql_error)
+        return self._reply(request, d, content_type=None)
+
     def _reply(
-        self, request: server.Request, d: Deferred[Any], content_type: bytes = JSON_TYPE
+        self, request: server.Request, d: Deferred[Any], content_type: Optional[bytes] = JSON_TYPE
     ) -> Any:
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
@@ -172,10 +201,11 @@ class RequestResource(Resource):
     def _send(
         request: server.Request,
         body: bytes,
-        content_type: bytes = JSON_TYPE,
+        content_type: Optional[bytes] = JSON_TYPE,
         finish: bool = False,
     ) -> Any:
-        request.setHeader(b"Content-Type", content_type)
+        if content_type is not None:  # None: the caller has set it
+            request.setHeader(b"Content-Type", content_type)
         request.setHeader(b"Content-Length", str(len(body)).encode())
         if not finish:
             return body
@@ -185,18 +215,25 @@ class RequestResource(Resource):
 
 
 class RootResource(Resource):
-    """``/`` until the web UI lands: a pointer to the API."""
+    """``/request`` (the API) and the web UI (``/``, ``/tables``, ``/desc``,
+    ``/query``, ``/connections``, ``/views``, ``/static/``); anything else 404."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         super().__init__()
         self.putChild(b"request", RequestResource(dispatcher))
+        self.not_found = install_web_ui(self, dispatcher)
 
     def getChild(self, path: bytes, request: server.Request) -> Resource:
-        return self
+        return self.not_found
 
-    def render_GET(self, request: server.Request) -> bytes:
-        request.setHeader(b"Content-Type", TEXT_TYPE)
-        return b"Qasino. Query with GET /request?op=query&format=text&sql=SHOW+tables\n"
+
+def result_csv(result: Result) -> bytes:
+    """A result as CSV: a header row, then the rows (NULL as an empty cell)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(result.column_names)
+    writer.writerows([cell_to_str(cell) for cell in row] for row in result.rows)
+    return out.getvalue().encode("utf-8")
 
 
 def make_site(dispatcher: Dispatcher, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> server.Site:

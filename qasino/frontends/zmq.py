@@ -7,7 +7,6 @@ request gets exactly one reply, whatever it holds.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Optional
 
 import zmq
@@ -15,7 +14,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 from txzmq import ZmqEndpoint, ZmqEndpointType, ZmqFactory, ZmqPubConnection, ZmqREPConnection
 
-from qasino.ops import Dispatcher, Reply, encode_json
+from qasino.ops import Dispatcher, Reply, decode_json, encode_json
 
 log = Logger(namespace="qasino.zmq")
 
@@ -65,7 +64,7 @@ class RPCConnection(ZmqREPConnection):
             )
             return
         try:
-            request = json.loads(messageParts[0])
+            request = decode_json(messageParts[0])
         except (ValueError, UnicodeDecodeError) as e:
             self._send(messageId, self.dispatcher.error(f"Failed to parse JSON message: {e}"))
             return
