@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFAULT_MAX_ROWS
@@ -126,14 +127,12 @@ class TCPListenService(Service):
 
     def startService(self) -> None:
         factory: Any = self.factory
+        if self.tls_options is not None:
+            # TLS inside the connection limit: the limit counts raw sockets.
+            factory = TLSMemoryBIOFactory(self.tls_options, False, factory)
         if self.max_connections:
             factory = ConnectionLimitFactory(factory, self.max_connections, self.name)
-        if self.tls_options is not None:
-            self.listening = self.reactor.listenSSL(
-                self.port, factory, self.tls_options, interface=self.bind
-            )
-        else:
-            self.listening = self.reactor.listenTCP(self.port, factory, interface=self.bind)
+        self.listening = self.reactor.listenTCP(self.port, factory, interface=self.bind)
         self.port = self.listening.getHost().port
         log.info(
             "{name} listening on {bind}:{port}", name=self.name, bind=self.bind, port=self.port

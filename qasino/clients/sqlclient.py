@@ -183,6 +183,10 @@ def interactive(session: Session) -> int:
         try:
             session.run(statement)
         except KeyboardInterrupt:
+            # The request was cut off: drop the connection, or the next
+            # statement fails (a ZeroMQ REQ socket that missed its reply
+            # cannot send again).
+            session.transport.close()
             sys.stdout.write("\n")
 
 

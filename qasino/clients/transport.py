@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Optional
 
 import requests
 import zmq
 
 DEFAULT_TIMEOUT_S = 10.0
+POLL_SLICE_MS = 100
 
 
 class TransportError(Exception):
@@ -65,6 +67,11 @@ class ZmqTransport:
         s = self._socket()
         try:
             s.send(json.dumps(message).encode("utf-8"))
+            # Wait in short slices so Ctrl-C is noticed at once.
+            deadline = time.monotonic() + self.timeout_ms / 1000
+            while not s.poll(min(POLL_SLICE_MS, self.timeout_ms), zmq.POLLIN):
+                if time.monotonic() >= deadline:
+                    raise zmq.Again()
             frames = s.recv_multipart()
         except zmq.Again:
             self.close()
@@ -74,6 +81,9 @@ class ZmqTransport:
         except zmq.ZMQError as e:
             self.close()
             raise TransportError(f"ZeroMQ error talking to {self.address}: {e}") from None
+        except BaseException:
+            self.close()  # interrupted mid-request: this REQ socket is spent
+            raise
         return [decode_frame(f) for f in frames]
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Optional
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from OpenSSL import crypto
 from passlib.apache import HtpasswdFile
 from twisted.cred import credentials, error, portal
@@ -57,12 +55,12 @@ def load_tls_options(cert_path: str, key_path: str) -> ssl.CertificateOptions:
     if not blocks:
         raise TLSConfigError(f"no PEM certificate in {cert_path}")
     try:
-        key = crypto.PKey.from_cryptography_key(
-            serialization.load_pem_private_key(key_pem, password=None)  # type: ignore[arg-type]
-        )
-        certs = [crypto.X509.from_cryptography(x509.load_pem_x509_certificate(b)) for b in blocks]
+        key = ssl.KeyPair.load(key_pem, crypto.FILETYPE_PEM)
+        certs = [ssl.Certificate.loadPEM(b) for b in blocks]
         return ssl.CertificateOptions(
-            privateKey=key, certificate=certs[0], extraCertChain=certs[1:]
+            privateKey=key.original,
+            certificate=certs[0].original,
+            extraCertChain=[c.original for c in certs[1:]],
         )
     except Exception as e:
         raise TLSConfigError(f"bad TLS certificate or key: {e}") from None

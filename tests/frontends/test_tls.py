@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 from pathlib import Path
 
 import bcrypt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from passlib.hash import apr_md5_crypt, ldap_sha1
 
 from qasino.frontends.tls import HtpasswdStore, TLSConfigError, load_tls_options
+from tests.tls_helpers import make_cert
 
 
 def write_htpasswd(path: Path, entries: dict[str, str]) -> None:
@@ -80,32 +76,6 @@ def test_cached_check_expires(htpasswd: Path) -> None:
 def test_missing_htpasswd_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(TLSConfigError, match="htpasswd"):
         HtpasswdStore(str(tmp_path / "missing"))
-
-
-def make_cert(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def test_tls_options_load_from_pem_files(tmp_path: Path) -> None:

@@ -1,0 +1,612 @@
+"""``qasinosql`` against the real server (PROTOCOL.md "Client command lines",
+"Result shape", "Text rendering"; issue 4, items 1 and 4).
+
+The interactive prompt is driven through a pseudo-terminal with pexpect; the
+scripting mode (``-q``) runs as a plain subprocess. The first half of this
+file is a small harness that ``test_publish.py`` imports too: the real
+``qasino_server`` in a subprocess, every listener on 127.0.0.1 with port 0
+(the real ports are read from its log), waiting for snapshots on the
+generation signal (GENSIG), never with fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import pexpect
+import pytest
+import zmq
+
+# --------------------------------------------------------------------------
+# Harness (also used by test_publish.py)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+SERVER_IDENTITY = "testserver"
+STARTUP_TIMEOUT_S = 20.0
+GENERATION_TIMEOUT_S = 5.0
+CLIENT_TIMEOUT_S = 20.0
+
+SERVER_CODE = "import sys; from qasino.cli import server_main; sys.exit(server_main(sys.argv[1:]))"
+SQLCLIENT_CODE = (
+    "import sys; from qasino.cli import sqlclient_main; sys.exit(sqlclient_main(sys.argv[1:]))"
+)
+PUBLISH_CODE = (
+    "import sys; from qasino.cli import publish_main; sys.exit(publish_main(sys.argv[1:]))"
+)
+
+PORT_PATTERNS = {
+    "zmq": re.compile(r"ZeroMQ RPC listening on 127\.0\.0\.1:(\d+)"),
+    "pubsub": re.compile(r"ZeroMQ generation signal on 127\.0\.0\.1:(\d+)"),
+    "http": re.compile(r"HTTP listening on 127\.0\.0\.1:(\d+)"),
+    "line": re.compile(r"line protocol listening on 127\.0\.0\.1:(\d+)"),
+}
+GENSIG_PREFIX = b"GENSIG\x00"
+
+ZMQ_CONTEXT = zmq.Context()
+
+
+def child_env(home: Optional[Path] = None) -> dict[str, str]:
+    """Environment for server and clients: the repo root first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+    )
+    env["PYTHONUNBUFFERED"] = "1"
+    for name in (
+        "QASINO_SQLCLIENT_USERNAME",
+        "QASINO_SQLCLIENT_PASSWORD",
+        "QASINO_CLIENT_USERNAME",
+        "QASINO_CLIENT_PASSWORD",
+    ):
+        env.pop(name, None)
+    if home is not None:
+        env["HOME"] = str(home)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class QasinoServer:
+    """The real qasino_server in a subprocess, with a GENSIG subscriber."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.log_path = workdir / "server.log"
+        self.ports: dict[str, int] = {}
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.sub: Optional[zmq.Socket[bytes]] = None
+        self._log: Any = None
+
+    def start(self) -> None:
+        db_dir = self.workdir / "db"
+        db_dir.mkdir()
+        views = self.workdir / "views.conf"
+        views.write_text("[]\n")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                SERVER_CODE,
+                "--bind",
+                HOST,
+                "--line-port",
+                "0",
+                "--http-port",
+                "0",
+                "--zmq-port",
+                "0",
+                "--pubsub-port",
+                "0",
+                "-d",
+                str(db_dir),
+                "-g",
+                "1",
+                "-v",
+                str(views),
+                "-i",
+                SERVER_IDENTITY,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+            cwd=self.workdir,
+        )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            text = self.log_path.read_text(errors="replace")
+            for name, pattern in PORT_PATTERNS.items():
+                match = pattern.search(text)
+                if match:
+                    self.ports[name] = int(match.group(1))
+            if len(self.ports) == len(PORT_PATTERNS):
+                break
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited ({self.proc.returncode}):\n{text}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server did not log its ports in time:\n{text}")
+            time.sleep(0.05)
+        sub = ZMQ_CONTEXT.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"GENSIG")
+        sub.connect(f"tcp://{HOST}:{self.ports['pubsub']}")
+        self.sub = sub
+
+    def stop(self) -> None:
+        if self.sub is not None:
+            self.sub.close(linger=0)
+            self.sub = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def next_generation(self, timeout: float = GENERATION_TIMEOUT_S) -> dict[str, Any]:
+        """Wait for the next snapshot: drop queued signals, return the next one.
+
+        Everything acknowledged before this call is in the snapshot it reports.
+        """
+        assert self.sub is not None
+        while self.sub.poll(0):
+            self.sub.recv()
+        if not self.sub.poll(int(timeout * 1000)):
+            raise AssertionError(f"no generation signal within {timeout:g}s\n{self.status()}")
+        frame = self.sub.recv()
+        assert frame.startswith(GENSIG_PREFIX), frame[:40]
+        message = json.loads(frame[len(GENSIG_PREFIX) :])
+        assert message["op"] == "generation_signal", message
+        return message
+
+    def status(self) -> str:
+        """The process state and the end of its log, for failure messages."""
+        assert self.proc is not None
+        state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
+        log = self.log_path.read_text(errors="replace").splitlines()
+        return f"server {state}; log tail:\n" + "\n".join(log[-20:])
+
+    def rpc(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One in-process ZeroMQ request (fast: used where timing matters)."""
+        s = ZMQ_CONTEXT.socket(zmq.REQ)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVTIMEO, 10_000)
+        s.setsockopt(zmq.SNDTIMEO, 10_000)
+        try:
+            s.connect(f"tcp://{HOST}:{self.ports['zmq']}")
+            s.send(json.dumps(message).encode())
+            reply = json.loads(s.recv_multipart()[0])
+        except zmq.Again:
+            raise AssertionError(f"no reply to {message}\n{self.status()}") from None
+        finally:
+            s.close(linger=0)
+        assert isinstance(reply, dict)
+        return reply
+
+    def query(self, sql: str, use_write_db: bool = False) -> dict[str, Any]:
+        return self.rpc({"op": "query", "sql": sql, "use_write_db": use_write_db})
+
+    def rows(self, sql: str) -> list[list[str]]:
+        reply = self.query(sql)
+        assert reply.get("response_op") == "result_table", reply
+        return [list(r) for r in reply["table"]["rows"]]
+
+
+@contextmanager
+def running_server(workdir: Path) -> Iterator[QasinoServer]:
+    server = QasinoServer(workdir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def run_client(
+    code: str,
+    args: Sequence[str],
+    stdin: Optional[str] = None,
+    home: Optional[Path] = None,
+    timeout: float = CLIENT_TIMEOUT_S,
+) -> subprocess.CompletedProcess[str]:
+    """Run a client (``python -c CODE ARGS``); killed by subprocess.run on timeout."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        env=child_env(home),
+        timeout=timeout,
+    )
+
+
+def text_table(names: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """The protocol's text rendering, written out independently of the code."""
+    widths = [max([len(n), *(len(r[i]) for r in rows)]) for i, n in enumerate(names)]
+    lines = ["  ".join(n.rjust(w) for n, w in zip(names, widths))]
+    lines.append("  ".join("=" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.append(f"{len(rows)} rows returned")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------
+# Fixtures
+
+PROMPT = "qasino> "
+CONTINUATION = "      > "
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QasinoServer]:
+    with running_server(tmp_path_factory.mktemp("sqlclient_server")) as srv:
+        yield srv
+
+
+def sql(server: QasinoServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """qasinosql -q ... against the test server over ZeroMQ (the default)."""
+    return run_client(SQLCLIENT_CODE, ["-H", HOST, "-p", str(server.ports["zmq"]), *args])
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Any]:
+    """Start qasinosql in a pseudo-terminal; every child is killed at teardown."""
+    children: list[pexpect.spawn] = []
+    home = tmp_path / "home"
+    home.mkdir()
+
+    def start(port: int, *args: str) -> pexpect.spawn:
+        env = child_env(home)
+        env["TERM"] = "dumb"
+        env["INPUTRC"] = os.devnull
+        child = pexpect.spawn(
+            sys.executable,
+            ["-c", SQLCLIENT_CODE, "-H", HOST, "-p", str(port), *args],
+            env=env,
+            encoding="utf-8",
+            timeout=10,
+            cwd=str(tmp_path),
+        )
+        child.home = home
+        children.append(child)
+        child.expect_exact(PROMPT)
+        return child
+
+    yield start
+    for child in children:
+        if child.isalive():
+            child.close(force=True)
+
+
+def pty_text(text: str) -> str:
+    return text.replace("\n", "\r\n")
+
+
+# --------------------------------------------------------------------------
+# Interactive prompt
+
+
+def test_multiline_statement_shows_continuation_prompt_then_text_rendering(
+    server: QasinoServer, spawn: Any
+) -> None:
+    child = spawn(server.ports["zmq"])
+    child.sendline("SELECT 1 AS a,")
+    child.expect_exact(CONTINUATION)
+    child.sendline("  'xy' AS long_name")
+    child.expect_exact(CONTINUATION)
+    child.sendline("  ;")
+    child.expect_exact(pty_text(text_table(["a", "long_name"], [["1", "xy"]])))
+    child.expect_exact(PROMPT)
+
+
+def test_set_use_write_db_then_query_sees_table_published_in_current_generation(
+    server: QasinoServer, spawn: Any
+) -> None:
+    child = spawn(server.ports["zmq"])
+    # Everything below happens within one generation (1 s) in well under
+    # 100 ms; should a snapshot still fall in between, try a fresh generation.
+    for attempt in range(3):
+        table = f"sqlcli_writedb_{attempt}"
+        server.next_generation()
+        reply = server.rpc(
+            {
+                "op": "add_table_data",
+                "identity": "sqlcli_test",
+                "table": {
+                    "tablename": table,
+                    "column_names": ["n", "label"],
+                    "column_types": ["int", "text"],
+                    "rows": [[7, "fresh"]],
+                },
+            }
+        )
+        assert reply["response_op"] == "ok", reply
+        child.sendline(f"SELECT n, label FROM {table};")
+        in_snapshot = child.expect_exact(["SQL error: no such table", "1 rows returned"])
+        child.expect_exact(PROMPT)
+        child.sendline("SET use_write_db = true;")
+        child.expect_exact("use_write_db = true")
+        child.expect_exact(PROMPT)
+        child.sendline(f"SELECT n, label FROM {table};")
+        in_writer = child.expect_exact(
+            [pty_text(text_table(["n", "label"], [["7", "fresh"]])), "SQL error"]
+        )
+        child.expect_exact(PROMPT)
+        if in_snapshot == 0 and in_writer == 0:
+            return
+        child.sendline("SET use_write_db = false;")
+        child.expect_exact("use_write_db = false")
+        child.expect_exact(PROMPT)
+    pytest.fail("a table published in the current generation was never seen with use_write_db")
+
+
+def test_query_error_prints_sql_error_and_prompt_comes_back(
+    server: QasinoServer, spawn: Any
+) -> None:
+    child = spawn(server.ports["zmq"])
+    child.sendline("SELECT * FROM sqlcli_no_such_table;")
+    child.expect_exact("SQL error: no such table: sqlcli_no_such_table")
+    child.expect_exact(PROMPT)
+    child.sendline("DROP TABLE qasino_server_info;")
+    child.expect_exact("SQL error: ")
+    child.expect_exact(PROMPT)
+    child.sendline("SELECT 'still alive' AS status;")
+    child.expect_exact(pty_text(text_table(["status"], [["still alive"]])))
+    child.expect_exact(PROMPT)
+
+
+def test_ctrl_c_at_prompt_clears_the_line_and_the_session_goes_on(
+    server: QasinoServer, spawn: Any
+) -> None:
+    child = spawn(server.ports["zmq"])
+    # A half-typed line (wait for readline to echo it, so it is in its buffer).
+    child.send("SELECT 'discarded' AS gone")
+    child.expect_exact("AS gone")
+    child.sendintr()
+    child.expect_exact(PROMPT)
+    # A statement begun on an earlier line: the continuation buffer goes too.
+    child.sendline("SELECT 'also discarded' AS gone2,")
+    child.expect_exact(CONTINUATION)
+    child.sendintr()
+    child.expect_exact(PROMPT)
+    child.sendline("SELECT 'kept' AS still_here;")
+    child.expect_exact(pty_text(text_table(["still_here"], [["kept"]])))
+    child.expect_exact(PROMPT)
+    assert "SQL error" not in child.before
+    assert child.isalive()
+
+
+def test_ctrl_d_exits_0_and_writes_the_history_file_in_home(
+    server: QasinoServer, spawn: Any
+) -> None:
+    child = spawn(server.ports["zmq"])
+    child.sendline("SELECT 42 AS answer;")
+    child.expect_exact("1 rows returned")
+    child.expect_exact(PROMPT)
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert child.signalstatus is None
+    history = child.home / ".qasinosql_history"
+    assert history.is_file()
+    assert "SELECT 42 AS answer;" in history.read_text()
+
+
+def test_ctrl_c_during_a_running_query_leaves_the_session_usable(spawn: Any) -> None:
+    """A fake ZeroMQ server (ROUTER) that holds the first request unanswered,
+    so the interrupt surely lands while the client waits for a reply."""
+    router = ZMQ_CONTEXT.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    try:
+        port = router.bind_to_random_port(f"tcp://{HOST}")
+        child = spawn(port, "--timeout", "10")
+        child.sendline("SELECT 'slow' AS s;")
+        assert router.poll(5000), "the client never sent its request"
+        router.recv_multipart()  # never answered
+        # pyzmq only notices a signal that lands while it waits in poll(); one
+        # that lands in the instant before (right after the send) waits for the
+        # client's timeout (10 s). So interrupt again until the prompt is back.
+        for _ in range(5):
+            child.sendintr()
+            if child.expect_exact([PROMPT, pexpect.TIMEOUT], timeout=1) == 0:
+                break
+        else:
+            pytest.fail("Ctrl-C did not bring the prompt back")
+        child.sendline("SELECT 'after' AS s;")
+        assert router.poll(5000), "the client sent nothing after the interrupt"
+        peer, empty, body = router.recv_multipart()
+        assert json.loads(body)["sql"] == "SELECT 'after' AS s;"
+        reply = {
+            "response_op": "result_table",
+            "identity": "fake",
+            "table": {"column_names": ["s"], "rows": [["after"]]},
+            "max_widths": {"0": 5},
+        }
+        router.send_multipart([peer, empty, json.dumps(reply).encode()])
+        child.expect_exact(pty_text(text_table(["s"], [["after"]])))
+        child.expect_exact(PROMPT)
+        assert "error" not in child.before.lower()
+    finally:
+        router.close(linger=0)
+
+
+# --------------------------------------------------------------------------
+# -q scripting
+
+
+def test_several_q_queries_succeed_exit_0_with_output_in_order(server: QasinoServer) -> None:
+    result = sql(
+        server,
+        "-q",
+        "SELECT 1 AS first;",
+        "-q",
+        "SELECT 'two' AS second, NULL AS empty;",
+        "-q",
+        "SELECT 3 AS third",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        text_table(["first"], [["1"]])
+        + text_table(["second", "empty"], [["two", ""]])
+        + text_table(["third"], [["3"]])
+    )
+    assert result.stderr == ""
+
+
+def test_one_failing_q_query_exits_nonzero_with_server_message_on_stderr(
+    server: QasinoServer,
+) -> None:
+    result = sql(
+        server,
+        "-q",
+        "SELECT 1 AS ok_before;",
+        "-q",
+        "SELECT * FROM sqlcli_missing_table;",
+        "-q",
+        "SELECT 2 AS ok_after;",
+    )
+    assert result.returncode != 0
+    assert "SQL error: no such table: sqlcli_missing_table" in result.stderr
+    assert result.stdout == text_table(["ok_before"], [["1"]]) + text_table(["ok_after"], [["2"]])
+
+
+def test_a_refused_statement_exits_nonzero_with_server_message(server: QasinoServer) -> None:
+    direct = server.query("DELETE FROM qasino_server_info;")
+    assert direct["response_op"] == "error"
+    result = sql(server, "-q", "DELETE FROM qasino_server_info;")
+    assert result.returncode != 0
+    assert f"SQL error: {direct['error_message']}" in result.stderr
+    assert result.stdout == ""
+
+
+def test_format_csv_prints_header_and_rows_as_csv(server: QasinoServer) -> None:
+    result = sql(server, "--format", "csv", "-q", "SELECT 1 AS n, 'a,b' AS s, NULL AS z;")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == 'n,s,z\n1,"a,b",\n'
+
+
+def test_format_json_prints_the_protocol_result_shape_one_per_line(
+    server: QasinoServer,
+) -> None:
+    result = sql(
+        server,
+        "--format",
+        "json",
+        "-q",
+        "SELECT 1 AS n, 'abc' AS s, NULL AS z;",
+        "-q",
+        "SELECT 2 AS n WHERE 0;",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first == {
+        "response_op": "result_table",
+        "identity": SERVER_IDENTITY,
+        "table": {"column_names": ["n", "s", "z"], "rows": [["1", "abc", ""]]},
+        "max_widths": {"0": 1, "1": 3, "2": 1},
+    }
+    assert second["table"] == {"column_names": ["n"], "rows": []}
+
+
+def test_use_http_with_http_port_queries_the_server(server: QasinoServer) -> None:
+    result = run_client(
+        SQLCLIENT_CODE,
+        [
+            "-H",
+            HOST,
+            "--use-http",
+            "-p",
+            str(server.ports["http"]),
+            "-q",
+            "SELECT 'over http' AS via;",
+            "-q",
+            "SHOW info;",
+        ],
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(text_table(["via"], [["over http"]]))
+    assert "generation_number" in result.stdout
+    failing = run_client(
+        SQLCLIENT_CODE,
+        ["-H", HOST, "--use-http", "-p", str(server.ports["http"]), "-q", "SELECT * FROM nope;"],
+    )
+    assert failing.returncode != 0
+    assert "SQL error: no such table: nope" in failing.stderr
+
+
+@pytest.mark.parametrize("transport", [[], ["--use-http"]], ids=["zeromq", "http"])
+def test_unreachable_server_fails_nonzero_within_seconds_with_clear_message(
+    transport: list[str],
+) -> None:
+    port = free_port()
+    started = time.monotonic()
+    result = run_client(
+        SQLCLIENT_CODE,
+        ["-H", HOST, "-p", str(port), *transport, "--timeout", "1", "-q", "SELECT 1;"],
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert elapsed < 5, f"took {elapsed:.1f}s"
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_silent_zeromq_server_times_out_nonzero_within_seconds() -> None:
+    router = ZMQ_CONTEXT.socket(zmq.ROUTER)  # accepts requests, never answers
+    router.setsockopt(zmq.LINGER, 0)
+    try:
+        port = router.bind_to_random_port(f"tcp://{HOST}")
+        started = time.monotonic()
+        result = run_client(
+            SQLCLIENT_CODE, ["-H", HOST, "-p", str(port), "--timeout", "1", "-q", "SELECT 1;"]
+        )
+        elapsed = time.monotonic() - started
+        assert router.poll(0), "the request never reached the silent server"
+    finally:
+        router.close(linger=0)
+    assert result.returncode != 0
+    assert elapsed < 5, f"took {elapsed:.1f}s"
+    assert "no reply" in result.stderr and f"127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_silent_http_server_times_out_nonzero_within_seconds() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind((HOST, 0))
+        listener.listen(5)  # the kernel completes the handshake; nobody answers
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        result = run_client(
+            SQLCLIENT_CODE,
+            ["-H", HOST, "--use-http", "-p", str(port), "--timeout", "1", "-q", "SELECT 1;"],
+        )
+        elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert elapsed < 5, f"took {elapsed:.1f}s"
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
