@@ -54,6 +54,7 @@ class CarriedTable:
 
     publish: Publish
     merged: bool  # True: applied as an upsert; False: a plain copy (replaceable)
+    published_at: float = 0.0  # when the identity last published it
 
 
 class PersistRegistry:
@@ -62,18 +63,21 @@ class PersistRegistry:
     def __init__(self) -> None:
         self._plain: dict[Key, Publish] = {}
         self._merged: dict[Key, _Merged] = {}
+        self._times: dict[Key, float] = {}
 
     def __len__(self) -> int:
         return len(self._plain) + len(self._merged)
 
-    def record(self, publish: Publish, merge_cells: bool = False) -> None:
+    def record(self, publish: Publish, merge_cells: bool = False, now: float = 0.0) -> None:
         """Note an applied (non-static) publish: keep, merge or forget it."""
         opts = publish.options
         key = (publish.table.tablename.lower(), opts.identity)
         if not opts.persist:
             self._plain.pop(key, None)
             self._merged.pop(key, None)
+            self._times.pop(key, None)
             return
+        self._times[key] = now
         if not opts.update:
             self._merged.pop(key, None)
             self._plain[key] = publish
@@ -88,10 +92,17 @@ class PersistRegistry:
 
     def carried(self) -> list[CarriedTable]:
         """Every entry, as publishes ready to re-apply to a fresh generation."""
-        out = [CarriedTable(p, merged=False) for p in self._plain.values()]
-        for (_, identity), entry in self._merged.items():
-            opts = PublishOptions(
-                identity=identity, persist=True, update=True, keycols=entry.keycols
+        out = [
+            CarriedTable(p, merged=False, published_at=self._times.get(key, 0.0))
+            for key, p in self._plain.items()
+        ]
+        for key, entry in self._merged.items():
+            opts = PublishOptions(identity=key[1], persist=True, update=True, keycols=entry.keycols)
+            out.append(
+                CarriedTable(
+                    Publish(entry.as_table(), opts),
+                    merged=True,
+                    published_at=self._times.get(key, 0.0),
+                )
             )
-            out.append(CarriedTable(Publish(entry.as_table(), opts), merged=True))
         return out

@@ -200,6 +200,14 @@ class WriterGeneration:
         ident[0] += 1
         ident[1] = now
 
+    def note_carried(self, tablename: str, published_at: float) -> None:
+        """A persisted copy: its last update is its identity's last publish
+        (not counted as an update of this generation)."""
+        stat = self.table_stats.get(tablename.lower())
+        if stat is None:
+            stat = self.table_stats[tablename.lower()] = _TableStat(tablename, 0, 0.0)
+        stat.last_update_epoch = max(stat.last_update_epoch, published_at)
+
 
 class StaticDB:
     """The persistent static tables, in their own durable DB file."""
@@ -208,8 +216,12 @@ class StaticDB:
         self.path = path
         self.conn = open_writer(path, durable=True)
         self.schemas = load_schemas(self.conn)
+        # When each table was last published; after a restart the best
+        # known answer is the file's modification time.
+        mtime = os.path.getmtime(path)
+        self.last_update: dict[str, float] = dict.fromkeys(self.schemas, mtime)
 
-    def apply(self, publish: Publish) -> None:
+    def apply(self, publish: Publish, now: float) -> None:
         table, opts = publish.table, publish.options
         lower = table.tablename.lower()
         current = self.schemas.get(lower)
@@ -224,6 +236,7 @@ class StaticDB:
                 schema = ensure_table(self.conn, None, table, opts.keycols or None)
                 insert_rows(self.conn, table, "insert")
         self.schemas[lower] = schema
+        self.last_update[lower] = now
 
     def close(self) -> None:
         self.conn.close()
@@ -276,6 +289,7 @@ class Store:
         for carried in self.persisted.carried():
             try:
                 self._apply(gen, carried.publish, now, carried=True)
+                gen.note_carried(carried.publish.table.tablename, carried.published_at)
             except QasinoError as e:
                 log.error(
                     "could not carry persisted table {table} of {identity} forward: {error}",
@@ -300,7 +314,7 @@ class Store:
                 self._apply_static(publish, now)
             else:
                 self._apply(self._writer, publish, now)
-                self.persisted.record(publish)
+                self.persisted.record(publish, now=now)
         except QasinoError:
             self.counters.add(update_errors=1)
             raise
@@ -308,7 +322,7 @@ class Store:
 
     def _apply_static(self, publish: Publish, now: float) -> None:
         try:
-            self.static.apply(publish)
+            self.static.apply(publish, now)
         except apsw.Error as e:
             raise _write_error(e) from None
         self._writer.note_publish(publish.table.tablename, publish.options.identity, now, True)
@@ -386,7 +400,7 @@ class Store:
         except QasinoError:
             self.counters.add(update_errors=1)
             raise
-        self.persisted.record(publish, merge_cells=True)
+        self.persisted.record(publish, merge_cells=True, now=now)
         self.counters.add(updates_completed=1, inserts_completed=1)
 
     def set_views(self, views: Sequence[ViewDef]) -> None:
@@ -478,7 +492,9 @@ class Store:
                 )
             )
         for lower, schema in sorted(self.static.schemas.items()):
-            stat = gen.table_stats.get("static:" + lower) or _TableStat(schema.name, 0, 0.0)
+            stat = gen.table_stats.get("static:" + lower) or _TableStat(
+                schema.name, 0, self.static.last_update.get(lower, 0.0)
+            )
             entries.append(
                 TableEntry(
                     schema.name,

@@ -976,3 +976,28 @@ def test_zero_row_results_keep_their_column_names(shown: Store) -> None:
     assert result == Result(column_names=("a", "bee"), rows=[], truncated=False)
     assert shown.query("SELECT * FROM t WHERE 0").column_names == ("a", "b")
     assert shown.query("SELECT a FROM v1 WHERE 0").column_names == ("a",)
+
+
+# --- last update of tables that outlive a generation -------------------------------
+
+
+def test_static_table_keeps_its_last_update_time_in_later_generations(store: Store) -> None:
+    publish(store, table("st_time", T_AB, [[1, "x"]]), now=NOW + 5, static=True)
+    store.rotate(NOW + 30)
+    store.rotate(NOW + 60)
+    assert rows(
+        store,
+        "SELECT nr_updates, last_update_epoch FROM qasino_server_tables "
+        "WHERE tablename = 'st_time'",
+    ) == [(0, NOW + 5)]
+
+
+def test_carried_persisted_table_reports_when_it_was_last_published(store: Store) -> None:
+    publish(store, table("pt_time", T_AB, [[1, "x"]]), now=NOW + 7, persist=True)
+    store.rotate(NOW + 30)
+    store.rotate(NOW + 60)
+    assert rows(
+        store,
+        "SELECT nr_updates, last_update_epoch FROM qasino_server_tables "
+        "WHERE tablename = 'pt_time'",
+    ) == [(0, NOW + 7)]
