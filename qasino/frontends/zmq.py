@@ -36,6 +36,7 @@ class RPCConnection(ZmqREPConnection):
 
     def __init__(self, factory: ZmqFactory, dispatcher: Dispatcher):
         self.dispatcher = dispatcher
+        self._inflight: dict[tuple[tuple[bytes, ...], bytes], int] = {}
         super().__init__(factory)
 
     def messageReceived(self, message: list[bytes]) -> None:
@@ -51,10 +52,23 @@ class RPCConnection(ZmqREPConnection):
             log.info("dropped a ZeroMQ message without a request id")
             return
         routing, msg_id, parts = message[: i - 1], message[i - 1], message[i + 1 :]
-        self._routingInfo[msg_id] = routing
-        self.gotMessage(msg_id, *parts)
+        # A pipelining peer may reuse a request id (a raw DEALER sends none,
+        # so its identity is the id): count the requests in flight per id so
+        # every one of them gets its reply.
+        key = (tuple(routing), msg_id)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        self.gotMessage(key, *parts)
 
-    def gotMessage(self, messageId: bytes, *messageParts: bytes) -> None:
+    def reply(self, messageId: Any, *messageParts: bytes) -> None:
+        routing, msg_id = messageId
+        left = self._inflight.get(messageId, 0) - 1
+        if left > 0:
+            self._inflight[messageId] = left
+        else:
+            self._inflight.pop(messageId, None)
+        self.send([*routing, msg_id, b"", *messageParts])
+
+    def gotMessage(self, messageId: Any, *messageParts: bytes) -> None:
         if len(messageParts) != 1:
             self._send(
                 messageId,
@@ -72,9 +86,9 @@ class RPCConnection(ZmqREPConnection):
         d.addCallback(lambda reply: self._send(messageId, reply))
         d.addErrback(lambda f: self._send(messageId, self.dispatcher.error("Internal error")))
 
-    def _send(self, message_id: bytes, reply: Reply | bytes) -> None:
+    def _send(self, message_id: Any, reply: Reply | bytes) -> None:
         if self.socket is None:  # shut down while the request ran
-            self._routingInfo.pop(message_id, None)
+            self._inflight.pop(message_id, None)
             return
         try:
             if isinstance(reply, bytes):
@@ -86,7 +100,6 @@ class RPCConnection(ZmqREPConnection):
                 self.reply(message_id, encode_json(reply))
         except Exception:
             log.failure("could not send a ZeroMQ reply")
-            self._routingInfo.pop(message_id, None)
 
 
 class ZmqServices(Service):

@@ -359,13 +359,19 @@ class Store:
                 if opts.update:
                     mode = "merge" if merge_cells else "replace"
                     insert_rows(conn, table, mode, keycols or (), target=schema.name)
-                elif table.rows:
+                elif carried and table.rows:
+                    # A carried copy's rows are replaced if its identity
+                    # publishes again: remember their rowids (contiguous,
+                    # as the one writer appends them). A bare max(rowid) is
+                    # O(log n); wrapped in another function it scans.
                     top = conn.execute(
-                        f"SELECT coalesce(max(rowid), 0) FROM {quote_ident(schema.name)}"
+                        f"SELECT max(rowid) FROM {quote_ident(schema.name)}"
                     ).fetchall()[0][0]
                     before = top if isinstance(top, int) else 0
                     insert_rows(conn, table, "insert", target=schema.name)
                     span = (before + 1, conn.last_insert_rowid())
+                elif table.rows:
+                    insert_rows(conn, table, "insert", target=schema.name)
         except apsw.Error as e:
             raise _write_error(e) from None
         gen.schemas[lower] = schema

@@ -106,7 +106,7 @@ class Connection:
     def __init__(self, dispatcher: Dispatcher) -> None:
         conn = RPCConnection.__new__(RPCConnection)
         conn.dispatcher = dispatcher
-        conn._routingInfo = {}
+        conn._inflight = {}
         conn.socket = object()  # any non-None value: "open"
         self.sent: list[list[bytes]] = []
         conn.send = self.sent.append  # type: ignore[method-assign]
@@ -148,7 +148,7 @@ def test_query_gets_one_result_frame_in_the_request_envelope(connection: Connect
         "table": {"column_names": ["one"], "rows": [["1"]]},
         "max_widths": {"0": 3},
     }
-    assert connection.conn._routingInfo == {}, "routing info must not leak"
+    assert connection.conn._inflight == {}, "routing info must not leak"
 
 
 def test_reply_goes_back_through_every_routing_frame(connection: Connection) -> None:
@@ -273,7 +273,7 @@ def test_message_without_a_usable_envelope_is_dropped(
 ) -> None:
     connection.conn.messageReceived(message)
     assert connection.sent == []
-    assert connection.conn._routingInfo == {}
+    assert connection.conn._inflight == {}
     assert logged_failures == []
 
 
@@ -287,17 +287,18 @@ def test_reply_after_the_socket_closed_is_dropped(
     connection.conn.socket = None  # the service stopped while the query ran
     runner.run_pending()
     assert connection.sent == []
-    assert connection.conn._routingInfo == {}
+    assert connection.conn._inflight == {}
     assert logged_failures == []
 
 
 def test_send_with_no_socket_does_not_raise(connection: Connection) -> None:
     connection.conn.socket = None
-    connection.conn._routingInfo[MSG_ID] = [ROUTING]
-    connection.conn._send(MSG_ID, {"response_op": "ok"})
-    connection.conn._send(b"unknown-id", b"{}")
+    key = ((ROUTING,), MSG_ID)
+    connection.conn._inflight[key] = 1
+    connection.conn._send(key, {"response_op": "ok"})
+    connection.conn._send(((ROUTING,), b"unknown-id"), b"{}")
     assert connection.sent == []
-    assert connection.conn._routingInfo == {}
+    assert connection.conn._inflight == {}
 
 
 def test_failing_send_is_logged_not_raised(
@@ -309,7 +310,7 @@ def test_failing_send_is_logged_not_raised(
     connection.conn.send = broken  # type: ignore[method-assign]
     connection.request(b'{"op": "query", "sql": "SELECT 1"}')
     assert len(logged_failures) == 1
-    assert connection.conn._routingInfo == {}
+    assert connection.conn._inflight == {}
 
 
 def test_slow_replies_may_come_back_out_of_order(store: Store, clock: Clock) -> None:
@@ -379,3 +380,19 @@ def test_generation_signal_without_pub_socket_is_skipped(services: ZmqServices) 
 )
 def test_zmq_address_uses_star_for_port_zero(host: str, port: int, address: str) -> None:
     assert zmq_address(host, port) == address
+
+
+def test_pipelined_requests_reusing_one_id_each_get_a_reply(store: Store, clock: Clock) -> None:
+    """A raw DEALER that sends no request id pipelines with one id: no reply is lost."""
+    runner = ManualRunner()
+    connection = Connection(Dispatcher(Engine(store, runner, clock, IDENTITY)))
+    for n in range(3):
+        connection.request(f'{{"op": "query", "sql": "SELECT {n} AS n"}}'.encode())
+    runner.run_pending()
+    assert [json.loads(m[3])["table"]["rows"] for m in connection.sent] == [
+        [["0"]],
+        [["1"]],
+        [["2"]],
+    ]
+    assert all(m[:3] == [ROUTING, MSG_ID, b""] for m in connection.sent)
+    assert connection.conn._inflight == {}
