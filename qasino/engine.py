@@ -9,6 +9,7 @@ Deferreds that fire on the reactor thread.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Protocol, TypeVar
 
@@ -153,14 +154,55 @@ class Engine:
         self.identity = identity
         self.views = views or ViewsSource(None)
         self._generation_listeners: list[Callable[[SnapshotInfo], None]] = []
+        self._batch_lock = threading.Lock()
+        self._batch: list[tuple[Publish, float, Deferred[None]]] = []
+        self._drain_queued = False
 
     def _now(self) -> float:
         """The engine clock's time (an IReactorTime: the reactor or a Clock)."""
         return float(self.clock.seconds())
 
     def publish(self, publish: Publish) -> Deferred[None]:
-        """Fires once the table is in the writer generation (or errbacks)."""
-        return self.runner.write(self.store.publish, publish, self._now())
+        """Fires once the table is in the writer generation (or errbacks).
+
+        Publishes that arrive while the writer is busy are handed to it
+        together: one trip to the writer thread for many tables (each still
+        applied atomically, on its own, in arrival order).
+        """
+        d: Deferred[None] = Deferred()
+        with self._batch_lock:
+            self._batch.append((publish, self._now(), d))
+            if self._drain_queued:
+                return d
+            self._drain_queued = True
+        self.runner.write(self._drain).addCallbacks(self._drained, self._drain_failed)
+        return d
+
+    def _drain(self) -> list[tuple[Deferred[None], Optional[BaseException]]]:
+        """Writer thread: apply every queued publish; report each outcome."""
+        with self._batch_lock:
+            batch, self._batch = self._batch, []
+            self._drain_queued = False
+        outcomes: list[tuple[Deferred[None], Optional[BaseException]]] = []
+        for publish, now, d in batch:
+            try:
+                self.store.publish(publish, now)
+            except BaseException as e:  # reported to that publisher alone
+                outcomes.append((d, e))
+            else:
+                outcomes.append((d, None))
+        return outcomes
+
+    @staticmethod
+    def _drained(outcomes: list[tuple[Deferred[None], Optional[BaseException]]]) -> None:
+        for d, error in outcomes:
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(Failure(error))
+
+    def _drain_failed(self, failure: Failure) -> None:
+        log.failure("publish batch failed", failure)
 
     def name_value_update(
         self, tablename: str, column: str, value: str, identity: str
