@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-body-bytes",
         type=int,
         default=d.max_body_bytes,
-        help="largest HTTP request body; larger gets 413 (default %(default)s)",
+        help="largest HTTP request body (413 past it) and ZeroMQ message (default %(default)s)",
     )
     limits.add_argument(
         "--max-table-rows",
@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.max_result_rows,
         help="rows returned before a result is cut (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-result-bytes",
+        type=int,
+        default=d.max_result_bytes,
+        help="a result over about this many bytes is refused with an error (default %(default)s)",
     )
     limits.add_argument(
         "--max-connections",
@@ -165,6 +171,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_table_columns=args.max_table_columns,
         max_cell_bytes=args.max_cell_bytes,
         max_connections=max(0, args.max_connections),
+        max_result_bytes=args.max_result_bytes,
     ).resolved()
 
 

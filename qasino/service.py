@@ -57,6 +57,7 @@ class ServerConfig:
     max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES
     query_timeout_s: float = 5.0
     max_result_rows: int = 100_000
+    max_result_bytes: int = 64 * 1024 * 1024
     reader_threads: int = 4
     https_port: Optional[int] = 443
     tls_cert: Optional[str] = None
@@ -177,7 +178,9 @@ class QasinoServer(MultiService):
                 db_dir=config.db_dir,
                 generation_duration_s=config.generation_duration_s,
                 archive_dir=config.archive_db_dir,
-                limits=QueryLimits(config.query_timeout_s, config.max_result_rows),
+                limits=QueryLimits(
+                    config.query_timeout_s, config.max_result_rows, config.max_result_bytes
+                ),
             ),
             now=reactor.seconds(),
             views=views.views,
@@ -192,7 +195,12 @@ class QasinoServer(MultiService):
             max_cell_bytes=config.max_cell_bytes,
         )
         self.zmq = ZmqServices(
-            self.dispatcher, reactor, config.bind, config.zmq_port, config.pubsub_port
+            self.dispatcher,
+            reactor,
+            config.bind,
+            config.zmq_port,
+            config.pubsub_port,
+            max_message_bytes=config.max_body_bytes,
         )
         self.zmq.setServiceParent(self)
         # After the ZeroMQ sockets, so the PUB socket is bound when the

@@ -32,6 +32,31 @@ CSV_TYPE = b"text/csv; charset=utf-8"
 CSV_DISPOSITION = b'attachment; filename="qasino_query.csv"'
 
 
+class _Discard(io.RawIOBase):
+    """A request body sink that keeps nothing."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+
 class LimitedRequest(server.Request):
     """A Request that refuses bodies over ``site.max_body_bytes`` with 413.
 
@@ -50,16 +75,22 @@ class LimitedRequest(server.Request):
         if length is not None and length > self._limit():
             self._refuse()
             return
-        super().gotLength(length)
+        try:
+            super().gotLength(length)  # a temporary file for large bodies
+        except OSError as e:
+            self._refuse_storage(e)
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._storage_error is not None:
             return
         self._received += len(data)
         if self._received > self._limit():
             self._refuse()
             return
-        super().handleContentChunk(data)
+        try:
+            super().handleContentChunk(data)
+        except OSError as e:  # the body's temporary file: disk full, ...
+            self._refuse_storage(e)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
@@ -67,23 +98,60 @@ class LimitedRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def _refuse(self) -> None:
+        log.info("refused a request body over {limit} bytes", limit=self._limit())
+        self._answer_and_close(
+            b"413 Request Entity Too Large",
+            f"Request body too large (limit {self._limit()} bytes)",
+        )
+
+    _storage_error: Optional[str] = None
+
+    def _refuse_storage(self, error: OSError) -> None:
+        """The body's temporary file failed (disk full): read the rest of the
+        body into nothing, then answer 507 (a client still sending would not
+        see an answer given before its body is read)."""
+        log.error("cannot buffer a request body: {error}", error=error)
+        self._storage_error = f"storage error: cannot buffer the request body: {error}"
+        old = self.content
+        self.content = _Discard()
+        if old is not None:
+            try:
+                old.close()
+            except OSError:
+                pass
+
+    def process(self) -> None:
+        if self._storage_error is None:
+            super().process()
+            return
+        identity = getattr(self.channel.site, "identity", "")
+        body = encode_json(
+            {"response_op": "error", "identity": identity, "error_message": self._storage_error}
+        )
+        self.setResponseCode(507)
+        self.setHeader(b"Content-Type", JSON_TYPE)
+        self.setHeader(b"Content-Length", str(len(body)).encode())
+        self.write(body)
+        self.finish()
+
+    def _answer_and_close(self, status: bytes, message: str) -> None:
+        """Reply at once, before the body, and close the connection."""
         self._refused = True
         # The channel answers "Expect: 100-continue" right after gotLength;
         # a refused request must not invite the body.
         self.requestHeaders.removeHeader(b"Expect")
+        old = self.content
         self.content = io.BytesIO()
+        if old is not None:
+            try:
+                old.close()
+            except OSError:
+                pass
         identity = getattr(self.channel.site, "identity", "")
-        body = encode_json(
-            {
-                "response_op": "error",
-                "identity": identity,
-                "error_message": f"Request body too large (limit {self._limit()} bytes)",
-            }
-        )
-        log.info("refused a request body over {limit} bytes", limit=self._limit())
+        body = encode_json({"response_op": "error", "identity": identity, "error_message": message})
         transport = self.channel.transport
         transport.write(
-            b"HTTP/1.1 413 Request Entity Too Large\r\n"
+            b"HTTP/1.1 " + status + b"\r\n"
             b"Content-Type: application/json\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n"
             b"Connection: close\r\n\r\n" + body

@@ -387,6 +387,15 @@ class StaticFiles(File):
     def directoryListing(self) -> Resource:
         return pages.notFound()
 
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        # A NUL (or a path the OS refuses) is simply not there.
+        if b"\x00" in path:
+            return pages.notFound()
+        try:
+            return super().getChild(path, request)
+        except (ValueError, OSError):
+            return pages.notFound()
+
 
 def install_web_ui(root: Resource, dispatcher: Dispatcher) -> Resource:
     """Mount the UI's pages on ``root``; return the 404 resource for the

@@ -34,8 +34,9 @@ def bound_port(connection: Any) -> int:
 class RPCConnection(ZmqREPConnection):
     """Requests in, one reply each; the ops come from the shared Dispatcher."""
 
-    def __init__(self, factory: ZmqFactory, dispatcher: Dispatcher):
+    def __init__(self, factory: ZmqFactory, dispatcher: Dispatcher, max_message_bytes: int = 0):
         self.dispatcher = dispatcher
+        self.max_message_bytes = max_message_bytes
         self._inflight: dict[tuple[tuple[bytes, ...], bytes], int] = {}
         super().__init__(factory)
 
@@ -77,6 +78,13 @@ class RPCConnection(ZmqREPConnection):
                 ),
             )
             return
+        limit = getattr(self, "max_message_bytes", 0)
+        if limit and len(messageParts[0]) > limit:
+            self._send(
+                messageId,
+                self.dispatcher.error(f"Request too large (limit {limit} bytes)"),
+            )
+            return
         try:
             request = decode_json(messageParts[0])
         except (ValueError, UnicodeDecodeError) as e:
@@ -112,12 +120,14 @@ class ZmqServices(Service):
         bind: str,
         rpc_port: Optional[int],
         pub_port: Optional[int],
+        max_message_bytes: int = 0,
     ) -> None:
         self.dispatcher = dispatcher
         self.reactor = reactor
         self.bind = bind
         self.rpc_port = rpc_port
         self.pub_port = pub_port
+        self.max_message_bytes = max_message_bytes
         self.factory: Optional[ZmqFactory] = None
         self.rpc: Optional[RPCConnection] = None
         self.pub: Optional[ZmqPubConnection] = None
@@ -127,7 +137,12 @@ class ZmqServices(Service):
         factory.reactor = self.reactor
         self.factory = factory
         if self.rpc_port is not None:
-            self.rpc = RPCConnection(factory, self.dispatcher)
+            self.rpc = RPCConnection(factory, self.dispatcher, self.max_message_bytes)
+            if self.max_message_bytes:
+                # Past the limit a request gets an error reply; far past it
+                # ZeroMQ itself drops the peer, so nothing huge is buffered.
+                hard = max(4 * self.max_message_bytes, 16 * 1024 * 1024)
+                self.rpc.socket.setsockopt(zmq.MAXMSGSIZE, hard)
             self.rpc_port = self._bind(self.rpc, self.rpc_port)
             log.info("ZeroMQ RPC listening on {bind}:{port}", bind=self.bind, port=self.rpc_port)
         if self.pub_port is not None:

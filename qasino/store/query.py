@@ -22,6 +22,15 @@ PROGRESS_STEPS = 2000
 class QueryLimits:
     timeout_s: float = 5.0
     max_rows: int = 100_000
+    max_bytes: int = 64 * 1024 * 1024  # a result over this is refused
+
+
+def _cell_bytes(cell: object) -> int:
+    if isinstance(cell, str):
+        return len(cell) + 8
+    if isinstance(cell, bytes):
+        return 2 * len(cell) + 8  # shown as hex
+    return 8
 
 
 def run_select(
@@ -56,11 +65,19 @@ def run_select(
         cursor.execute(sql, tuple(params))
         rows: list[tuple[object, ...]] = []
         truncated = False
-        cap = limits.max_rows
+        cap, byte_cap, size = limits.max_rows, limits.max_bytes, 0
         for row in cursor:
             if len(rows) >= cap:
                 truncated = True
                 break
+            size += sum(map(_cell_bytes, row))
+            if size > byte_cap:
+                # Unlike the row cap, not a cut: a partial result this big
+                # would still cost its memory many times over to send.
+                raise QueryError(
+                    f"result larger than {byte_cap} bytes (--max-result-bytes): "
+                    "select fewer or smaller columns, or add a LIMIT"
+                )
             rows.append(row)
         return Result(column_names=names, rows=rows, truncated=truncated)
     except apsw.InterruptError:
@@ -71,6 +88,8 @@ def run_select(
         raise QueryError("Query interrupted") from None
     except apsw.Error as e:
         raise QueryError(sqlite_message(e)) from None
+    except (ValueError, UnicodeError) as e:  # NUL or a lone surrogate in the text
+        raise QueryError(f"invalid statement text: {e}") from None
     finally:
         try:
             cursor.close(force=True)

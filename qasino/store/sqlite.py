@@ -24,7 +24,8 @@ _ALLOWED_ACTIONS = frozenset({apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_
 
 # Per-connection limits for reader connections (defence in depth).
 MAX_SQL_LENGTH = 1_000_000
-MAX_VALUE_LENGTH = 128 * 1024 * 1024
+MAX_VALUE_LENGTH = 32 * 1024 * 1024
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 _TRIVIA_RE = re.compile(r"(?:\s+|;|--[^\n]*(?:\n|\Z)|/\*.*?(?:\*/|\Z))*", re.S)
 
@@ -50,7 +51,19 @@ def open_writer(path: str, durable: bool = False) -> apsw.Connection:
     conn.set_busy_timeout(5000)
     conn.pragma("journal_mode", "wal")
     conn.pragma("synchronous", "full" if durable else "off")
+    # A failed big write leaves its pages in the WAL file; cap what the file
+    # keeps once it is reset so the space comes back (see reclaim_wal).
+    conn.pragma("journal_size_limit", WAL_SIZE_LIMIT)
     return conn
+
+
+def reclaim_wal(conn: apsw.Connection) -> None:
+    """After a failed write: checkpoint and truncate the WAL if possible,
+    giving the disk space back (best effort, never raises)."""
+    try:
+        conn.pragma("wal_checkpoint", "TRUNCATE")
+    except apsw.Error:
+        pass
 
 
 def open_reader(path: str, static_path: Optional[str]) -> apsw.Connection:
@@ -113,11 +126,15 @@ def prepare_guarded(
     Raises QueryRefused otherwise. Without ``guard`` (the server's own
     SQL) only the column names are looked up.
     """
+    if "\x00" in sql:
+        raise QueryError("invalid statement text: NUL character")
     if not guard:
         try:
             info = apsw.ext.query_info(conn, sql)
         except apsw.Error as e:
             raise QueryError(sqlite_message(e)) from None
+        except (ValueError, UnicodeError) as e:
+            raise QueryError(f"invalid statement text: {e}") from None
         return sql, tuple(d[0] for d in info.description or ())
     conn.authorizer = read_only_authorizer
     try:
@@ -126,6 +143,8 @@ def prepare_guarded(
         raise QueryRefused(
             f"Statement not allowed (read-only server): {sqlite_message(e)}"
         ) from None
+    except (ValueError, UnicodeError) as e:  # a lone surrogate, say
+        raise QueryError(f"invalid statement text: {e}") from None
     except apsw.Error as e:
         text = sqlite_message(e)
         if "not authorized" in text:
@@ -140,7 +159,7 @@ def prepare_guarded(
     return info.first_query, tuple(d[0] for d in info.description or ())
 
 
-def sqlite_message(e: apsw.Error) -> str:
+def sqlite_message(e: BaseException) -> str:
     """An apsw error's SQLite message without apsw's "XxxError: " prefix."""
     text = str(e)
     prefix, sep, rest = text.partition(": ")

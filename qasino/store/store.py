@@ -54,7 +54,13 @@ from qasino.store.internal import (
 )
 from qasino.store.query import QueryLimits, describe_table, run_select
 from qasino.store.schema import TableSchema, count_rows, ensure_table, insert_rows, load_schemas
-from qasino.store.sqlite import copy_database, open_reader, open_writer, sqlite_message
+from qasino.store.sqlite import (
+    copy_database,
+    open_reader,
+    open_writer,
+    reclaim_wal,
+    sqlite_message,
+)
 from qasino.store.views import build_views, create_temp_view
 
 STATIC_FILE = "static.sqlite"
@@ -150,7 +156,10 @@ class GenFile:
                 if v == version:
                     return v, conn
                 conn.close()
-        conn = open_reader(self.path, self.static_path)
+        try:
+            conn = open_reader(self.path, self.static_path)
+        except apsw.Error as e:
+            raise StoreError(f"cannot open generation {self.number}: {sqlite_message(e)}") from None
         for view in views:
             create_temp_view(conn, view)
         return version, conn
@@ -324,7 +333,10 @@ class Store:
         try:
             self.static.apply(publish, now)
         except apsw.Error as e:
-            raise _write_error(e) from None
+            error = _write_error(e)
+            if isinstance(error, StoreError):
+                reclaim_wal(self.static.conn)
+            raise error from None
         self._writer.note_publish(publish.table.tablename, publish.options.identity, now, True)
 
     def _apply(
@@ -372,8 +384,15 @@ class Store:
                     span = (before + 1, conn.last_insert_rowid())
                 elif table.rows:
                     insert_rows(conn, table, "insert", target=schema.name)
+        except (UnicodeError, ValueError, TypeError, OverflowError) as e:
+            # A cell SQLite cannot take (a lone surrogate, ...): the
+            # transaction rolled back, nothing of the table is applied.
+            raise InvalidInput(f"a cell cannot be stored: {e}") from None
         except apsw.Error as e:
-            raise _write_error(e) from None
+            error = _write_error(e)
+            if isinstance(error, StoreError):
+                reclaim_wal(conn)
+            raise error from None
         gen.schemas[lower] = schema
         if carried:
             if span is not None:
@@ -394,6 +413,13 @@ class Store:
         """
         _check_tablename(check_identifier(tablename, "table name"))
         check_identifier(column, "column name")
+        for what, text in (("identity", identity), ("value", value)):
+            try:
+                text.encode("utf-8")
+            except UnicodeError:
+                raise InvalidInput(f"{what} is not valid UTF-8 text") from None
+        if not identity or any(ord(c) < 32 or ord(c) == 127 for c in identity):
+            raise InvalidInput("identity must be non-empty, without control characters")
         if column.lower() == "identity":
             raise InvalidInput("the column name 'identity' is reserved for the key")
         cell, type_ = _typed_value(value)
@@ -459,6 +485,7 @@ class Store:
             write_views_table(gen.conn, report.views)
             gen.conn.pragma("wal_checkpoint", "PASSIVE")
         except apsw.Error as e:
+            reclaim_wal(gen.conn)
             raise _write_error(e) from None
         info = SnapshotInfo(gen.file.number, self.config.generation_duration_s, now)
         gen.file.info = info
@@ -649,11 +676,22 @@ def _check_keycols(publish: Publish) -> None:
             )
 
 
-def _write_error(e: apsw.Error) -> QasinoError:
-    text = sqlite_message(e)
-    if isinstance(e, (apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError)):
-        return StoreError(f"storage error: {text}")
-    return PublishRejected(f"could not store the table: {text}")
+_STORAGE_ERRORS = (apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError)
+
+
+def _write_error(e: BaseException) -> QasinoError:
+    """The error a publisher gets for a failed write.
+
+    When a storage failure makes SQLite roll back by itself, apsw's
+    ``with conn:`` then fails its own rollback and raises that instead,
+    with the real failure chained: report the real one.
+    """
+    cause: Optional[BaseException] = e
+    while cause is not None and not isinstance(cause, _STORAGE_ERRORS):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return StoreError(f"storage error: {sqlite_message(cause)}")
+    return PublishRejected(f"could not store the table: {sqlite_message(e)}")
 
 
 __all__ = ["Store", "StoreConfig", "SnapshotInfo", "is_identifier"]
