@@ -1,0 +1,259 @@
+"""Figures, ceilings, ratios and targets: the table and the JSON line.
+
+A figure is a list of per-round values under a JSON key (and, for the
+ingest matrix and the two-scenario figures, a case such as ``"16x100"``).
+Its median is the reported value, min-max its spread. A ratio divides a
+median by the median of a ceiling measured in the same run.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+Ref = tuple[str, Optional[str]]  # (JSON key, case)
+
+UNITS = {
+    "_per_s": "/s",
+    "_ms": "ms",
+    "_mb_per_million_rows": "MB/1M rows",
+    "_s": "s",
+}
+
+
+def unit_of(key: str) -> str:
+    for suffix, unit in UNITS.items():
+        if key.endswith(suffix):
+            return unit
+    return ""
+
+
+def label(ref: Ref) -> str:
+    key, case = ref
+    return f"{key}[{case}]" if case else key
+
+
+@dataclass
+class Figure:
+    key: str
+    case: Optional[str]
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return float(statistics.median(self.values))
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        return min(self.values), max(self.values)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    figure: Ref
+    threshold: float
+    text: str
+    ceiling: Optional[Ref] = None  # compare figure/ceiling to the threshold
+    at_most: bool = False  # the figure must stay under the threshold
+
+
+@dataclass
+class Verdict:
+    target: Target
+    value: Optional[float]
+    passed: Optional[bool]  # None: not measured in this run
+
+    @property
+    def word(self) -> str:
+        return {True: "pass", False: "MISS", None: "n/a"}[self.passed]
+
+
+class Results:
+    """Everything measured in one run."""
+
+    def __init__(self) -> None:
+        self.figures: dict[Ref, Figure] = {}
+        self.details: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}  # top-level JSON keys that are not figures
+        self.big_rotation_case = "1x1000000"  # smaller in --quick
+        self.notes: list[str] = []
+
+    def add(self, key: str, value: float, case: Optional[str] = None) -> None:
+        ref = (key, case)
+        if ref not in self.figures:
+            self.figures[ref] = Figure(key, case)
+        self.figures[ref].values.append(float(value))
+
+    def median(self, ref: Ref) -> Optional[float]:
+        figure = self.figures.get(ref)
+        return figure.median if figure and figure.values else None
+
+    def ratio(self, ref: Ref, ceiling: Ref) -> Optional[float]:
+        value, top = self.median(ref), self.median(ceiling)
+        if value is None or not top:
+            return None
+        return value / top
+
+    def verdict(self, target: Target) -> Verdict:
+        if target.ceiling is not None:
+            value = self.ratio(target.figure, target.ceiling)
+        else:
+            value = self.median(target.figure)
+        if value is None:
+            return Verdict(target, None, None)
+        ok = value <= target.threshold if target.at_most else value >= target.threshold
+        return Verdict(target, value, ok)
+
+
+# ------------------------------------------------------------------ targets
+
+
+def targets(big_rotation_case: str = "1x1000000") -> list[Target]:
+    out = [
+        Target(
+            "http_16x100_vs_bare_http",
+            ("http_ingest_tables_per_s", "16x100"),
+            0.70,
+            ">= 70% of bare_http_req_per_s",
+            ceiling=("bare_http_req_per_s", None),
+        )
+    ]
+    for transport in ("http", "zmq"):
+        for publishers in (1, 16, 256):
+            case = f"{publishers}x1000"
+            out.append(
+                Target(
+                    f"{transport}_{case}_vs_raw",
+                    (f"{transport}_ingest_rows_per_s", case),
+                    0.50,
+                    ">= 50% of raw_rows_per_s",
+                    ceiling=("raw_rows_per_s", None),
+                )
+            )
+    for transport in ("zmq", "http"):
+        out.append(
+            Target(
+                f"fleet_{transport}_well_inside_30s",
+                ("fleet_absorb_s", transport),
+                24.0,
+                "<= 24 s (80% of a 30 s generation), all verified",
+                at_most=True,
+            )
+        )
+    out += [
+        Target(
+            "rotation_pause_at_1m_rows",
+            ("rotation_query_pause_ms", big_rotation_case),
+            20.0,
+            "< 20 ms",
+            at_most=True,
+        ),
+        Target("query_p99_during_ingest", ("query_p99_ms", None), 50.0, "< 50 ms", at_most=True),
+        Target(
+            "query_json_rows_per_s",
+            ("query_json_rows_per_s", None),
+            500_000.0,
+            ">= 500,000 rows/s",
+        ),
+    ]
+    return out
+
+
+def default_ceiling(ref: Ref) -> Optional[Ref]:
+    """The ceiling a figure is shown against in the table (ratio column)."""
+    key, case = ref
+    if key.endswith("_ingest_rows_per_s"):
+        return ("raw_rows_per_s", None)
+    if key == "http_ingest_tables_per_s" and case and case.endswith("x100"):
+        return ("bare_http_req_per_s", None)
+    if key == "zmq_ingest_tables_per_s" and case and case.endswith("x100"):
+        return ("bare_zmq_msg_per_s", None)
+    return None
+
+
+# ------------------------------------------------------------------ output
+
+
+def fmt(value: Optional[float], unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit in ("ms", "s", "MB/1M rows") or abs(value) < 100:
+        return f"{value:,.1f}"
+    return f"{value:,.0f}"
+
+
+def table_rows(results: Results) -> list[list[str]]:
+    by_figure: dict[Ref, list[Verdict]] = {}
+    for target in targets(results.big_rotation_case):
+        by_figure.setdefault(target.figure, []).append(results.verdict(target))
+    rows = []
+    for ref, figure in results.figures.items():
+        unit = unit_of(ref[0])
+        lo, hi = figure.spread
+        verdicts = by_figure.get(ref, [])
+        ceiling = verdicts[0].target.ceiling if verdicts else default_ceiling(ref)
+        ratio = results.ratio(ref, ceiling) if ceiling else None
+        rows.append(
+            [
+                label(ref),
+                f"{fmt(figure.median, unit)} {unit}".strip(),
+                f"{fmt(lo, unit)}-{fmt(hi, unit)} (n={len(figure.values)})",
+                f"{label(ceiling)}={fmt(results.median(ceiling))}" if ceiling else "",
+                f"{ratio:.2f}" if ratio is not None else "",
+                "; ".join(v.target.text for v in verdicts),
+                " ".join(v.word for v in verdicts),
+            ]
+        )
+    return rows
+
+
+def render_table(results: Results) -> str:
+    header = ["figure", "median", "spread min-max", "ceiling", "ratio", "target", "verdict"]
+    rows = [header, *table_rows(results)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def nest(results: Results, value_of: Callable[[Figure], Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for (key, case), figure in results.figures.items():
+        if case is None:
+            out[key] = value_of(figure)
+        else:
+            out.setdefault(key, {})[case] = value_of(figure)
+    return out
+
+
+def summary_json(results: Results, config: dict[str, Any]) -> dict[str, Any]:
+    """The last line: medians under their keys, then spread, ratios, targets."""
+    out = nest(results, lambda f: round(f.median, 3))
+    out.update(results.extra)
+    out["spread"] = nest(results, lambda f: [round(v, 3) for v in f.spread])
+    out["rounds"] = nest(results, lambda f: len(f.values))
+    ratios = {}
+    for ref in results.figures:
+        ceiling = default_ceiling(ref)
+        ratio = results.ratio(ref, ceiling) if ceiling else None
+        if ratio is not None and ceiling is not None:
+            ratios[f"{label(ref)}/{label(ceiling)}"] = round(ratio, 4)
+    out["ratios"] = ratios
+    out["targets"] = {
+        v.target.name: {
+            "figure": label(v.target.figure),
+            "against": label(v.target.ceiling) if v.target.ceiling else None,
+            "value": None if v.value is None else round(v.value, 4),
+            "threshold": v.target.threshold,
+            "rule": v.target.text,
+            "pass": v.passed,
+        }
+        for v in (results.verdict(t) for t in targets(results.big_rotation_case))
+    }
+    out["details"] = results.details
+    out["notes"] = results.notes
+    out["config"] = config
+    return out
