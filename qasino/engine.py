@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Protocol, TypeVar
 
@@ -154,6 +155,7 @@ class Engine:
         self.identity = identity
         self.views = views or ViewsSource(None)
         self._generation_listeners: list[Callable[[SnapshotInfo], None]] = []
+        self._snapshot_ms: Optional[float] = None
         self._batch_lock = threading.Lock()
         self._batch: list[tuple[Publish, float, Deferred[None]]] = []
         self._drain_queued = False
@@ -251,17 +253,22 @@ class Engine:
     def _rotate_job(self, now: float) -> SnapshotInfo:
         if self.views.poll():
             self.store.set_views(self.views.views)
-        return self.store.rotate(now)
+        started = time.perf_counter()
+        info = self.store.rotate(now)
+        self._snapshot_ms = (time.perf_counter() - started) * 1000
+        return info
 
     def announce_current(self) -> None:
         """Tell the generation listeners about the snapshot served now."""
         self._announce(self.store.snapshot_info())
 
     def _announce(self, info: SnapshotInfo) -> SnapshotInfo:
+        took, self._snapshot_ms = self._snapshot_ms, None
         log.info(
-            "generation {number} is being served (duration {duration}s)",
+            "generation {number} is being served (duration {duration}s{took})",
             number=info.generation_number,
             duration=info.generation_duration_s,
+            took="" if took is None else f", snapshot took {took:.1f} ms",
         )
         for listener in list(self._generation_listeners):
             try:

@@ -32,6 +32,9 @@ from qasino.store.store import Store, StoreConfig
 
 log = Logger(namespace="qasino.server")
 
+# Twisted's default backlog of 50 drops SYNs when a fleet connects at once.
+LISTEN_BACKLOG = 1024
+
 
 def default_db_dir() -> str:
     """A per-user data dir: $XDG_DATA_HOME/qasino or ~/.local/share/qasino."""
@@ -133,7 +136,9 @@ class TCPListenService(Service):
             factory = TLSMemoryBIOFactory(self.tls_options, False, factory)
         if self.max_connections:
             factory = ConnectionLimitFactory(factory, self.max_connections, self.name)
-        self.listening = self.reactor.listenTCP(self.port, factory, interface=self.bind)
+        self.listening = self.reactor.listenTCP(
+            self.port, factory, backlog=LISTEN_BACKLOG, interface=self.bind
+        )
         self.port = self.listening.getHost().port
         log.info(
             "{name} listening on {bind}:{port}", name=self.name, bind=self.bind, port=self.port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from qasino.core.model import Result
 from qasino.store.sqlite import STATIC_SCHEMA, prepare_guarded, sqlite_message
 
 # How many SQLite VM steps between two looks at the clock.
-PROGRESS_STEPS = 2000
+PROGRESS_STEPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,15 @@ class QueryLimits:
     max_bytes: int = 64 * 1024 * 1024  # a result over this is refused
 
 
+FETCH_CHUNK = 1000
+
+
 def _cell_bytes(cell: object) -> int:
-    if isinstance(cell, str):
-        return len(cell) + 8
-    if isinstance(cell, bytes):
-        return 2 * len(cell) + 8  # shown as hex
+    kind = type(cell)
+    if kind is str:
+        return len(cell) + 8  # type: ignore[arg-type]
+    if kind is bytes:
+        return 2 * len(cell) + 8  # type: ignore[arg-type]  # shown as hex
     return 8
 
 
@@ -64,13 +69,19 @@ def run_select(
     try:
         cursor.execute(sql, tuple(params))
         rows: list[tuple[object, ...]] = []
-        truncated = False
         cap, byte_cap, size = limits.max_rows, limits.max_bytes, 0
-        for row in cursor:
-            if len(rows) >= cap:
-                truncated = True
+        # In chunks, so the size check costs per chunk, not per row. Chunks
+        # start at one row and grow only while rows are small enough that a
+        # chunk stays under an eighth of the byte cap.
+        n = 1
+        while len(rows) <= cap:
+            chunk = list(itertools.islice(cursor, min(n, cap + 1 - len(rows))))
+            if not chunk:
                 break
-            size += sum(map(_cell_bytes, row))
+            chunk_bytes = sum(_cell_bytes(cell) for row in chunk for cell in row)
+            size += chunk_bytes
+            per_row = chunk_bytes / len(chunk)
+            n = max(1, min(2 * n, FETCH_CHUNK, int(byte_cap / 8 / per_row)))
             if size > byte_cap:
                 # Unlike the row cap, not a cut: a partial result this big
                 # would still cost its memory many times over to send.
@@ -78,7 +89,10 @@ def run_select(
                     f"result larger than {byte_cap} bytes (--max-result-bytes): "
                     "select fewer or smaller columns, or add a LIMIT"
                 )
-            rows.append(row)
+            rows.extend(chunk)
+        truncated = len(rows) > cap
+        if truncated:
+            del rows[cap:]
         return Result(column_names=names, rows=rows, truncated=truncated)
     except apsw.InterruptError:
         if timed_out:
