@@ -6,7 +6,6 @@ Deferred has fired by the time the call returns, no reactor, no threads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,11 +13,9 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from qasino.engine import Engine, SyncRunner
+from qasino.engine import Engine
 from qasino.ops import Dispatcher
-from qasino.store.store import Store, StoreConfig
-
-IDENTITY = "testserver"
+from tests.helpers import IDENTITY
 
 T1 = {
     "tablename": "t1",
@@ -36,30 +33,6 @@ def fired(d: Deferred[Any]) -> Any:
     assert not failures, f"Deferred errbacked: {failures[0].getTraceback()}"
     assert results, "Deferred has not fired"
     return results[0]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(1000.0)
-    return c
-
-
-@pytest.fixture
-def store(tmp_path: Any) -> Iterator[Store]:
-    s = Store(StoreConfig(db_dir=str(tmp_path)), now=1000.0)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def engine(store: Store, clock: Clock) -> Engine:
-    return Engine(store, SyncRunner(), clock, IDENTITY)
-
-
-@pytest.fixture
-def dispatcher(engine: Engine) -> Dispatcher:
-    return Dispatcher(engine)
 
 
 def error(message: str) -> dict[str, Any]:

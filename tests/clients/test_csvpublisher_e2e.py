@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 import signal
@@ -15,13 +14,10 @@ from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from passlib.hash import ldap_sha1
 
 from qasino.clients.transport import HttpTransport, ServerError, TransportError
+from tests.tls_helpers import make_cert
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_CODE = "import sys; from qasino.cli import server_main; sys.exit(server_main(sys.argv[1:]))"
@@ -391,33 +387,6 @@ def test_fixed_interval_survives_a_server_outage(harness: Harness) -> None:
     ]
     code, took = agent.terminate()
     assert code == 0 and took < 2.0
-
-
-def make_cert(root: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost (the agent runs with -k)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = root / "cert.pem", root / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def test_https_with_basic_auth(harness: Harness) -> None:

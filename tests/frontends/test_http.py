@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -23,72 +22,18 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.test.requesthelper import DummyRequest
 
-from qasino.engine import Engine, SyncRunner
+from qasino.engine import Engine
 from qasino.frontends.http import LimitedRequest, RequestResource, make_site
 from qasino.ops import Dispatcher
-from qasino.store.store import Store, StoreConfig
+from qasino.store.store import Store
+from tests.helpers import IDENTITY, ManualRunner
 
-IDENTITY = "testserver"
 T1 = {
     "tablename": "t1",
     "column_names": ["a", "name"],
     "column_types": ["int", "text"],
     "rows": [[1, "alpha"], [22, None]],
 }
-
-
-class ManualRunner:
-    """Store calls wait in a queue until ``run_pending`` (a slow store)."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def write(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.pending.append((d, fn, args))
-        return d
-
-    read = write
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def run_pending(self) -> None:
-        while self.pending:
-            d, fn, args = self.pending.pop(0)
-            try:
-                result = fn(*args)
-            except Exception:
-                d.errback(Failure())
-            else:
-                d.callback(result)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(1000.0)
-    return c
-
-
-@pytest.fixture
-def store(tmp_path: Any) -> Iterator[Store]:
-    s = Store(StoreConfig(db_dir=str(tmp_path)), now=1000.0)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def engine(store: Store, clock: Clock) -> Engine:
-    return Engine(store, SyncRunner(), clock, IDENTITY)
-
-
-@pytest.fixture
-def dispatcher(engine: Engine) -> Dispatcher:
-    return Dispatcher(engine)
 
 
 @pytest.fixture

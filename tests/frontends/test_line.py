@@ -2,77 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from qasino.engine import Engine, SyncRunner
+from qasino.engine import Engine
 from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory, LineSQLProtocol
 from qasino.ops import Dispatcher
-from qasino.store.store import Store, StoreConfig
+from qasino.store.store import Store
+from tests.helpers import IDENTITY, ManualRunner
 
-IDENTITY = "testserver"
 ONE = b"a\n=\n1\n1 rows returned\n"
 TWO = b"b\n=\n2\n1 rows returned\n"
-
-
-class ManualRunner:
-    """Store calls wait in a queue until ``run_pending`` (a slow store)."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def write(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.pending.append((d, fn, args))
-        return d
-
-    read = write
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def run_one(self) -> None:
-        d, fn, args = self.pending.pop(0)
-        try:
-            result = fn(*args)
-        except Exception:
-            d.errback(Failure())
-        else:
-            d.callback(result)
-
-    def run_pending(self) -> None:
-        while self.pending:
-            self.run_one()
-
-
-@pytest.fixture
-def store(tmp_path: Any) -> Iterator[Store]:
-    s = Store(StoreConfig(db_dir=str(tmp_path)), now=1000.0)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(1000.0)
-    return c
-
-
-@pytest.fixture
-def dispatcher(store: Store, clock: Clock) -> Dispatcher:
-    return Dispatcher(Engine(store, SyncRunner(), clock, IDENTITY))
 
 
 @pytest.fixture

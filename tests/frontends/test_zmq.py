@@ -8,21 +8,20 @@ still builds the envelope. The PUB side gets a fake connection.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from qasino.engine import Engine, SyncRunner
+from qasino.engine import Engine
 from qasino.frontends.zmq import GENSIG_TAG, RPCConnection, ZmqServices, zmq_address
 from qasino.ops import Dispatcher
-from qasino.store.store import Store, StoreConfig
+from qasino.store.store import Store
+from tests.helpers import IDENTITY, ManualRunner
 
-IDENTITY = "testserver"
 ROUTING = b"\x00peer-1"
 MSG_ID = b"msg-0001"
 T1 = {
@@ -31,60 +30,6 @@ T1 = {
     "column_types": ["int", "text"],
     "rows": [[1, "alpha"], [22, None]],
 }
-
-
-class ManualRunner:
-    """Store calls wait in a queue until ``run_pending`` (a slow store)."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def write(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.pending.append((d, fn, args))
-        return d
-
-    read = write
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def run_pending(self) -> None:
-        while self.pending:
-            d, fn, args = self.pending.pop(0)
-            try:
-                result = fn(*args)
-            except Exception:
-                d.errback(Failure())
-            else:
-                d.callback(result)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(1000.0)
-    return c
-
-
-@pytest.fixture
-def store(tmp_path: Any) -> Iterator[Store]:
-    s = Store(StoreConfig(db_dir=str(tmp_path)), now=1000.0)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def engine(store: Store, clock: Clock) -> Engine:
-    return Engine(store, SyncRunner(), clock, IDENTITY)
-
-
-@pytest.fixture
-def dispatcher(engine: Engine) -> Dispatcher:
-    return Dispatcher(engine)
 
 
 @pytest.fixture

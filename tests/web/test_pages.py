@@ -11,14 +11,14 @@ import csv
 import io
 import json
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
@@ -33,8 +33,8 @@ from qasino.frontends import web
 from qasino.frontends.http import make_site
 from qasino.ops import Dispatcher
 from qasino.store.store import Store, StoreConfig
+from tests.helpers import IDENTITY, ManualRunner
 
-IDENTITY = "testserver"
 SCRIPT_PAYLOAD = "<script>window.__pwned=1</script>"
 IMG_PAYLOAD = "<img src=x onerror=alert(1)>"
 PAGES = ["/", "/tables", "/desc?tablename=t1", "/query", "/query?sql=SELECT+1", "/connections"]
@@ -42,36 +42,6 @@ PAGES += ["/views"]
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-class ManualRunner:
-    """Store calls wait in a queue until ``run_pending`` (a slow store)."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def write(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.pending.append((d, fn, args))
-        return d
-
-    read = write
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def run_pending(self) -> None:
-        while self.pending:
-            d, fn, args = self.pending.pop(0)
-            try:
-                result = fn(*args)
-            except Exception:
-                d.errback(Failure())
-            else:
-                d.callback(result)
 
 
 VIEWS_YAML = """
@@ -85,29 +55,12 @@ VIEWS_YAML = """
 
 
 @pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(1000.0)
-    return c
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     views_file = tmp_path / "views.conf"
     views_file.write_text(VIEWS_YAML)
     s = Store(StoreConfig(db_dir=str(tmp_path)), now=1000.0, views=load_views_file(str(views_file)))
     yield s
     s.close()
-
-
-@pytest.fixture
-def engine(store: Store, clock: Clock) -> Engine:
-    return Engine(store, SyncRunner(), clock, IDENTITY)
-
-
-@pytest.fixture
-def dispatcher(engine: Engine) -> Dispatcher:
-    return Dispatcher(engine)
 
 
 @pytest.fixture
