@@ -86,6 +86,8 @@ class ServerConfig:
 class ConnectionLimitFactory(WrappingFactory):
     """Refuses (closes at once) connections beyond ``limit`` open ones."""
 
+    noisy = False
+
     def __init__(self, wrapped: Factory, limit: int, name: str) -> None:
         super().__init__(wrapped)
         self.limit = limit
