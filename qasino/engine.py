@@ -121,6 +121,8 @@ class ViewsSource:
         if stamp is None:
             if self.views:
                 log.warn("views file {path} is gone; keeping the last views", path=self.path)
+            else:
+                log.info("no views file at {path}; no views", path=self.path)
             return False
         try:
             views = load_views_file(self.path)
