@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 
 from qasino.engine import Engine, SyncRunner
 from qasino.ops import Dispatcher
 from qasino.store.store import Store, StoreConfig
-from tests.helpers import IDENTITY
+from tests.helpers import IDENTITY, ManualRunner
 
 
 @pytest.fixture
@@ -37,3 +39,28 @@ def engine(store: Store, clock: Clock) -> Engine:
 @pytest.fixture
 def dispatcher(engine: Engine) -> Dispatcher:
     return Dispatcher(engine)
+
+
+@pytest.fixture
+def manual_runner() -> ManualRunner:
+    return ManualRunner()
+
+
+@pytest.fixture
+def slow_dispatcher(store: Store, clock: Clock, manual_runner: ManualRunner) -> Dispatcher:
+    """A dispatcher whose store calls only complete on ``manual_runner.run_pending()``."""
+    return Dispatcher(Engine(store, manual_runner, clock, IDENTITY))
+
+
+@pytest.fixture
+def logged_failures() -> Iterator[list[dict[str, Any]]]:
+    """Log events carrying a Failure (log.failure, unhandled errors in Deferreds)."""
+    events: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield events
+    globalLogPublisher.removeObserver(observer)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.test.requesthelper import DummyRequest
@@ -39,31 +37,6 @@ T1 = {
 @pytest.fixture
 def resource(dispatcher: Dispatcher) -> RequestResource:
     return RequestResource(dispatcher)
-
-
-@pytest.fixture
-def manual_runner() -> ManualRunner:
-    return ManualRunner()
-
-
-@pytest.fixture
-def slow_dispatcher(store: Store, clock: Clock, manual_runner: ManualRunner) -> Dispatcher:
-    """A dispatcher whose store calls only complete on ``manual_runner.run_pending()``."""
-    return Dispatcher(Engine(store, manual_runner, clock, IDENTITY))
-
-
-@pytest.fixture
-def logged_failures() -> Iterator[list[dict[str, Any]]]:
-    """Log events carrying a Failure (log.failure, unhandled errors in Deferreds)."""
-    events: list[dict[str, Any]] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield events
-    globalLogPublisher.removeObserver(observer)
 
 
 def make_request(method: bytes, args: dict[str, str], body: bytes = b"") -> DummyRequest:

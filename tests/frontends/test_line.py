@@ -2,47 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from qasino.engine import Engine
 from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory, LineSQLProtocol
 from qasino.ops import Dispatcher
 from qasino.store.store import Store
-from tests.helpers import IDENTITY, ManualRunner
+from tests.helpers import ManualRunner
 
 ONE = b"a\n=\n1\n1 rows returned\n"
 TWO = b"b\n=\n2\n1 rows returned\n"
-
-
-@pytest.fixture
-def manual_runner() -> ManualRunner:
-    return ManualRunner()
-
-
-@pytest.fixture
-def slow_dispatcher(store: Store, clock: Clock, manual_runner: ManualRunner) -> Dispatcher:
-    return Dispatcher(Engine(store, manual_runner, clock, IDENTITY))
-
-
-@pytest.fixture
-def logged_failures() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield events
-    globalLogPublisher.removeObserver(observer)
 
 
 def connect(

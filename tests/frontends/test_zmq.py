@@ -8,12 +8,10 @@ still builds the envelope. The PUB side gets a fake connection.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from qasino.engine import Engine
@@ -30,19 +28,6 @@ T1 = {
     "column_types": ["int", "text"],
     "rows": [[1, "alpha"], [22, None]],
 }
-
-
-@pytest.fixture
-def logged_failures() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield events
-    globalLogPublisher.removeObserver(observer)
 
 
 class Connection:

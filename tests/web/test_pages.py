@@ -21,7 +21,6 @@ import pytest
 from twisted.internet.defer import fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http_headers import Headers
@@ -66,19 +65,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
 @pytest.fixture
 def site(dispatcher: Dispatcher) -> server.Site:
     return make_site(dispatcher)
-
-
-@pytest.fixture
-def logged_failures() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield events
-    globalLogPublisher.removeObserver(observer)
 
 
 def publish(
