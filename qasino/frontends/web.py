@@ -259,39 +259,40 @@ class Page(Resource):
         return error.message
 
 
-class TablesPage(Page):
+class FixedQueryPage(Page):
+    """A page listing the rows of one fixed query under ``key``."""
+
+    sql = ""
+    key = ""
+    title = ""
+
+    def context(self, request: server.Request, args: dict[str, str]) -> Deferred[Context]:
+        d = self.dispatcher.query_result(self.sql)
+        return d.addCallback(lambda result: {"title": self.title, self.key: _records(result)})
+
+
+class TablesPage(FixedQueryPage):
     """Every table of the snapshot (qasino_server_tables)."""
 
     template = "tables.html"
     active = "tables"
-
-    def context(self, request: server.Request, args: dict[str, str]) -> Deferred[Context]:
-        d = self.dispatcher.query_result(SHOW_TABLES)
-        return d.addCallback(lambda result: {"title": "Tables", "tables": _records(result)})
+    sql, key, title = SHOW_TABLES, "tables", "Tables"
 
 
-class ConnectionsPage(Page):
+class ConnectionsPage(FixedQueryPage):
     """Every identity that published, and when it last did."""
 
     template = "connections.html"
     active = "connections"
-
-    def context(self, request: server.Request, args: dict[str, str]) -> Deferred[Context]:
-        d = self.dispatcher.query_result(SHOW_CONNECTIONS)
-        return d.addCallback(
-            lambda result: {"title": "Connections", "connections": _records(result)}
-        )
+    sql, key, title = SHOW_CONNECTIONS, "connections", "Connections"
 
 
-class ViewsPage(Page):
+class ViewsPage(FixedQueryPage):
     """The views of views.conf: loaded or not, the error, the definition."""
 
     template = "views.html"
     active = "views"
-
-    def context(self, request: server.Request, args: dict[str, str]) -> Deferred[Context]:
-        d = self.dispatcher.query_result(VIEWS_SQL)
-        return d.addCallback(lambda result: {"title": "Views", "views": _records(result)})
+    sql, key, title = VIEWS_SQL, "views", "Views"
 
 
 class DescPage(Page):
