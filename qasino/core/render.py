@@ -6,7 +6,7 @@ results of up to ``--max-result-rows`` (100,000 by default) rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from qasino.core.model import Result
@@ -29,32 +29,6 @@ def cell_to_str(value: object) -> str:
     return str(value)
 
 
-def stringify_rows(rows: Iterable[Sequence[object]]) -> list[list[str]]:
-    """Render every cell of ``rows`` with :func:`cell_to_str`."""
-    to_str = cell_to_str
-    return [[to_str(cell) for cell in row] for row in rows]
-
-
-def _column_widths(column_names: Sequence[str], str_rows: Sequence[Sequence[str]]) -> list[int]:
-    """Width of each column: the longest of its name and its cells."""
-    widths = [len(name) for name in column_names]
-    if not str_rows:
-        return widths
-    for index, column in enumerate(zip(*str_rows, strict=False)):
-        if index >= len(widths):
-            break
-        widest = max(map(len, column))
-        if widest > widths[index]:
-            widths[index] = widest
-    return widths
-
-
-def max_widths(column_names: Sequence[str], str_rows: Sequence[Sequence[str]]) -> dict[str, int]:
-    """The protocol's ``max_widths``: column index (as a string) -> width."""
-    widths = _column_widths(column_names, str_rows)
-    return {str(index): width for index, width in enumerate(widths)}
-
-
 def _stringify_column(column: Sequence[object]) -> list[str]:
     """One column's cells as strings; whole-column fast paths first."""
     kinds = set(map(type, column))
@@ -65,31 +39,45 @@ def _stringify_column(column: Sequence[object]) -> list[str]:
     return list(map(cell_to_str, column))
 
 
-def _columns_and_widths(
-    column_names: Sequence[str], rows: Sequence[Sequence[object]]
-) -> tuple[list[list[str]], list[int]]:
-    """Rows rendered column by column (far fewer Python calls per cell),
-    with each column's width."""
+def _widths(column_names: Sequence[str], columns: Sequence[Sequence[str]]) -> list[int]:
+    """Width of each column: the longest of its name and its cells."""
     widths = [len(name) for name in column_names]
-    if not rows:
-        return [], widths
-    columns = [_stringify_column(col) for col in zip(*rows, strict=False)]
-    for index, col in enumerate(columns[: len(widths)]):
-        widest = max(map(len, col))
-        if widest > widths[index]:
-            widths[index] = widest
-    return columns, widths
+    for index, column in enumerate(columns[: len(widths)]):
+        if column:
+            widths[index] = max(widths[index], max(map(len, column)))
+    return widths
+
+
+def _string_columns(rows: Sequence[Sequence[object]]) -> list[list[str]]:
+    """The rows' cells as strings, column by column (far fewer Python calls
+    per cell than going row by row)."""
+    return [_stringify_column(col) for col in zip(*rows, strict=False)]
+
+
+def _rows_of(columns: Sequence[Sequence[str]]) -> list[list[str]]:
+    return list(map(list, zip(*columns, strict=False))) if columns else []
+
+
+def stringify_rows(rows: Sequence[Sequence[object]]) -> list[list[str]]:
+    """Render every cell of ``rows`` with :func:`cell_to_str`."""
+    return _rows_of(_string_columns(rows))
+
+
+def max_widths(column_names: Sequence[str], str_rows: Sequence[Sequence[str]]) -> dict[str, int]:
+    """The protocol's ``max_widths``: column index (as a string) -> width."""
+    widths = _widths(column_names, list(zip(*str_rows, strict=False)))
+    return {str(index): width for index, width in enumerate(widths)}
 
 
 def result_shape(result: Result, identity: str) -> dict[str, Any]:
     """The JSON success shape of a query result, cells as strings."""
     column_names = list(result.column_names)
-    columns, widths = _columns_and_widths(column_names, result.rows)
-    str_rows = list(map(list, zip(*columns, strict=False))) if columns else []
+    columns = _string_columns(result.rows)
+    widths = _widths(column_names, columns)
     shape: dict[str, Any] = {
         "response_op": "result_table",
         "identity": identity,
-        "table": {"column_names": column_names, "rows": str_rows},
+        "table": {"column_names": column_names, "rows": _rows_of(columns)},
         "max_widths": {str(index): width for index, width in enumerate(widths)},
     }
     if result.truncated:
@@ -120,7 +108,7 @@ def render_text(
     result ends with ``N rows returned`` (plus a truncation note when cut).
     Every line ends with a newline.
     """
-    widths = _column_widths(column_names, str_rows)
+    widths = _widths(column_names, list(zip(*str_rows, strict=False)))
     lines = [
         _justified_line(column_names, widths),
         COLUMN_SEPARATOR.join(["=" * width for width in widths]),
