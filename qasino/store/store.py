@@ -333,10 +333,7 @@ class Store:
         try:
             self.static.apply(publish, now)
         except apsw.Error as e:
-            error = _write_error(e)
-            if isinstance(error, StoreError):
-                reclaim_wal(self.static.conn)
-            raise error from None
+            raise _failed_write(e, self.static.conn) from None
         self._writer.note_publish(publish.table.tablename, publish.options.identity, now, True)
 
     def _apply(
@@ -389,10 +386,7 @@ class Store:
             # transaction rolled back, nothing of the table is applied.
             raise InvalidInput(f"a cell cannot be stored: {e}") from None
         except apsw.Error as e:
-            error = _write_error(e)
-            if isinstance(error, StoreError):
-                reclaim_wal(conn)
-            raise error from None
+            raise _failed_write(e, conn) from None
         gen.schemas[lower] = schema
         if carried:
             if span is not None:
@@ -485,8 +479,7 @@ class Store:
             write_views_table(gen.conn, report.views)
             gen.conn.pragma("wal_checkpoint", "PASSIVE")
         except apsw.Error as e:
-            reclaim_wal(gen.conn)
-            raise _write_error(e) from None
+            raise _failed_write(e, gen.conn, always_reclaim=True) from None
         info = SnapshotInfo(gen.file.number, self.config.generation_duration_s, now)
         gen.file.info = info
         gen.file.table_list = {
@@ -677,6 +670,17 @@ def _check_keycols(publish: Publish) -> None:
 
 
 _STORAGE_ERRORS = (apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError)
+
+
+def _failed_write(
+    e: BaseException, conn: apsw.Connection, always_reclaim: bool = False
+) -> QasinoError:
+    """The error for a failed write on ``conn``; after a storage failure
+    (or always, if asked) give the WAL's space back first."""
+    error = _write_error(e)
+    if always_reclaim or isinstance(error, StoreError):
+        reclaim_wal(conn)
+    return error
 
 
 def _write_error(e: BaseException) -> QasinoError:
