@@ -9,8 +9,8 @@ Deferreds that fire on the reactor thread.
 from __future__ import annotations
 
 import os
-import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Protocol, TypeVar
 
@@ -31,6 +31,12 @@ from qasino.store.store import SnapshotInfo, Store
 log = Logger(namespace="qasino.engine")
 
 T = TypeVar("T")
+
+# Tables up to this many cells are written on the reactor thread (about
+# 5 ms of SQLite work); bigger ones on the writer thread.
+INLINE_MAX_CELLS = 50_000
+# Queued inline writes run for at most this long per reactor turn.
+INLINE_SLICE_S = 0.01
 
 
 class Runner(Protocol):
@@ -150,6 +156,8 @@ class Engine:
         clock: Any,
         identity: str,
         views: Optional[ViewsSource] = None,
+        inline_max_cells: int = INLINE_MAX_CELLS,
+        inline_slice_s: float = INLINE_SLICE_S,
     ) -> None:
         self.store = store
         self.runner = runner
@@ -158,9 +166,15 @@ class Engine:
         self.views = views or ViewsSource(None)
         self._generation_listeners: list[Callable[[SnapshotInfo], None]] = []
         self._snapshot_ms: Optional[float] = None
-        self._batch_lock = threading.Lock()
-        self._batch: list[tuple[Publish, float, Deferred[None]]] = []
-        self._drain_queued = False
+        self.inline_max_cells = inline_max_cells
+        self.inline_slice_s = inline_slice_s
+        # Writes waiting for the one on the writer thread (see _write).
+        self._queue: deque[tuple[bool, Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = (
+            deque()
+        )
+        self._on_thread = False
+        self._pumping = False
+        self._pump_call: Optional[Any] = None
 
     def _now(self) -> float:
         """The engine clock's time (an IReactorTime: the reactor or a Clock)."""
@@ -169,50 +183,74 @@ class Engine:
     def publish(self, publish: Publish) -> Deferred[None]:
         """Fires once the table is in the writer generation (or errbacks).
 
-        Publishes that arrive while the writer is busy are handed to it
-        together: one trip to the writer thread for many tables (each still
-        applied atomically, on its own, in arrival order).
+        Tables of at most ``inline_max_cells`` cells are written on the
+        calling (reactor) thread; bigger ones on the writer thread. Either
+        way they are applied in arrival order, each atomically on its own.
         """
-        d: Deferred[None] = Deferred()
-        with self._batch_lock:
-            self._batch.append((publish, self._now(), d))
-            if self._drain_queued:
-                return d
-            self._drain_queued = True
-        self.runner.write(self._drain).addCallbacks(self._drained, self._drain_failed)
+        table = publish.table
+        inline = len(table.rows) * len(table.column_names) <= self.inline_max_cells
+        return self._write(inline, self.store.publish, publish, self._now())
+
+    def _write(self, inline: bool, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run a writer method in order with every other write.
+
+        Why not always on the writer thread: apsw lets go of the GIL around
+        every SQLite call (for executemany, every row), and getting it back
+        from a busy reactor thread takes up to a switch interval, so a
+        writer thread competing with the reactor crawls (docs/performance.md).
+        Small writes therefore run right here on the reactor thread, where
+        they cost only their own CPU time; long ones (rotations, big tables)
+        run on the writer thread so the reactor keeps serving meanwhile.
+        Writes that arrive while one is on the thread wait in ``_queue``.
+        """
+        if inline and not self._queue and not self._on_thread:
+            try:
+                return succeed(fn(*args))
+            except BaseException:
+                return fail(Failure())
+        d: Deferred[T] = Deferred()
+        self._queue.append((inline, fn, args, d))
+        if not self._pumping and not self._on_thread and self._pump_call is None:
+            self._pump()
         return d
 
-    def _drain(self) -> list[tuple[Deferred[None], Optional[BaseException]]]:
-        """Writer thread: apply every queued publish; report each outcome."""
-        with self._batch_lock:
-            batch, self._batch = self._batch, []
-            self._drain_queued = False
-        outcomes: list[tuple[Deferred[None], Optional[BaseException]]] = []
-        for publish, now, d in batch:
-            try:
-                self.store.publish(publish, now)
-            except BaseException as e:  # reported to that publisher alone
-                outcomes.append((d, e))
-            else:
-                outcomes.append((d, None))
-        return outcomes
+    def _pump(self) -> None:
+        """Run queued writes in order: inline ones here, for at most
+        ``inline_slice_s`` per reactor turn; a thread one stops the pump
+        until it is done."""
+        self._pump_call = None
+        self._pumping = True
+        started = time.perf_counter()
+        try:
+            while self._queue and not self._on_thread:
+                inline, fn, args, d = self._queue.popleft()
+                if inline:
+                    try:
+                        result = fn(*args)
+                    except BaseException:
+                        d.errback(Failure())
+                    else:
+                        d.callback(result)
+                    if self._queue and time.perf_counter() - started > self.inline_slice_s:
+                        self._pump_call = self.clock.callLater(0, self._pump)
+                        return
+                else:
+                    self._on_thread = True
+                    self.runner.write(fn, *args).addBoth(self._thread_done, d)
+        finally:
+            self._pumping = False
 
-    @staticmethod
-    def _drained(outcomes: list[tuple[Deferred[None], Optional[BaseException]]]) -> None:
-        for d, error in outcomes:
-            if error is None:
-                d.callback(None)
-            else:
-                d.errback(Failure(error))
-
-    def _drain_failed(self, failure: Failure) -> None:
-        log.failure("publish batch failed", failure)
+    def _thread_done(self, result: Any, d: Deferred[Any]) -> None:
+        self._on_thread = False
+        d.callback(result)  # a Failure result errbacks
+        if not self._pumping and self._pump_call is None:
+            self._pump()
 
     def name_value_update(
         self, tablename: str, column: str, value: str, identity: str
     ) -> Deferred[None]:
-        return self.runner.write(
-            self.store.name_value_update, tablename, column, value, identity, self._now()
+        return self._write(
+            True, self.store.name_value_update, tablename, column, value, identity, self._now()
         )
 
     def query(self, sql: str, use_write_db: bool = False) -> Deferred[Result]:
@@ -248,7 +286,7 @@ class Engine:
 
     def rotate(self) -> Deferred[SnapshotInfo]:
         """Snapshot now; fires with the new snapshot's info after listeners ran."""
-        d = self.runner.write(self._rotate_job, self._now())
+        d = self._write(False, self._rotate_job, self._now())
         d.addCallback(self._announce)
         return d
 
@@ -281,7 +319,7 @@ class Engine:
 
     def close(self) -> Deferred[None]:
         """Close the store on the writer thread, after all queued writes."""
-        return self.runner.write(self.store.close)
+        return self._write(False, self.store.close)
 
 
 class EngineService(Service):

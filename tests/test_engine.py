@@ -199,29 +199,84 @@ def test_engine_rotate_fires_with_the_new_snapshot_info(engine: Engine, clock: C
 # --- publishes and queries ----------------------------------------------------------
 
 
-def test_publish_fires_its_deferred_only_once_applied(store: Store, clock: Clock) -> None:
+def test_small_publish_is_applied_at_once_when_the_writer_is_idle(
+    store: Store, clock: Clock
+) -> None:
     runner = QueuedRunner()
     engine = Engine(store, runner, clock, "server1")
-    d = engine.publish(Publish(table("t", [[1], [2]]), PublishOptions("host1")))
-    acked = fired(d)
+    acked = fired(engine.publish(Publish(table("t", [[1], [2]]), PublishOptions("host1"))))
+    assert acked == [None]
+    assert runner.jobs == [], "no trip to the writer thread"
+    assert store.query("SELECT a FROM t ORDER BY a", use_write_db=True).rows == [(1,), (2,)]
+
+
+def test_big_publish_goes_to_the_writer_thread_and_fires_only_once_applied(
+    store: Store, clock: Clock
+) -> None:
+    runner = QueuedRunner()
+    engine = Engine(store, runner, clock, "server1", inline_max_cells=2)
+    acked = fired(engine.publish(Publish(table("t", [[1], [2], [3]]), PublishOptions("host1"))))
     assert acked == []
     with pytest.raises(QueryError, match="no such table"):
         store.query("SELECT * FROM t", use_write_db=True)
     runner.run_all()
     assert acked == [None]
-    assert store.query("SELECT a FROM t ORDER BY a", use_write_db=True).rows == [(1,), (2,)]
+    assert store.query("SELECT count(*) FROM t", use_write_db=True).rows == [(3,)]
 
 
-def test_acknowledged_publish_is_in_the_next_snapshot(store: Store, clock: Clock) -> None:
-    """Writes run in order: a publish queued before a rotation is in its snapshot."""
+def test_writes_behind_a_thread_job_wait_and_keep_their_order(store: Store, clock: Clock) -> None:
+    """A small publish after a big one is applied after it, not at once."""
+    runner = QueuedRunner()
+    engine = Engine(store, runner, clock, "server1", inline_max_cells=2)
+    big = fired(engine.publish(Publish(table("t", [[1], [2], [3]]), PublishOptions("host1"))))
+    again = fired(engine.publish(Publish(table("t", [[4]]), PublishOptions("host1"))))
+    other = fired(engine.publish(Publish(table("t", [[5]]), PublishOptions("host2"))))
+    assert big == again == other == []
+    runner.run_all()
+    assert big == [None] and other == [None]
+    assert isinstance(again[0], Failure) and again[0].check(PublishRejected)
+    assert store.query("SELECT a FROM t ORDER BY rowid", use_write_db=True).rows == [
+        (1,),
+        (2,),
+        (3,),
+        (5,),
+    ]
+    assert fired(engine.publish(Publish(table("u", [[6]]), PublishOptions("host1")))) == [None]
+
+
+def test_publish_during_a_rotation_lands_in_the_next_generation(store: Store, clock: Clock) -> None:
+    """Writes run in order: a publish before a rotation is in its snapshot,
+    one that arrives while the rotation runs waits and goes to the next."""
     runner = QueuedRunner()
     engine = Engine(store, runner, clock, "server1")
     acked = fired(engine.publish(Publish(table("t", [[7]]), PublishOptions("host1"))))
-    rotated = fired(engine.rotate())
-    runner.run_all()
     assert acked == [None]
+    rotated = fired(engine.rotate())
+    later = fired(engine.publish(Publish(table("t", [[8]]), PublishOptions("host1"))))
+    assert rotated == [] and later == []
+    runner.run_all()
     assert isinstance(rotated[0], SnapshotInfo)
+    assert later == [None]
     assert store.query("SELECT a FROM t").rows == [(7,)]
+    assert store.query("SELECT a FROM t", use_write_db=True).rows == [(8,)]
+
+
+def test_a_queue_of_inline_writes_yields_to_the_reactor_between_slices(
+    store: Store, clock: Clock
+) -> None:
+    runner = QueuedRunner()
+    engine = Engine(store, runner, clock, "server1", inline_slice_s=0.0)
+    rotated = fired(engine.rotate())
+    acks = [
+        fired(engine.publish(Publish(table("t", [[n]]), PublishOptions(f"host{n}"))))
+        for n in range(3)
+    ]
+    runner.run_all()
+    assert rotated and [len(a) for a in acks] == [1, 0, 0]
+    assert len(clock.getDelayedCalls()) == 1, "the rest waits for the next reactor turn"
+    clock.advance(0)
+    assert acks == [[None], [None], [None]]
+    assert clock.getDelayedCalls() == []
 
 
 def test_publish_uses_the_engine_clock(engine: Engine, clock: Clock) -> None:

@@ -3,7 +3,9 @@
 Threading contract (see docs/concurrency.md):
 
 - ``publish``, ``name_value_update``, ``rotate`` and ``close`` are *writer*
-  methods: call them from one thread only (the engine's writer thread).
+  methods: call them one at a time, never concurrently (the engine runs
+  small writes on the reactor thread and long ones on its writer thread,
+  strictly in turn).
 - ``query``, ``table_list`` and ``snapshot_info`` may be called from any
   number of threads at once; each query borrows a read-only connection of
   the snapshot it started on, so a rotation never waits for it and it never
