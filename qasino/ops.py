@@ -104,8 +104,13 @@ class Dispatcher:
     def ok(self) -> Reply:
         return {"identity": self.identity, "response_op": "ok"}
 
-    def dispatch(self, request: object, source: str = "http") -> Deferred[Reply]:
-        """Run one request dict; always fires with a reply dict, never errbacks."""
+    def dispatch(
+        self, request: object, source: str = "http", body_bytes: Optional[int] = None
+    ) -> Deferred[Reply]:
+        """Run one request dict; always fires with a reply dict, never errbacks.
+
+        ``body_bytes``: ``request`` was decoded from a JSON body that long
+        (it lets a publish skip checks no cell of it can fail)."""
         if not isinstance(request, dict):
             return succeed(self.error("Request must be a JSON object"))
         op = request.get("op")
@@ -117,7 +122,10 @@ class Dispatcher:
                 return succeed(self.error(f"Unrecognized op {op!r}"))
             return succeed(self.error(UNKNOWN_OP_HTTP))
         try:
-            d = handler(request)
+            if handler == self.add_table_data:
+                d = self.add_table_data(request, body_bytes)
+            else:
+                d = handler(request)
         except Exception:
             return succeed(self._failed(Failure(), op))
         d.addErrback(self._failed, op)
@@ -136,9 +144,11 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ ops
 
-    def add_table_data(self, request: dict[str, Any]) -> Deferred[Reply]:
+    def add_table_data(
+        self, request: dict[str, Any], body_bytes: Optional[int] = None
+    ) -> Deferred[Reply]:
         try:
-            publish = parse_json_publish(request, **self.limits)
+            publish = parse_json_publish(request, **self.limits, decoded_from_bytes=body_bytes)
         except InvalidInput:
             table = request.get("table")
             rows = table.get("rows") if isinstance(table, dict) else None

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from qasino.engine import Engine
-from qasino.ops import Dispatcher
+from qasino.ops import Dispatcher, decode_json, encode_json
 from tests.helpers import IDENTITY
 
 T1 = {
@@ -258,6 +258,69 @@ def test_malformed_publish_stores_nothing(dispatcher: Dispatcher) -> None:
         dispatcher.dispatch({"op": "query", "sql": "SELECT * FROM t1", "use_write_db": True})
     )
     assert reply["response_op"] == "error"
+
+
+# A publish decoded from a small body leaves its cells to SQLite's binding
+# (dispatch(..., body_bytes)); it must end exactly like the full check.
+# Bodies are decoded as the front ends do (decode_json: orjson, else the
+# stdlib, which is how NaN, Infinity and lone surrogates get in).
+CELL_BODIES = [
+    ('[[1, "x"], [2, "y"]]', "ok", [["1", "x"], ["2", "y"]]),
+    ('[[true, "t"], [false, null]]', "ok", [["1", "t"], ["0", ""]]),
+    ('[[NaN, "nan"], [Infinity, "inf"]]', "ok", [["", "nan"], ["inf", "inf"]]),
+    ('[[1.5, "\\u00e9t\\u00e9"]]', "ok", [["1.5", "\u00e9t\u00e9"]]),
+    ('[[1, "x"], [[1, 2], "y"]]', "rows[1], column 'a': unsupported cell list", None),
+    ('[[1, {"k": 1}]]', "rows[0], column 'name': unsupported cell object", None),
+    ('[[1, "x"], [9223372036854775808, "y"]]', "rows[1], column 'a': integer out of range", None),
+    ('[[1, "x"], [2, "\\ud800"]]', "rows[1], column 'name': text is not valid Unicode", None),
+    ('[[1, "x"], [2]]', "rows[1]: has 1 cells, expected 2", None),
+    ('[[1, "x"], {"a": 1, "name": 2}]', "rows[1]: expected a list of 2 cells, got object", None),
+    ('[[1, "x"], "ab"]', "rows[1]: expected a list of 2 cells, got string", None),
+    ('{"a": 1}', "rows must be a list, got object", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("rows, outcome, stored", CELL_BODIES)
+@pytest.mark.parametrize("with_size", [False, True])
+def test_publish_cells_end_the_same_with_or_without_the_body_size(
+    dispatcher: Dispatcher,
+    rows: str,
+    outcome: str,
+    stored: list[list[str]] | None,
+    with_size: bool,
+    static: bool,
+) -> None:
+    head = b'{"op": "add_table_data", "identity": "h1", "static": ' + (
+        b"true" if static else b"false"
+    )
+    table = b', "table": {"tablename": "t1", "column_names": ["a", "name"], '
+    body = head + table + b'"column_types": ["integer", "text"], "rows": ' + rows.encode() + b"}}"
+    request = decode_json(body)
+    reply = fired(dispatcher.dispatch(request, "http", len(body) if with_size else None))
+    if outcome == "ok":
+        assert reply == OK
+        assert rows_of(dispatcher, "SELECT * FROM t1 ORDER BY rowid", use_write_db=True) == stored
+    else:
+        assert reply["response_op"] == "error", reply
+        assert reply["error_message"].startswith("Invalid input format: "), reply
+        assert outcome in reply["error_message"]
+        sql = {"op": "query", "sql": "SELECT * FROM t1", "use_write_db": True}
+        assert fired(dispatcher.dispatch(sql))["response_op"] == "error", "t1 must not exist"
+
+
+def test_cells_are_checked_when_the_body_is_longer_than_the_cell_limit(
+    engine: Engine,
+) -> None:
+    dispatcher = Dispatcher(engine, max_cell_bytes=10)
+    body = encode_json(
+        {"op": "add_table_data", "identity": "h1", "table": {**T1, "rows": [[1, "x" * 11]]}}
+    )
+    reply = fired(dispatcher.dispatch(decode_json(body), "zmq", len(body)))
+    assert (
+        "rows[0], column 'name': text of 11 bytes is longer than the limit of 10"
+        in (reply["error_message"])
+    )
 
 
 def test_second_publish_from_same_identity_in_a_generation_is_ignored_with_error(

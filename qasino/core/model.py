@@ -16,12 +16,19 @@ class Table:
     ``column_types`` hold the normalised SQLite types (INTEGER, REAL, TEXT).
     ``rows`` is a list of lists of cells (int, float, str or None); it is not
     copied, so callers must not mutate it after building the Table.
+
+    ``cells_checked`` false: the rows are rectangular lists straight from a
+    JSON decoder and no cell can be over the size limit, but the cells'
+    kinds and ranges were left for SQLite's binding to refuse (which it does
+    for exactly the cells the checker refuses); the store then explains a
+    refusal with :func:`qasino.core.tables.explain_cells`.
     """
 
     tablename: str
     column_names: tuple[str, ...]
     column_types: tuple[str, ...]
     rows: Sequence[Sequence[Cell]]
+    cells_checked: bool = True
 
 
 @dataclass(frozen=True)

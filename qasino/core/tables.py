@@ -306,6 +306,26 @@ def _check_rows(
     return rows if result is None else result
 
 
+def _rows_are_plain_lists(rows: object, ncols: int, max_rows: int) -> bool:
+    """True if ``rows`` is a list of at most ``max_rows`` lists of ``ncols``
+    items each (checked at C speed: no Python loop over the rows)."""
+    return (
+        type(rows) is list
+        and len(rows) <= max_rows
+        and (not rows or (set(map(type, rows)) == {list} and set(map(len, rows)) == {ncols}))
+    )
+
+
+def explain_cells(table: Table) -> None:
+    """Raise InvalidInput naming the first bad cell of ``table``, if any.
+
+    For a Table built with ``cells_checked`` false whose insert SQLite
+    refused: the full check finds the cell and words the error. (Cell
+    sizes were settled when the Table was built, so they are not checked.)
+    """
+    _check_rows(table.rows, table.column_names, len(table.rows), INT64_MAX)
+
+
 # ---------------------------------------------------------------------------
 # JSON table
 
@@ -316,6 +336,7 @@ def parse_table(
     max_rows: int = DEFAULT_MAX_ROWS,
     max_columns: int = DEFAULT_MAX_COLUMNS,
     max_cell_bytes: int = DEFAULT_MAX_CELL_BYTES,
+    decoded_from_bytes: int | None = None,
 ) -> Table:
     """Check the inner table object of a JSON publish and build a Table.
 
@@ -325,6 +346,14 @@ def parse_table(
     Booleans become 1/0, NaN becomes None, int/float/str subclasses become
     the plain type. Integers must fit in 64 bits; str cells may be at most
     ``max_cell_bytes`` bytes of UTF-8. Raises InvalidInput otherwise.
+
+    ``decoded_from_bytes``: ``obj`` came from a JSON decoder (so it holds
+    only plain JSON types) reading that many bytes. When that is at most
+    ``max_cell_bytes`` no cell can be too long, and rectangular rows of
+    plain lists are accepted without a Python loop over their cells: the
+    Table says ``cells_checked=False`` and SQLite's binding refuses what the
+    checker would (see :class:`~qasino.core.model.Table`). Booleans and NaN
+    are then stored by SQLite as 1/0 and NULL, as the checker converts them.
     """
     if not isinstance(obj, dict):
         raise InvalidInput(f"table must be an object, got {_kind(obj)}")
@@ -332,7 +361,14 @@ def parse_table(
     with _context(f"table {tablename!r}"):
         names = _check_column_names(_require(obj, "column_names", "table"), max_columns)
         types = _check_column_types(_require(obj, "column_types", "table"), names)
-        rows = _check_rows(_require(obj, "rows", "table"), names, max_rows, max_cell_bytes)
+        rows = _require(obj, "rows", "table")
+        if (
+            decoded_from_bytes is not None
+            and decoded_from_bytes <= max_cell_bytes
+            and _rows_are_plain_lists(rows, len(names), max_rows)
+        ):
+            return Table(tablename, names, types, cast(list[list[Cell]], rows), False)
+        rows = _check_rows(rows, names, max_rows, max_cell_bytes)
     return Table(tablename=tablename, column_names=names, column_types=types, rows=rows)
 
 
@@ -450,11 +486,13 @@ def parse_json_publish(
     max_rows: int = DEFAULT_MAX_ROWS,
     max_columns: int = DEFAULT_MAX_COLUMNS,
     max_cell_bytes: int = DEFAULT_MAX_CELL_BYTES,
+    decoded_from_bytes: int | None = None,
 ) -> Publish:
     """Check a whole ``add_table_data`` request (options + ``table``).
 
     Key columns must be columns of the table (case-insensitively); they are
-    returned spelled as in ``column_names``.
+    returned spelled as in ``column_names``. ``decoded_from_bytes``: see
+    :func:`parse_table`.
     """
     if not isinstance(obj, dict):
         raise InvalidInput(f"request must be an object, got {_kind(obj)}")
@@ -464,6 +502,7 @@ def parse_json_publish(
         max_rows=max_rows,
         max_columns=max_columns,
         max_cell_bytes=max_cell_bytes,
+        decoded_from_bytes=decoded_from_bytes,
     )
     return Publish(table=table, options=_match_keycols(options, table))
 

@@ -211,7 +211,7 @@ class RequestResource(Resource):
             return self._text_query(
                 request, payload.get("sql"), is_true(payload.get("use_write_db"))
             )
-        return self._reply(request, self.dispatcher.dispatch(payload, "http"))
+        return self._reply(request, self.dispatcher.dispatch(payload, "http", len(body)))
 
     def _text_query(self, request: server.Request, sql: object, use_write_db: bool) -> Any:
         d = self.dispatcher.query_text(sql if isinstance(sql, str) else None, use_write_db)

@@ -90,7 +90,7 @@ class RPCConnection(ZmqREPConnection):
         except (ValueError, UnicodeDecodeError) as e:
             self._send(messageId, self.dispatcher.error(f"Failed to parse JSON message: {e}"))
             return
-        d = self.dispatcher.dispatch(request, "zmq")
+        d = self.dispatcher.dispatch(request, "zmq", len(messageParts[0]))
         d.addCallback(lambda reply: self._send(messageId, reply))
         d.addErrback(lambda f: self._send(messageId, self.dispatcher.error("Internal error")))
 

@@ -48,6 +48,7 @@ from qasino.core.identifiers import (
 )
 from qasino.core.model import Cell, Publish, PublishOptions, Result, Table, ViewDef
 from qasino.core.persist import PersistRegistry
+from qasino.core.tables import explain_cells
 from qasino.store.internal import (
     GenerationReport,
     TableEntry,
@@ -334,6 +335,8 @@ class Store:
     def _apply_static(self, publish: Publish, now: float) -> None:
         try:
             self.static.apply(publish, now)
+        except _BINDING_ERRORS as e:
+            raise _refused_cell(e, publish.table) from None
         except apsw.Error as e:
             raise _failed_write(e, self.static.conn) from None
         self._writer.note_publish(publish.table.tablename, publish.options.identity, now, True)
@@ -383,10 +386,8 @@ class Store:
                     span = (before + 1, conn.last_insert_rowid())
                 elif table.rows:
                     insert_rows(conn, table, "insert", target=schema.name)
-        except (UnicodeError, ValueError, TypeError, OverflowError) as e:
-            # A cell SQLite cannot take (a lone surrogate, ...): the
-            # transaction rolled back, nothing of the table is applied.
-            raise InvalidInput(f"a cell cannot be stored: {e}") from None
+        except _BINDING_ERRORS as e:
+            raise _refused_cell(e, table) from None
         except apsw.Error as e:
             raise _failed_write(e, conn) from None
         gen.schemas[lower] = schema
@@ -672,6 +673,22 @@ def _check_keycols(publish: Publish) -> None:
 
 
 _STORAGE_ERRORS = (apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError)
+
+
+# What apsw raises for a cell it cannot bind (a list, an int beyond 64 bits,
+# a lone surrogate, ...); the transaction then rolls back, nothing applied.
+_BINDING_ERRORS = (UnicodeError, ValueError, TypeError, OverflowError)
+
+
+def _refused_cell(error: BaseException, table: Table) -> InvalidInput:
+    """The error for a table whose cell SQLite would not take: the checker's
+    own words (row and column) when it had left the cells to SQLite."""
+    if not table.cells_checked:
+        try:
+            explain_cells(table)
+        except InvalidInput as e:
+            return e
+    return InvalidInput(f"a cell cannot be stored: {error}")
 
 
 def _failed_write(
