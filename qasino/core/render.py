@@ -7,7 +7,10 @@ results of up to ``--max-result-rows`` (100,000 by default) rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
+
+import orjson
 
 from qasino.core.model import Result
 
@@ -29,13 +32,28 @@ def cell_to_str(value: object) -> str:
     return str(value)
 
 
+def _numbers_as_str(column: Sequence[object]) -> list[str]:
+    """``str()`` of each int and float of a column, at C speed.
+
+    orjson writes the same shortest round-trip digits as Python's ``repr``
+    and the same decimal form, ~7x faster; it differs only where Python
+    writes an exponent (and for values below 1e-4, which it writes out as
+    ``0.0000...``) or for infinities (``null``). A column with any of those
+    goes through ``str`` instead.
+    """
+    text = orjson.dumps(column)
+    if b"e" in text or b"n" in text or b"0.0000" in text or len(text) < 3:
+        return list(map(str, column))
+    return text[1:-1].decode("ascii").split(",")
+
+
 def _stringify_column(column: Sequence[object]) -> list[str]:
     """One column's cells as strings; whole-column fast paths first."""
     kinds = set(map(type, column))
     if kinds <= {str}:
         return list(column)  # type: ignore[arg-type]
     if kinds <= {int, float}:
-        return list(map(str, column))
+        return _numbers_as_str(column)
     return list(map(cell_to_str, column))
 
 
@@ -51,11 +69,21 @@ def _widths(column_names: Sequence[str], columns: Sequence[Sequence[str]]) -> li
 def _string_columns(rows: Sequence[Sequence[object]]) -> list[list[str]]:
     """The rows' cells as strings, column by column (far fewer Python calls
     per cell than going row by row)."""
-    return [_stringify_column(col) for col in zip(*rows, strict=False)]
+    if not rows:
+        return []
+    # One C-level pass per column (zip(*rows) first builds a 100,000-item
+    # argument tuple and took about twice as long).
+    return [_stringify_column(list(map(itemgetter(i), rows))) for i in range(len(rows[0]))]
 
 
 def _rows_of(columns: Sequence[Sequence[str]]) -> list[list[str]]:
     return list(map(list, zip(*columns, strict=False))) if columns else []
+
+
+def _row_tuples_of(columns: Sequence[Sequence[str]]) -> list[tuple[str, ...]]:
+    """Rows as tuples: a JSON encoder writes them as arrays, and they cost
+    less to build than lists."""
+    return list(zip(*columns, strict=False)) if columns else []
 
 
 def stringify_rows(rows: Sequence[Sequence[object]]) -> list[list[str]]:
@@ -70,14 +98,15 @@ def max_widths(column_names: Sequence[str], str_rows: Sequence[Sequence[str]]) -
 
 
 def result_shape(result: Result, identity: str) -> dict[str, Any]:
-    """The JSON success shape of a query result, cells as strings."""
+    """The JSON success shape of a query result, cells as strings (each row
+    a tuple, for the JSON encoder)."""
     column_names = list(result.column_names)
     columns = _string_columns(result.rows)
     widths = _widths(column_names, columns)
     shape: dict[str, Any] = {
         "response_op": "result_table",
         "identity": identity,
-        "table": {"column_names": column_names, "rows": _rows_of(columns)},
+        "table": {"column_names": column_names, "rows": _row_tuples_of(columns)},
         "max_widths": {str(index): width for index, width in enumerate(widths)},
     }
     if result.truncated:

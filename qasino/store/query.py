@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import apsw
+import orjson
 
 from qasino.core.errors import QueryError, QueryTimeout
 from qasino.core.identifiers import quote_ident
@@ -36,6 +37,15 @@ def _cell_bytes(cell: object) -> int:
     if kind is bytes:
         return 2 * len(cell) + 8  # type: ignore[arg-type]  # shown as hex
     return 8
+
+
+def _chunk_bytes(chunk: list[tuple[object, ...]]) -> int:
+    """About what a chunk of rows weighs: its length as JSON (orjson, at C
+    speed), or by cell where JSON cannot hold it (a blob)."""
+    try:
+        return len(orjson.dumps(chunk))
+    except TypeError:
+        return sum(_cell_bytes(cell) for row in chunk for cell in row)
 
 
 def run_select(
@@ -78,7 +88,7 @@ def run_select(
             chunk = list(itertools.islice(cursor, min(n, cap + 1 - len(rows))))
             if not chunk:
                 break
-            chunk_bytes = sum(_cell_bytes(cell) for row in chunk for cell in row)
+            chunk_bytes = _chunk_bytes(chunk)
             size += chunk_bytes
             per_row = chunk_bytes / len(chunk)
             n = max(1, min(2 * n, FETCH_CHUNK, int(byte_cap / 8 / per_row)))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from qasino.core.model import Result
 from qasino.core.render import (
     cell_to_str,
@@ -106,7 +109,7 @@ def test_result_shape_has_string_cells_and_max_widths() -> None:
         "identity": "server1",
         "table": {
             "column_names": list(INFO_COLUMNS),
-            "rows": [["1382105093", "30", "1382105123.1"]],
+            "rows": [("1382105093", "30", "1382105123.1")],
         },
         "max_widths": {"0": 17, "1": 21, "2": 22},
     }
@@ -120,7 +123,7 @@ def test_result_shape_of_zero_rows_keeps_column_names() -> None:
 
 def test_result_shape_renders_null_as_empty_string() -> None:
     shape = result_shape(Result(column_names=("a",), rows=[(None,)]), "srv")
-    assert shape["table"]["rows"] == [[""]]
+    assert shape["table"]["rows"] == [("",)]
 
 
 def test_result_shape_marks_truncated_only_when_truncated() -> None:
@@ -148,3 +151,25 @@ def test_rendering_a_hundred_thousand_rows_is_fast() -> None:
     assert len(shape["table"]["rows"]) == 100_000
     assert text.endswith("100000 rows returned\n")
     assert elapsed < 5.0
+
+
+# Numbers are rendered in bulk (orjson) where that gives Python's own text;
+# whatever the values, the cells must be exactly str() of each.
+NUMBERS = st.one_of(
+    st.floats(allow_nan=False),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.sampled_from([0.0, -0.0, 1e-4, 1e-5, 9.99e-5, 1e15, 1e16, 2.5, 1e22, float("inf")]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(NUMBERS, max_size=40))
+def test_number_cells_are_exactly_their_str(values: list[float]) -> None:
+    assert stringify_rows([(v,) for v in values]) == [[str(v)] for v in values]
+
+
+def test_a_float_column_without_exponents_is_rendered_like_str() -> None:
+    values = [i / 7 for i in range(1, 2000)] + [float(i) for i in range(-50, 50)] + [123456.5]
+    assert stringify_rows([(v, i) for i, v in enumerate(values)]) == [
+        [str(v), str(i)] for i, v in enumerate(values)
+    ]

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import apsw
 import pytest
 
 from qasino.core.errors import QueryError, QueryTimeout
@@ -334,3 +335,32 @@ def test_result_is_cut_at_max_rows_and_marked_truncated(tmp_path: Path, use_writ
         assert exact.truncated is False
     finally:
         s.close()
+
+
+# --- the result byte cap ----------------------------------------------------------
+
+SERIES = (
+    "WITH RECURSIVE s(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM s WHERE value < {0}) "
+    "SELECT {1} FROM s"
+)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        SERIES.format(4, "printf('%.*c', 300, 'x')"),  # text
+        SERIES.format(4, "zeroblob(150)"),  # blobs, shown as hex
+        SERIES.format(200, "value, value * 0.5, NULL"),  # numbers
+    ],
+)
+def test_a_result_over_the_byte_cap_is_refused_not_cut(sql: str) -> None:
+    conn = apsw.Connection(":memory:")
+    with pytest.raises(QueryError, match="result larger than 1000 bytes"):
+        run_select(conn, sql, limits=QueryLimits(max_bytes=1000), guard=False)
+
+
+def test_a_result_under_the_byte_cap_is_whole() -> None:
+    conn = apsw.Connection(":memory:")
+    sql = SERIES.format(4, "printf('%.*c', 100, 'x'), zeroblob(50)")
+    result = run_select(conn, sql, limits=QueryLimits(max_bytes=2000), guard=False)
+    assert len(result.rows) == 4 and not result.truncated
