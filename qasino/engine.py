@@ -1,9 +1,11 @@
-"""The Twisted face of the store: SQLite work off the reactor thread.
+"""The Twisted face of the store.
 
-All writes (publishes, name/value updates, rotations) go through one writer
-thread, in order; queries run on a pool of reader threads, each on its own
-read-only connection. Front ends only ever call :class:`Engine`; it returns
-Deferreds that fire on the reactor thread.
+Writes (publishes, name/value updates, rotations) are applied one at a
+time, in arrival order: small ones right on the reactor thread, long ones
+(rotations, big tables) on one writer thread (see ``Engine._write`` for
+why). Queries run on a pool of reader threads, each on its own read-only
+connection. Front ends only ever call :class:`Engine`; it returns Deferreds
+that fire on the reactor thread.
 """
 
 from __future__ import annotations
