@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qasino.core import tables
 from qasino.core.errors import InvalidInput
 from qasino.core.model import Publish, PublishOptions, Table
 from qasino.core.tables import (
@@ -870,3 +871,42 @@ def test_csv_round_trips_text_and_integers(rows: list[tuple[str, int | None]]) -
     text = "\n".join(["1", "t", "s,n", "str,int", "S,N", *lines])
     expected = [[text or None, number] for text, number in rows]
     assert parse_csv_publish(text, identity="h").table.rows == expected
+
+
+# --- the cache of checked headers ---------------------------------------------------
+
+
+def test_a_header_seen_before_gives_the_same_table() -> None:
+    first = parse_table(table_obj(tablename="cached_t"))
+    again = parse_table(table_obj(tablename="cached_t", rows=[["c", 3, 1.5]]))
+    assert (again.tablename, again.column_names, again.column_types) == (
+        first.tablename,
+        first.column_names,
+        first.column_types,
+    )
+    assert again.rows == [["c", 3, 1.5]]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"column_names": ["host", "count", "HOST"]}, "duplicate column name 'HOST'"),
+        ({"column_types": ["string", "int", "blob"]}, "column 'ratio'"),
+        ({"column_names": ["host", ["count"], "ratio"]}, "expected a string, got list"),
+        ({"column_types": ["string", {"t": 1}, "real"]}, "must be a string, got object"),
+        ({"tablename": "qasino_server_x"}, "reserved"),
+    ],
+)
+def test_a_cached_header_does_not_hide_errors_of_a_similar_one(
+    overrides: dict[str, Any], message: str
+) -> None:
+    parse_table(table_obj())  # cache the good header
+    for _ in range(2):  # and a bad one is never cached
+        with pytest.raises(InvalidInput, match=message):
+            parse_table(table_obj(**overrides))
+
+
+def test_the_header_cache_is_bounded() -> None:
+    for n in range(tables.HEADER_CACHE_SIZE + 10):
+        parse_table(table_obj(tablename=f"bounded_{n}"))
+    assert 0 < len(tables._HEADERS) <= tables.HEADER_CACHE_SIZE
