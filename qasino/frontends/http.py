@@ -242,28 +242,43 @@ class RequestResource(Resource):
     def _reply(
         self, request: server.Request, d: Deferred[Any], content_type: Optional[bytes] = JSON_TYPE
     ) -> Any:
+        """Answer with what ``d`` fires (a reply dict or bytes); a failure is
+        logged and answered 500. Most publishes have fired already and are
+        answered in this call; otherwise once ``d`` fires, unless the client
+        went away meanwhile."""
+        outcome: list[Any] = []
+        d.addBoth(outcome.append)
+        if outcome:
+            return self._answer(request, outcome[0], content_type, finish=False)
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 
-        def write(reply: Any) -> None:
-            if gone:
-                return
-            body = reply if isinstance(reply, bytes) else encode_json(reply)
-            self._send(request, body, content_type, finish=True)
-
-        def failed(failure: Failure) -> None:
-            log.failure("request failed", failure)
+        def fired(_: object) -> None:
             if not gone:
-                request.setResponseCode(500)
-                self._send(
-                    request,
-                    encode_json(self.dispatcher.error("Internal error")),
-                    JSON_TYPE,
-                    finish=True,
-                )
+                self._answer(request, outcome[0], content_type, finish=True)
 
-        d.addCallback(write).addErrback(failed)
+        d.addCallback(fired)
         return server.NOT_DONE_YET
+
+    def _answer(
+        self,
+        request: server.Request,
+        result: Any,
+        content_type: Optional[bytes],
+        finish: bool,
+    ) -> Any:
+        if not isinstance(result, Failure):
+            try:
+                body = result if isinstance(result, bytes) else encode_json(result)
+            except Exception:
+                result = Failure()
+            else:
+                return self._send(request, body, content_type, finish)
+        log.failure("request failed", result)
+        request.setResponseCode(500)
+        return self._send(
+            request, encode_json(self.dispatcher.error("Internal error")), JSON_TYPE, finish
+        )
 
     @staticmethod
     def _send(

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -493,3 +494,42 @@ def test_client_that_disconnects_before_the_reply_causes_no_error(
     manual_runner.run_pending()
     assert transport.value() == b""
     assert logged_failures == []
+
+
+# ---------------------------------------------------------------- _reply outcomes
+
+
+@pytest.mark.parametrize("already", [True, False], ids=["fired", "later"])
+@pytest.mark.parametrize(
+    "outcome",
+    [lambda: Failure(RuntimeError("boom")), lambda: {"bad": object()}],
+    ids=["failure", "unencodable"],
+)
+def test_a_reply_that_fails_is_logged_and_answered_500(
+    resource: RequestResource,
+    logged_failures: list[dict[str, Any]],
+    already: bool,
+    outcome: Any,
+) -> None:
+    request = make_request(b"POST", {"op": "add_table_data"})
+    d: Deferred[Any] = Deferred()
+    if already:
+        d.callback(outcome())
+    returned = resource._reply(request, d)
+    if already:
+        assert returned is not server.NOT_DONE_YET
+        request.write(returned)
+        request.finish()
+    else:
+        assert returned is server.NOT_DONE_YET and request.written == []
+        d.callback(outcome())
+    assert request.responseCode == 500
+    assert request.finished == 1
+    assert json.loads(b"".join(request.written)) == error("Internal error")
+    assert len(logged_failures) == 1
+
+
+def test_a_reply_already_fired_is_returned_at_once(resource: RequestResource) -> None:
+    request = make_request(b"POST", {"op": "add_table_data"})
+    assert resource._reply(request, succeed(OK)) == json.dumps(OK, separators=(",", ":")).encode()
+    assert header(request, b"content-type") == b"application/json"
