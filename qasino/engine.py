@@ -75,14 +75,19 @@ class ThreadRunner:
         self.reader.stop()
 
 
+def run_now(fn: Callable[..., T], *args: Any) -> Deferred[T]:
+    """Call ``fn`` here and now; a fired Deferred of its result or failure."""
+    try:
+        return succeed(fn(*args))
+    except BaseException:
+        return fail(Failure())
+
+
 class SyncRunner:
     """Runs everything at once on the calling thread (deterministic tests)."""
 
     def write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
-        try:
-            return succeed(fn(*args))
-        except BaseException:
-            return fail(Failure())
+        return run_now(fn, *args)
 
     read = write
 
@@ -206,10 +211,7 @@ class Engine:
         Writes that arrive while one is on the thread wait in ``_queue``.
         """
         if inline and not self._queue and not self._on_thread:
-            try:
-                return succeed(fn(*args))
-            except BaseException:
-                return fail(Failure())
+            return run_now(fn, *args)
         d: Deferred[T] = Deferred()
         self._queue.append((inline, fn, args, d))
         if not self._pumping and not self._on_thread and self._pump_call is None:
@@ -227,12 +229,7 @@ class Engine:
             while self._queue and not self._on_thread:
                 inline, fn, args, d = self._queue.popleft()
                 if inline:
-                    try:
-                        result = fn(*args)
-                    except BaseException:
-                        d.errback(Failure())
-                    else:
-                        d.callback(result)
+                    run_now(fn, *args).chainDeferred(d)
                     if self._queue and time.perf_counter() - started > self.inline_slice_s:
                         self._pump_call = self.clock.callLater(0, self._pump)
                         return
