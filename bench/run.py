@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -105,14 +106,23 @@ def phase(run: Run, name: str, body: Callable[[], None]) -> None:
     progress(f"{name} done in {time.monotonic() - started:.1f}s")
 
 
-def run_phases(run: Run) -> None:
+def measure_ceilings(run: Run, when: str) -> None:
     s, w, r = run.scale, run.workers, run.results
     if run.wants("raw_rows_per_s"):
-        phase(run, "raw", lambda: ceilings.measure_raw(w, s, r))
+        phase(run, f"raw{when}", lambda: ceilings.measure_raw(w, s, r))
     if run.wants("bare_http_req_per_s"):
-        phase(run, "bare_http", lambda: ceilings.measure_bare(w, s, r, "http"))
+        phase(run, f"bare_http{when}", lambda: ceilings.measure_bare(w, s, r, "http"))
     if run.wants("bare_zmq_msg_per_s"):
-        phase(run, "bare_zmq", lambda: ceilings.measure_bare(w, s, r, "zmq"))
+        phase(run, f"bare_zmq{when}", lambda: ceilings.measure_bare(w, s, r, "zmq"))
+
+
+def run_phases(run: Run) -> None:
+    s, w, r = run.scale, run.workers, run.results
+    # The ceilings are measured before and again after the figures: on a
+    # shared machine whose speed drifts during the run, their medians then
+    # stand for the whole run, and details.ceiling_drift shows the drift.
+    measure_ceilings(run, "")
+    before = {key: r.median((key, None)) for key in ceilings.CEILING_KEYS}
     transports = [t for t, keys in INGEST_KEYS.items() if run.wants(*keys)]
     if transports:
         phase(run, "ingest", lambda: ingest.measure_matrix(w, s, r, transports))
@@ -126,6 +136,13 @@ def run_phases(run: Run) -> None:
     if run.wants(*PHASE_KEYS["rotation"]):
         rss = run.wants("rss_mb_per_million_rows")
         phase(run, "rotation", lambda: rotation.measure_rotation(w, s, r, rss))
+    rounds = {key: len(r.figures[(key, None)].values) for key in before if before[key]}
+    measure_ceilings(run, " (again)")
+    r.details["ceiling_drift"] = {
+        key: [round(before[key], 1), round(statistics.median(values[rounds[key] :]), 1)]
+        for key in rounds
+        if len(values := r.figures[(key, None)].values) > rounds[key]
+    }
 
 
 def stop_on_signal(signum: int, frame: Optional[FrameType]) -> None:
