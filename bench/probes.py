@@ -18,6 +18,7 @@ import apsw
 
 from bench.loadgen import wait_until
 from bench.workload import COLUMN_NAMES, SQL_TYPES, make_rows
+from qasino.store.sqlite import GENERATION_PAGE_SIZE
 
 HOST = "127.0.0.1"
 
@@ -106,12 +107,13 @@ def fetch_json(port: int, sql: str, times: int) -> list[JsonFetch]:
 
 def raw_insert(total_rows: int, table_rows: int = 1000) -> float:
     """Rows per second of one executemany transaction into a fresh file DB
-    set up like a generation file (WAL, synchronous=OFF). The rows are the
+    set up like a generation file (its page size, WAL, synchronous=OFF). The rows are the
     benchmark's ``table_rows``-row table, repeated."""
     rows = make_rows(table_rows) * max(1, total_rows // table_rows)
     tmp = Path(tempfile.mkdtemp(prefix="qasino-bench-raw-"))
     try:
         conn = apsw.Connection(str(tmp / "raw.sqlite"))
+        conn.pragma("page_size", GENERATION_PAGE_SIZE)
         conn.pragma("journal_mode", "wal")
         conn.pragma("synchronous", "off")
         columns = ", ".join(f'"{n}" {t}' for n, t in zip(COLUMN_NAMES, SQL_TYPES))

@@ -26,6 +26,10 @@ _ALLOWED_ACTIONS = frozenset({apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_
 MAX_SQL_LENGTH = 1_000_000
 MAX_VALUE_LENGTH = 32 * 1024 * 1024
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+# Generation files: 16 KiB pages. Appending 1,000-row tables was about 10%
+# faster than with 4 KiB pages, full scans of a million rows a quarter
+# faster (bench/, docs/performance.md).
+GENERATION_PAGE_SIZE = 16384
 
 _TRIVIA_RE = re.compile(r"(?:\s+|;|--[^\n]*(?:\n|\Z)|/\*.*?(?:\*/|\Z))*", re.S)
 
@@ -49,6 +53,9 @@ def open_writer(path: str, durable: bool = False) -> apsw.Connection:
     """
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     conn.set_busy_timeout(5000)
+    if not durable:
+        # Only takes effect on a new file (generation files always are).
+        conn.pragma("page_size", GENERATION_PAGE_SIZE)
     conn.pragma("journal_mode", "wal")
     conn.pragma("synchronous", "full" if durable else "off")
     # A failed big write leaves its pages in the WAL file; cap what the file

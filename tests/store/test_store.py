@@ -13,6 +13,7 @@ import pytest
 
 from qasino.core.errors import InvalidInput, PublishRejected, QueryError
 from qasino.core.model import Cell, Publish, PublishOptions, Result, Table, ViewDef
+from qasino.store.sqlite import GENERATION_PAGE_SIZE
 from qasino.store.store import GENERATIONS_DIR, Store, StoreConfig
 
 NOW = 1_700_000_000.0
@@ -1001,3 +1002,15 @@ def test_carried_persisted_table_reports_when_it_was_last_published(store: Store
         "SELECT nr_updates, last_update_epoch FROM qasino_server_tables "
         "WHERE tablename = 'pt_time'",
     ) == [(0, NOW + 7)]
+
+
+def test_generation_files_use_big_pages_and_the_static_db_keeps_its_own(store: Store) -> None:
+    publish(store, table("t", T_AB, [[1, "x"]]), identity="host1")
+    store.rotate(NOW + DURATION)
+    for name in os.listdir(store.gen_dir):
+        if name.endswith(".sqlite"):
+            with open(os.path.join(store.gen_dir, name), "rb") as f:
+                header = f.read(18)
+            # The page size is bytes 16-17 of the header, big-endian.
+            assert int.from_bytes(header[16:18], "big") == GENERATION_PAGE_SIZE, name
+    assert store.static.conn.pragma("page_size") == 4096
