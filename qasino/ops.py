@@ -61,12 +61,23 @@ def decode_json(data: bytes | str) -> Any:
     what old publishers send (NaN, Infinity) keeps working and error
     messages keep their familiar form.
     """
+    return decode_body(data)[0]
+
+
+def decode_body(data: bytes | str) -> tuple[Any, Optional[int]]:
+    """:func:`decode_json`, and the body's length if orjson read it.
+
+    orjson yields only plain JSON values: no NaN or infinity, no lone
+    surrogate, no integer beyond 64 bits. That length is what
+    :meth:`Dispatcher.dispatch` takes as ``body_bytes``; a body only the
+    stdlib could read gets None, and its cells the full check.
+    """
     try:
-        return orjson.loads(data)
+        return orjson.loads(data), len(data)
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(data)
+        return json.loads(data), None
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
@@ -109,8 +120,9 @@ class Dispatcher:
     ) -> Deferred[Reply]:
         """Run one request dict; always fires with a reply dict, never errbacks.
 
-        ``body_bytes``: ``request`` was decoded from a JSON body that long
-        (it lets a publish skip checks no cell of it can fail)."""
+        ``body_bytes``: ``request`` was decoded by orjson from a body that
+        long (see :func:`decode_body`); it lets a publish leave the checks
+        of its cells to SQLite."""
         if not isinstance(request, dict):
             return succeed(self.error("Request must be a JSON object"))
         op = request.get("op")

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from qasino.engine import Engine
-from qasino.ops import Dispatcher, decode_json, encode_json
+from qasino.ops import Dispatcher, decode_body, decode_json, encode_json
 from tests.helpers import IDENTITY
 
 T1 = {
@@ -260,10 +260,11 @@ def test_malformed_publish_stores_nothing(dispatcher: Dispatcher) -> None:
     assert reply["response_op"] == "error"
 
 
-# A publish decoded from a small body leaves its cells to SQLite's binding
-# (dispatch(..., body_bytes)); it must end exactly like the full check.
-# Bodies are decoded as the front ends do (decode_json: orjson, else the
-# stdlib, which is how NaN, Infinity and lone surrogates get in).
+# A publish orjson decoded from a small body leaves its cells to SQLite's
+# binding (dispatch(..., body_bytes)); it must end exactly like the full
+# check. Bodies are decoded as the front ends do (decode_body: orjson, else
+# the stdlib, which is how NaN, Infinity and lone surrogates get in; those
+# always get the full check).
 CELL_BODIES = [
     ('[[1, "x"], [2, "y"]]', "ok", [["1", "x"], ["2", "y"]]),
     ('[[true, "t"], [false, null]]', "ok", [["1", "t"], ["0", ""]]),
@@ -278,6 +279,22 @@ CELL_BODIES = [
     ('[[1, "x"], "ab"]', "rows[1]: expected a list of 2 cells, got string", None),
     ('{"a": 1}', "rows must be a list, got object", None),
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body, plain",
+    [
+        (b'{"rows": [[1, "x", 2.5, null, true]]}', True),
+        (b'{"rows": [[NaN]]}', False),
+        (b'{"rows": [[-Infinity]]}', False),
+        (b'{"rows": [["\\ud800"]]}', False),
+        (b'{"rows": [[1e400]]}', False),
+    ],
+)
+def test_decode_body_gives_the_length_only_for_plain_json(body: bytes, plain: bool) -> None:
+    value, plain_bytes = decode_body(body)
+    assert value == decode_json(body) or not plain  # NaN != NaN
+    assert plain_bytes == (len(body) if plain else None)
 
 
 @pytest.mark.parametrize("static", [False, True])
@@ -296,8 +313,8 @@ def test_publish_cells_end_the_same_with_or_without_the_body_size(
     )
     table = b', "table": {"tablename": "t1", "column_names": ["a", "name"], '
     body = head + table + b'"column_types": ["integer", "text"], "rows": ' + rows.encode() + b"}}"
-    request = decode_json(body)
-    reply = fired(dispatcher.dispatch(request, "http", len(body) if with_size else None))
+    request, plain_bytes = decode_body(body)
+    reply = fired(dispatcher.dispatch(request, "http", plain_bytes if with_size else None))
     if outcome == "ok":
         assert reply == OK
         assert rows_of(dispatcher, "SELECT * FROM t1 ORDER BY rowid", use_write_db=True) == stored

@@ -21,7 +21,7 @@ from qasino.core.errors import QasinoError
 from qasino.core.model import Result
 from qasino.core.render import cell_to_str, render_error_text
 from qasino.frontends.web import install_web_ui
-from qasino.ops import MISSING_SQL, Dispatcher, decode_json, encode_json, is_true
+from qasino.ops import MISSING_SQL, Dispatcher, decode_body, encode_json, is_true
 
 log = Logger(namespace="qasino.http")
 
@@ -193,7 +193,7 @@ class RequestResource(Resource):
                 request, self.dispatcher.add_csv_table_data(body, args.get("identity"))
             )
         try:
-            payload = decode_json(body) if body.strip() else {}
+            payload, plain_bytes = decode_body(body) if body.strip() else ({}, None)
         except (ValueError, UnicodeDecodeError) as e:
             if args.get("op") == "add_table_data":
                 self.dispatcher.engine.count_publish_error()
@@ -211,7 +211,7 @@ class RequestResource(Resource):
             return self._text_query(
                 request, payload.get("sql"), is_true(payload.get("use_write_db"))
             )
-        return self._reply(request, self.dispatcher.dispatch(payload, "http", len(body)))
+        return self._reply(request, self.dispatcher.dispatch(payload, "http", plain_bytes))
 
     def _text_query(self, request: server.Request, sql: object, use_write_db: bool) -> Any:
         d = self.dispatcher.query_text(sql if isinstance(sql, str) else None, use_write_db)

@@ -14,7 +14,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 from txzmq import ZmqEndpoint, ZmqEndpointType, ZmqFactory, ZmqPubConnection, ZmqREPConnection
 
-from qasino.ops import Dispatcher, Reply, decode_json, encode_json
+from qasino.ops import Dispatcher, Reply, decode_body, encode_json
 
 log = Logger(namespace="qasino.zmq")
 
@@ -86,11 +86,11 @@ class RPCConnection(ZmqREPConnection):
             )
             return
         try:
-            request = decode_json(messageParts[0])
+            request, plain_bytes = decode_body(messageParts[0])
         except (ValueError, UnicodeDecodeError) as e:
             self._send(messageId, self.dispatcher.error(f"Failed to parse JSON message: {e}"))
             return
-        d = self.dispatcher.dispatch(request, "zmq", len(messageParts[0]))
+        d = self.dispatcher.dispatch(request, "zmq", plain_bytes)
         d.addCallback(lambda reply: self._send(messageId, reply))
         d.addErrback(lambda f: self._send(messageId, self.dispatcher.error("Internal error")))
 
