@@ -381,13 +381,14 @@ def parse_table(
     the plain type. Integers must fit in 64 bits; str cells may be at most
     ``max_cell_bytes`` bytes of UTF-8. Raises InvalidInput otherwise.
 
-    ``decoded_from_bytes``: ``obj`` came from a JSON decoder (so it holds
-    only plain JSON types) reading that many bytes. When that is at most
+    ``decoded_from_bytes``: ``obj`` came from orjson reading that many
+    bytes (so it holds plain JSON values only: no NaN, infinity or lone
+    surrogate; see ``qasino.ops.decode_body``). When that is at most
     ``max_cell_bytes`` no cell can be too long, and rectangular rows of
     plain lists are accepted without a Python loop over their cells: the
     Table says ``cells_checked=False`` and SQLite's binding refuses what the
-    checker would (see :class:`~qasino.core.model.Table`). Booleans and NaN
-    are then stored by SQLite as 1/0 and NULL, as the checker converts them.
+    checker would (see :class:`~qasino.core.model.Table`); booleans are
+    stored as 1/0, as the checker converts them.
     """
     if not isinstance(obj, dict):
         raise InvalidInput(f"table must be an object, got {_kind(obj)}")

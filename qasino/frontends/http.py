@@ -256,6 +256,8 @@ class RequestResource(Resource):
         def fired(_: object) -> None:
             if not gone:
                 self._answer(request, outcome[0], content_type, finish=True)
+            elif isinstance(outcome[0], Failure):
+                log.failure("request failed", outcome[0])
 
         d.addCallback(fired)
         return server.NOT_DONE_YET

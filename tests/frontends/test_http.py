@@ -533,3 +533,15 @@ def test_a_reply_already_fired_is_returned_at_once(resource: RequestResource) ->
     request = make_request(b"POST", {"op": "add_table_data"})
     assert resource._reply(request, succeed(OK)) == json.dumps(OK, separators=(",", ":")).encode()
     assert header(request, b"content-type") == b"application/json"
+
+
+def test_a_failure_after_the_client_went_away_is_logged_not_written(
+    resource: RequestResource, logged_failures: list[dict[str, Any]]
+) -> None:
+    request = make_request(b"POST", {"op": "add_table_data"})
+    d: Deferred[Any] = Deferred()
+    assert resource._reply(request, d) is server.NOT_DONE_YET
+    request.processingFailed(Failure(ConnectionDone()))
+    d.errback(Failure(RuntimeError("boom")))
+    assert request.written == [] and request.finished == 0
+    assert len(logged_failures) == 1
