@@ -2,60 +2,37 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional
 
 import pytest
 from passlib.hash import ldap_sha1
 
 from qasino.clients.transport import HttpTransport, ServerError, TransportError
+from tests.server_process import QasinoProcess, free_port, new_server, server_env
+from tests.server_process import poll_until as poll
 from tests.tls_helpers import make_cert
 
-REPO = Path(__file__).resolve().parents[2]
-SERVER_CODE = "import sys; from qasino.cli import server_main; sys.exit(server_main(sys.argv[1:]))"
 AGENT_CODE = (
     "import sys; from qasino.cli import csvpublisher_main; "
     "sys.exit(csvpublisher_main(sys.argv[1:]))"
 )
-LISTENERS = {
-    "zmq": r"ZeroMQ RPC listening on 127\.0\.0\.1:(\d+)",
-    "pub": r"ZeroMQ generation signal on 127\.0\.0\.1:(\d+)",
-    "http": r"HTTP listening on 127\.0\.0\.1:(\d+)",
-    "line": r"line protocol listening on 127\.0\.0\.1:(\d+)",
-}
 AGENT_ID = "agent_e2e"
-
-T = TypeVar("T")
-
-
-def poll(check: Callable[[], Optional[T]], timeout: float, what: str) -> T:
-    """Call ``check`` until it returns something truthy, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Optional[T] = None
-    while True:
-        last = check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        time.sleep(0.05)
 
 
 class Proc:
-    """A subprocess with its output in a log file."""
+    """An agent subprocess with its output in a log file."""
 
     def __init__(
         self, args: list[str], log_path: Path, cwd: Path, extra_env: Optional[dict[str, str]] = None
     ) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        env = server_env()
         env.pop("QASINO_CLIENT_USERNAME", None)
         env.pop("QASINO_CLIENT_PASSWORD", None)
         env.update(extra_env or {})
@@ -81,7 +58,8 @@ class Proc:
                 pytest.fail(f"process exited ({self.popen.returncode}):\n{self.log()}")
             return re.compile(pattern).search(self.log(), after)
 
-        return poll(check, timeout, f"{pattern!r} in {self.log_path.name}")
+        match: re.Match[str] = poll(check, timeout, f"{pattern!r} in {self.log_path.name}")
+        return match
 
     def terminate(self, timeout: float = 5.0) -> tuple[int, float]:
         """SIGTERM; return (exit code, seconds it took)."""
@@ -102,61 +80,30 @@ class Proc:
 
 
 class Harness:
-    """Starts servers and agents in a temp folder; kills them all at teardown."""
+    """Starts a server and agents in a temp folder; kills them all at teardown."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.procs: list[Proc] = []
-        self.db_dir = root / "db"
-        self.views = root / "views.conf"
-        self.views.write_text("[]\n")
+        self.servers: list[QasinoProcess] = []
 
-    def server(
-        self,
-        ports: Optional[dict[str, int]] = None,
-        extra: Sequence[str] = (),
-        listeners: Optional[dict[str, str]] = None,
-    ) -> tuple[Proc, dict[str, int]]:
-        ports = ports or dict.fromkeys(LISTENERS, 0)
-        listeners = listeners or LISTENERS
-        args = [
-            "-c",
-            SERVER_CODE,
-            "--bind",
-            "127.0.0.1",
-            "--line-port",
-            str(ports["line"]),
-            "--http-port",
-            str(ports["http"]),
-            "--zmq-port",
-            str(ports["zmq"]),
-            "--pubsub-port",
-            str(ports["pub"]),
-            "-d",
-            str(self.db_dir),
-            "-g",
-            "1",
-            "-v",
-            str(self.views),
-            "-i",
-            "testserver",
-            *extra,
-        ]
-        proc = self._start(args, "server")
-        found = {name: int(proc.wait_log(rx, 15).group(1)) for name, rx in listeners.items()}
-        return proc, found
+    def server(self, extra: Sequence[str] = ()) -> QasinoProcess:
+        """A started server (``-g 1``), its db dir and views file in ``root``."""
+        server = new_server(self.root, extra_args=extra)
+        self.servers.append(server)
+        return server.start()
 
     def agent(self, *flags: str, env: Optional[dict[str, str]] = None) -> Proc:
-        return self._start(["-c", AGENT_CODE, *flags], "agent", env)
-
-    def _start(self, args: list[str], kind: str, env: Optional[dict[str, str]] = None) -> Proc:
-        proc = Proc(args, self.root / f"{kind}{len(self.procs)}.log", self.root, env)
+        log_path = self.root / f"agent{len(self.procs)}.log"
+        proc = Proc(["-c", AGENT_CODE, *flags], log_path, self.root, env)
         self.procs.append(proc)
         return proc
 
     def close(self) -> None:
         for proc in self.procs:
             proc.kill()
+        for server in self.servers:
+            server.close()
 
 
 @pytest.fixture
@@ -179,13 +126,6 @@ def query(http_port: int, sql: str) -> Optional[list[list[str]]]:
         transport.close()
     rows: list[list[str]] = reply["table"]["rows"]
     return rows
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_tree(root: Path) -> dict[str, Any]:
@@ -225,7 +165,7 @@ def agent_flags(ports: dict[str, int], *extra: str) -> list[str]:
         "-p",
         str(ports["zmq"]),
         "-P",
-        str(ports["pub"]),
+        str(ports["pubsub"]),
         "--timeout",
         "2",
         *extra,
@@ -234,7 +174,8 @@ def agent_flags(ports: dict[str, int], *extra: str) -> list[str]:
 
 def test_publishes_index_after_generation_signal(harness: Harness) -> None:
     files = write_tree(harness.root)
-    server, ports = harness.server()
+    server = harness.server()
+    ports = server.ports
     agent = harness.agent(
         *agent_flags(ports),
         "-i",
@@ -304,27 +245,28 @@ def test_publishes_index_after_generation_signal(harness: Harness) -> None:
     code, took = agent.terminate()
     assert code == 0, agent.log()
     assert took < 2.0
-    assert server.popen.poll() is None
+    assert server.alive()
 
 
 def test_server_restart_is_picked_up_without_restarting_the_agent(harness: Harness) -> None:
     files = write_tree(harness.root)
-    server, ports = harness.server()
+    server = harness.server()
+    ports = dict(server.ports)
     agent = harness.agent(
         *agent_flags(ports), "-i", files["index"], "-T", "tbl_a", "-d", "0", "-g", "3"
     )
     sql = f"SELECT nr_tables FROM qasino_csvpublisher_info WHERE identity = '{AGENT_ID}'"
     assert poll(lambda: query(ports["http"], sql), 15, "first server gets the info") == [["1"]]
 
-    code, _ = server.terminate()
+    code = server.stop()
     assert code == 0
     mark = len(agent.log())
     # No signal for -g seconds: the agent resubscribes (and keeps running).
     agent.wait_log("resubscribing", timeout=10, after=mark)
     assert agent.popen.poll() is None
 
-    _, ports2 = harness.server(ports)  # same ports, same data dir
-    assert ports2 == ports
+    server.start(keep_ports=True)  # same ports, same data dir
+    assert server.ports == ports
     assert poll(lambda: query(ports["http"], sql), 15, "restarted server gets the info") == [["1"]]
     rows = poll(lambda: query(ports["http"], "SELECT host FROM tbl_a ORDER BY host"), 5, "tbl_a")
     assert rows == [["h1"], ["h2"]]
@@ -336,7 +278,7 @@ def test_server_restart_is_picked_up_without_restarting_the_agent(harness: Harne
 
 def test_sigterm_while_waiting_for_a_signal(harness: Harness) -> None:
     files = write_tree(harness.root)
-    nowhere = {"zmq": free_port(), "pub": free_port()}
+    nowhere = {"zmq": free_port(), "pubsub": free_port()}
     agent = harness.agent(*agent_flags(nowhere), "-i", files["index"])
     agent.wait_log("subscribing to generation signals")
     code, took = agent.terminate()
@@ -345,7 +287,7 @@ def test_sigterm_while_waiting_for_a_signal(harness: Harness) -> None:
 
 def test_sigterm_during_the_random_delay(harness: Harness) -> None:
     files = write_tree(harness.root)
-    _, ports = harness.server()
+    ports = harness.server().ports
     agent = harness.agent(*agent_flags(ports), "-i", files["index"], "-d", "60")
     match = agent.wait_log(r"sending in ([0-9.]+)s", timeout=15)
     code, took = agent.terminate()
@@ -356,7 +298,7 @@ def test_sigterm_during_the_random_delay(harness: Harness) -> None:
 
 def test_sigterm_during_a_send_to_a_silent_server(harness: Harness) -> None:
     files = write_tree(harness.root)
-    nowhere = {"zmq": free_port(), "pub": free_port()}
+    nowhere = {"zmq": free_port(), "pubsub": free_port()}
     flags = agent_flags(nowhere) + ["--timeout", "30", "--log-level", "debug"]
     agent = harness.agent(*flags, "-i", files["index"], "-x", "60")
     agent.wait_log("sending table tbl_a")
@@ -366,21 +308,22 @@ def test_sigterm_during_a_send_to_a_silent_server(harness: Harness) -> None:
 
 def test_fixed_interval_survives_a_server_outage(harness: Harness) -> None:
     files = write_tree(harness.root)
-    server, ports = harness.server()
+    server = harness.server()
+    ports = dict(server.ports)
     flags = agent_flags(ports) + ["--timeout", "1"]
     agent = harness.agent(*flags, "-i", files["index"], "-T", "tbl_a", "-x", "1")
     sql = "SELECT host FROM tbl_a ORDER BY host"
     assert poll(lambda: query(ports["http"], sql), 15, "tbl_a") == [["h1"], ["h2"]]
     assert "subscribing" not in agent.log()
 
-    code, _ = server.terminate()
+    code = server.stop()
     assert code == 0
     mark = len(agent.log())
     # Sends fail within --timeout and are counted; the agent goes on.
     agent.wait_log(r"sending table tbl_a: no reply .* within 1s", timeout=10, after=mark)
     agent.wait_log(r"round done: 0 tables sent, 1 errors", timeout=10, after=mark)
 
-    harness.server(ports)
+    server.start(keep_ports=True)
     assert poll(lambda: query(ports["http"], sql), 15, "tbl_a after the restart") == [
         ["h1"],
         ["h2"],
@@ -394,10 +337,9 @@ def test_https_with_basic_auth(harness: Harness) -> None:
     cert, key = make_cert(harness.root)
     htpasswd = harness.root / "htpasswd"
     htpasswd.write_text(f"pub:{ldap_sha1.hash('pub-pw')}\n")
-    listeners = dict(LISTENERS, https=r"HTTPS listening on 127\.0\.0\.1:(\d+)")
     tls = ["--https-port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
-    _, ports = harness.server(extra=[*tls, "--htpasswd-file", str(htpasswd)], listeners=listeners)
-    https = ["-s", "-k", "-p", str(ports["https"]), "-P", str(ports["pub"])]
+    ports = harness.server(extra=[*tls, "--htpasswd-file", str(htpasswd)]).ports
+    https = ["-s", "-k", "-p", str(ports["https"]), "-P", str(ports["pubsub"])]
     common = ["-H", "127.0.0.1", "-i", files["index"], "-T", "tbl_a", "-d", "0"]
 
     # Credentials from the environment.

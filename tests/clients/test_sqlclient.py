@@ -2,19 +2,17 @@
 "Result shape", "Text rendering"; issue 4, items 1 and 4).
 
 The interactive prompt is driven through a pseudo-terminal with pexpect; the
-scripting mode (``-q``) runs as a plain subprocess. The first half of this
-file is a small harness that ``test_publish.py`` imports too: the real
-``qasino_server`` in a subprocess, every listener on 127.0.0.1 with port 0
-(the real ports are read from its log), waiting for snapshots on the
-generation signal (GENSIG), never with fixed sleeps.
+scripting mode (``-q``) runs as a plain subprocess. The first part of this
+file is what ``test_publish.py`` imports too: the real ``qasino_server`` of
+``tests.server_process`` (every listener on 127.0.0.1 with port 0), with
+in-process ZeroMQ queries and waits for snapshots on the generation signal
+(GENSIG), never fixed sleeps; and the client processes' environment.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
@@ -28,17 +26,22 @@ import pexpect
 import pytest
 import zmq
 
+from tests.server_process import (
+    HOST,
+    ZMQ_CONTEXT,
+    QasinoProcess,
+    free_port,
+    server_env,
+    workdir_flags,
+)
+from tests.server_process import IDENTITY as SERVER_IDENTITY
+
 # --------------------------------------------------------------------------
 # Harness (also used by test_publish.py)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-HOST = "127.0.0.1"
-SERVER_IDENTITY = "testserver"
-STARTUP_TIMEOUT_S = 20.0
 GENERATION_TIMEOUT_S = 5.0
 CLIENT_TIMEOUT_S = 20.0
 
-SERVER_CODE = "import sys; from qasino.cli import server_main; sys.exit(server_main(sys.argv[1:]))"
 SQLCLIENT_CODE = (
     "import sys; from qasino.cli import sqlclient_main; sys.exit(sqlclient_main(sys.argv[1:]))"
 )
@@ -46,24 +49,11 @@ PUBLISH_CODE = (
     "import sys; from qasino.cli import publish_main; sys.exit(publish_main(sys.argv[1:]))"
 )
 
-PORT_PATTERNS = {
-    "zmq": re.compile(r"ZeroMQ RPC listening on 127\.0\.0\.1:(\d+)"),
-    "pubsub": re.compile(r"ZeroMQ generation signal on 127\.0\.0\.1:(\d+)"),
-    "http": re.compile(r"HTTP listening on 127\.0\.0\.1:(\d+)"),
-    "line": re.compile(r"line protocol listening on 127\.0\.0\.1:(\d+)"),
-}
-GENSIG_PREFIX = b"GENSIG\x00"
-
-ZMQ_CONTEXT = zmq.Context()
-
 
 def child_env(home: Optional[Path] = None) -> dict[str, str]:
-    """Environment for server and clients: the repo root first on PYTHONPATH."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
-    )
-    env["PYTHONUNBUFFERED"] = "1"
+    """Environment for the clients: the server's, without the credentials a
+    developer may have exported, and with ``home`` as HOME when given."""
+    env = server_env()
     for name in (
         "QASINO_SQLCLIENT_USERNAME",
         "QASINO_SQLCLIENT_PASSWORD",
@@ -76,107 +66,15 @@ def child_env(home: Optional[Path] = None) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-class QasinoServer:
-    """The real qasino_server in a subprocess, with a GENSIG subscriber."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.log_path = workdir / "server.log"
-        self.ports: dict[str, int] = {}
-        self.proc: Optional[subprocess.Popen[bytes]] = None
-        self.sub: Optional[zmq.Socket[bytes]] = None
-        self._log: Any = None
-
-    def start(self) -> None:
-        db_dir = self.workdir / "db"
-        db_dir.mkdir()
-        views = self.workdir / "views.conf"
-        views.write_text("[]\n")
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                SERVER_CODE,
-                "--bind",
-                HOST,
-                "--line-port",
-                "0",
-                "--http-port",
-                "0",
-                "--zmq-port",
-                "0",
-                "--pubsub-port",
-                "0",
-                "-d",
-                str(db_dir),
-                "-g",
-                "1",
-                "-v",
-                str(views),
-                "-i",
-                SERVER_IDENTITY,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=child_env(),
-            cwd=self.workdir,
-        )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            text = self.log_path.read_text(errors="replace")
-            for name, pattern in PORT_PATTERNS.items():
-                match = pattern.search(text)
-                if match:
-                    self.ports[name] = int(match.group(1))
-            if len(self.ports) == len(PORT_PATTERNS):
-                break
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited ({self.proc.returncode}):\n{text}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server did not log its ports in time:\n{text}")
-            time.sleep(0.05)
-        sub = ZMQ_CONTEXT.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.SUBSCRIBE, b"GENSIG")
-        sub.connect(f"tcp://{HOST}:{self.ports['pubsub']}")
-        self.sub = sub
-
-    def stop(self) -> None:
-        if self.sub is not None:
-            self.sub.close(linger=0)
-            self.sub = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+class QasinoServer(QasinoProcess):
+    """The real qasino_server in a subprocess, with in-process ZeroMQ queries."""
 
     def next_generation(self, timeout: float = GENERATION_TIMEOUT_S) -> dict[str, Any]:
         """Wait for the next snapshot: drop queued signals, return the next one.
 
         Everything acknowledged before this call is in the snapshot it reports.
         """
-        assert self.sub is not None
-        while self.sub.poll(0):
-            self.sub.recv()
-        if not self.sub.poll(int(timeout * 1000)):
-            raise AssertionError(f"no generation signal within {timeout:g}s\n{self.status()}")
-        frame = self.sub.recv()
-        assert frame.startswith(GENSIG_PREFIX), frame[:40]
-        message = json.loads(frame[len(GENSIG_PREFIX) :])
+        message = self.wait_generation(timeout=timeout)
         assert message["op"] == "generation_signal", message
         return message
 
@@ -184,7 +82,7 @@ class QasinoServer:
         """The process state and the end of its log, for failure messages."""
         assert self.proc is not None
         state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
-        log = self.log_path.read_text(errors="replace").splitlines()
+        log = (self.log_text() + self.stderr_text()).splitlines()
         return f"server {state}; log tail:\n" + "\n".join(log[-20:])
 
     def rpc(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -215,12 +113,12 @@ class QasinoServer:
 
 @contextmanager
 def running_server(workdir: Path) -> Iterator[QasinoServer]:
-    server = QasinoServer(workdir)
+    server = QasinoServer(workdir, workdir_flags(workdir))
     try:
         server.start()
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 def run_client(

@@ -1,4 +1,5 @@
-"""End-to-end harness: the real ``qasino_server`` in a subprocess.
+"""End-to-end harness: the real ``qasino_server`` in a subprocess
+(``tests.server_process``), and clients of each of its protocols.
 
 Every listener binds to 127.0.0.1 with port 0; the real ports are read from
 the server's log (its stdout, redirected to a file). Waiting for state uses
@@ -9,16 +10,11 @@ opened here is closed.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
-import sys
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,280 +24,23 @@ from typing import Any, Optional, Union
 import pytest
 import zmq
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SERVER_CODE = "import sys; from qasino.cli import server_main; sys.exit(server_main(sys.argv[1:]))"
-IDENTITY = "testserver"
-HOST = "127.0.0.1"
+# The server harness; the e2e and reliability tests import it from here too.
+from tests.server_process import (  # noqa: F401 - the names this module does not use
+    GENSIG_PREFIX,
+    HOST,
+    IDENTITY,
+    STARTUP_TIMEOUT,
+    ZMQ_CONTEXT,
+    QasinoProcess,
+    base_flags,
+    new_server,
+    parse_gensig,
+    poll_until,
+    server_command,
+    server_env,
+)
 
-STARTUP_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
-GENERATION_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 10.0
-
-GENSIG_PREFIX = b"GENSIG\x00"
-
-_PORT_PATTERNS = {
-    "zmq": re.compile(r"ZeroMQ RPC listening on [0-9.]+:(\d+)"),
-    "pubsub": re.compile(r"ZeroMQ generation signal on [0-9.]+:(\d+)"),
-    "http": re.compile(r"HTTP listening on [0-9.]+:(\d+)"),
-    "line": re.compile(r"line protocol listening on [0-9.]+:(\d+)"),
-}
-SERVED_PATTERN = r"generation (\d+) is being served"
-
-ZMQ_CONTEXT = zmq.Context()
-
-
-def server_env() -> dict[str, str]:
-    """The environment of a server process: the repo root first on PYTHONPATH."""
-    env = dict(os.environ)
-    paths = [str(REPO_ROOT)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def server_command(args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-c", SERVER_CODE, *args]
-
-
-def base_flags(
-    db_dir: Path,
-    views_file: Path,
-    generation_s: float = 1,
-    identity: str = IDENTITY,
-    ports: Optional[dict[str, int]] = None,
-) -> list[str]:
-    """The flags every test server gets; ``ports`` overrides single ports."""
-    chosen = {"line": 0, "http": 0, "zmq": 0, "pubsub": 0, **(ports or {})}
-    return [
-        "--bind",
-        HOST,
-        "--line-port",
-        str(chosen["line"]),
-        "--http-port",
-        str(chosen["http"]),
-        "--zmq-port",
-        str(chosen["zmq"]),
-        "--pubsub-port",
-        str(chosen["pubsub"]),
-        "-d",
-        str(db_dir),
-        "-g",
-        f"{generation_s:g}",
-        "-v",
-        str(views_file),
-        "--log-level",
-        "info",
-        "-i",
-        identity,
-    ]
-
-
-def poll_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Call ``check`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
-@contextlib.contextmanager
-def sigint_not_ignored() -> Iterator[None]:
-    """A shell that starts pytest as a background job leaves SIGINT ignored;
-    children inherit that, and a server rightly keeps an inherited SIG_IGN
-    (Twisted only handles SIGINT when it has Python's default handler). Give
-    the server a default SIGINT, as an interactive start would."""
-    previous = signal.getsignal(signal.SIGINT)
-    if previous != signal.SIG_IGN:
-        yield
-        return
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def parse_gensig(frame: bytes) -> dict[str, Any]:
-    assert frame.startswith(GENSIG_PREFIX), f"not a GENSIG frame: {frame[:40]!r}"
-    message = json.loads(frame[len(GENSIG_PREFIX) :])
-    assert isinstance(message, dict), message
-    return message
-
-
-class QasinoProcess:
-    """One qasino_server process; ``start`` may be called again after ``stop``
-    (same flags, so the same db dir), each run with its own log files."""
-
-    def __init__(self, workdir: Path, args: Sequence[str]) -> None:
-        self.workdir = workdir
-        self.args = list(args)
-        self.proc: Optional[subprocess.Popen[bytes]] = None
-        self.ports: dict[str, int] = {}
-        self.log_path: Optional[Path] = None
-        self.err_path: Optional[Path] = None
-        self._runs = 0
-        self._files: list[Any] = []
-        self._sub: Optional[zmq.Socket] = None
-
-    # ------------------------------------------------------------ lifecycle
-
-    def launch(self) -> None:
-        """Start the process and return at once (no waiting for ports)."""
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        self._close_sub()
-        self._runs += 1
-        self.log_path = self.workdir / f"server-{self._runs}.log"
-        self.err_path = self.workdir / f"server-{self._runs}.err"
-        out = open(self.log_path, "wb")  # noqa: SIM115 - closed in _close_files
-        err = open(self.err_path, "wb")  # noqa: SIM115
-        self._files = [out, err]
-        self.ports = {}
-        with sigint_not_ignored():
-            self.proc = subprocess.Popen(
-                server_command(self.args),
-                cwd=self.workdir,
-                env=server_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-            )
-
-    def start(
-        self, wait_first_generation: bool = True, timeout: float = STARTUP_TIMEOUT
-    ) -> QasinoProcess:
-        """Start and wait until every listener logged its port (and, unless
-        told otherwise, the first generation is announced as served)."""
-        self.launch()
-
-        def ports_known() -> bool:
-            self._check_alive("reading its ports")
-            text = self.log_text()
-            for name, pattern in _PORT_PATTERNS.items():
-                match = pattern.search(text)
-                if match is None:
-                    return False
-                self.ports[name] = int(match.group(1))
-            return True
-
-        poll_until(ports_known, timeout, "the server's listening ports")
-        if wait_first_generation:
-            self.wait_log(SERVED_PATTERN, timeout=timeout)
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
-        """Send ``sig``; return the exit code (fail if it does not exit in time)."""
-        assert self.proc is not None, "never started"
-        self._close_sub()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(
-                f"server did not exit within {timeout:g}s of signal {sig}\n"
-                f"--- log ---\n{self.log_text()}\n--- stderr ---\n{self.stderr_text()}"
-            ) from None
-        finally:
-            self._close_files()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT)
-
-    def close(self) -> None:
-        """Teardown: kill whatever still runs, close every socket and file."""
-        self._close_sub()
-        self.kill()
-        self._close_files()
-
-    def _close_files(self) -> None:
-        for f in self._files:
-            f.close()
-        self._files = []
-
-    def _close_sub(self) -> None:
-        if self._sub is not None:
-            self._sub.close(linger=0)
-            self._sub = None
-
-    def _check_alive(self, doing: str) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(
-                f"server exited with {self.proc.returncode} while {doing}\n"
-                f"--- log ---\n{self.log_text()}\n--- stderr ---\n{self.stderr_text()}"
-            )
-
-    # ------------------------------------------------------------ log
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
-
-    def stderr_text(self) -> str:
-        return self.err_path.read_text(errors="replace") if self.err_path else ""
-
-    def count_log(self, pattern: str) -> int:
-        return len(re.findall(pattern, self.log_text()))
-
-    def wait_log(self, pattern: str, count: int = 1, timeout: float = GENERATION_TIMEOUT) -> str:
-        """Wait until ``pattern`` occurs ``count`` times in this run's log."""
-
-        def found() -> bool:
-            self._check_alive(f"waiting for {pattern!r} in the log")
-            return self.count_log(pattern) >= count
-
-        poll_until(found, timeout, f"{pattern!r} x{count} in the server log")
-        return self.log_text()
-
-    # ------------------------------------------------------------ generations
-
-    def _subscriber(self) -> zmq.Socket:
-        if self._sub is None:
-            sock = ZMQ_CONTEXT.socket(zmq.SUB)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SUBSCRIBE, b"GENSIG")
-            sock.connect(f"tcp://{HOST}:{self.ports['pubsub']}")
-            self._sub = sock
-        return self._sub
-
-    def wait_generation(
-        self, after: Optional[int] = None, timeout: float = GENERATION_TIMEOUT
-    ) -> dict[str, Any]:
-        """The parsed JSON of a GENSIG frame.
-
-        With ``after=None``: the next signal sent after this call (frames
-        already queued are dropped). With ``after=N``: the first signal seen
-        whose generation_number is greater than N. The subscriber socket stays
-        open for the run, so consecutive generations are never missed.
-        """
-        sock = self._subscriber()
-        if after is None:
-            while True:
-                try:
-                    sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-        deadline = time.monotonic() + timeout
-        while True:
-            self._check_alive("waiting for a generation signal")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no generation signal (after={after}) within {timeout:g}s")
-            if not sock.poll(min(remaining, 0.2) * 1000):
-                continue
-            message = parse_gensig(sock.recv())
-            if after is None or message["generation_number"] > after:
-                return message
-
 
 # ---------------------------------------------------------------- HTTP
 
@@ -517,20 +256,6 @@ def error_of(reply: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-def new_server(
-    workdir: Path,
-    generation_s: float = 1,
-    extra_args: Sequence[str] = (),
-    views_text: str = "[]\n",
-) -> QasinoProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    views = workdir / "views.conf"
-    if not views.exists():
-        views.write_text(views_text)
-    args = base_flags(workdir / "db", views, generation_s) + list(extra_args)
-    return QasinoProcess(workdir, args)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -24,8 +24,7 @@ from typing import Any, Optional
 
 import pytest
 
-from tests.e2e import conftest as e2e
-from tests.e2e.conftest import QasinoProcess
+from tests.server_process import QasinoProcess, base_flags, poll_until
 
 SOAK_ENV = "QASINO_SOAK"
 
@@ -117,33 +116,14 @@ def profile(pytestconfig: pytest.Config) -> Profile:
 
 
 class ReliabilityProcess(QasinoProcess):
-    """A QasinoProcess whose command can be wrapped (``prefix``): in a mount
+    """A QasinoProcess whose command may be wrapped (``prefix``): in a mount
     namespace, or behind a resource limit. The wrappers ``exec`` the server,
-    so ``proc.pid`` is the server's own pid."""
-
-    def __init__(self, workdir: Path, args: Sequence[str], prefix: Sequence[str] = ()) -> None:
-        super().__init__(workdir, args)
-        self.prefix = list(prefix)
-
-    def launch(self) -> None:
-        if not self.prefix:
-            super().launch()
-            return
-        original = e2e.server_command
-        prefix = self.prefix
-        e2e.server_command = lambda args: prefix + original(args)  # type: ignore[assignment]
-        try:
-            super().launch()
-        finally:
-            e2e.server_command = original  # type: ignore[assignment]
+    so ``pid`` is the server's own pid."""
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 def fsize_limit_prefix(limit_bytes: int) -> list[str]:
@@ -168,7 +148,7 @@ def new_process(
     views = workdir / "views.conf"
     if not views.exists():
         views.write_text("[]\n")
-    args = e2e.base_flags(workdir / "db", views, generation_s) + list(extra_args)
+    args = base_flags(workdir / "db", views, generation_s) + list(extra_args)
     return ReliabilityProcess(workdir, args, prefix)
 
 
@@ -223,7 +203,7 @@ def latency_summary(values: Sequence[float]) -> str:
 
 def deadline_poll(check: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
     """``check()`` until truthy, else fail after ``timeout`` seconds."""
-    return e2e.poll_until(check, timeout, what, interval)
+    return poll_until(check, timeout, what, interval)
 
 
 @contextlib.contextmanager
