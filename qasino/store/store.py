@@ -456,6 +456,33 @@ class Store:
             (ident, int(s[0]), s[1]) for ident, s in gen.identity_stats.items()
         )
         counts = self.counters.take()
+        try:
+            info, new_gen = self._finish_generation(gen, report, views, counts, now)
+        except BaseException:
+            # Nothing was served: the next attempt reports these counts.
+            self.counters.add(**counts)
+            raise
+        gen.conn.close()
+        with self._lock:
+            old = self._snapshot
+            self._snapshot = gen.file
+            self._writer = new_gen
+            dispose = old is not None and self._retire_locked(old)
+        if dispose:
+            assert old is not None
+            self._dispose(old)
+        return info
+
+    def _finish_generation(
+        self,
+        gen: WriterGeneration,
+        report: GenerationReport,
+        views: tuple[ViewDef, ...],
+        counts: dict[str, int],
+        now: float,
+    ) -> tuple[SnapshotInfo, WriterGeneration]:
+        """Write the internal tables and check the views into the finished
+        generation, and open the next one; nothing is swapped yet."""
         report.sql_stats = (counts["sql_received"], counts["sql_completed"], counts["sql_errors"])
         report.update_stats = (
             counts["updates_received"],
@@ -496,16 +523,7 @@ class Store:
         loaded = [v for v in views if status.get(v.viewname) is None]
         gen.file.set_views(loaded)
         new_gen = self._open_generation(now)
-        gen.conn.close()
-        with self._lock:
-            old = self._snapshot
-            self._snapshot = gen.file
-            self._writer = new_gen
-            dispose = old is not None and self._retire_locked(old)
-        if dispose:
-            assert old is not None
-            self._dispose(old)
-        return info
+        return info, new_gen
 
     def _table_entries(self, gen: WriterGeneration) -> list[TableEntry]:
         entries = []

@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
 
-from qasino.core.errors import InvalidInput, PublishRejected, QueryError
+from qasino.core.errors import InvalidInput, PublishRejected, QueryError, StoreError
 from qasino.core.model import Cell, Publish, PublishOptions, Result, Table, ViewDef
+from qasino.store import store as store_module
 from qasino.store.sqlite import GENERATION_PAGE_SIZE
 from qasino.store.store import GENERATIONS_DIR, Store, StoreConfig
 
@@ -1014,3 +1016,28 @@ def test_generation_files_use_big_pages_and_the_static_db_keeps_its_own(store: S
             # The page size is bytes 16-17 of the header, big-endian.
             assert int.from_bytes(header[16:18], "big") == GENERATION_PAGE_SIZE, name
     assert store.static.conn.pragma("page_size") == 4096
+
+
+def test_a_failed_rotation_keeps_its_counts_for_the_next_one(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(store, table("t", T_AB, [[1, "x"], [2, "y"]]), identity="host1")
+    store.query("SELECT 1")
+    real = store_module.write_internal_tables
+    calls: list[int] = []
+
+    def full_once(conn: Any, report: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise apsw.FullError("database or disk is full")
+        real(conn, report)
+
+    monkeypatch.setattr(store_module, "write_internal_tables", full_once)
+    with pytest.raises(StoreError):
+        store.rotate(NOW + DURATION)
+    publish(store, table("t", T_AB, [[3, "z"]]), identity="host2")
+    store.rotate(NOW + DURATION + 1)
+    # received, completed, errors; rows received, rows completed
+    assert rows(store, "SELECT * FROM qasino_server_update_stats") == [(2, 2, 0, 3, 3)]
+    assert rows(store, "SELECT sql_received FROM qasino_server_sql_stats") == [(1,)]
+    assert rows(store, "SELECT count(*) FROM t") == [(3,)]
