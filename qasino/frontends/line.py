@@ -42,6 +42,14 @@ class LineSQLProtocol(LineReceiver):
         self._closing = False  # no more statements accepted (quit or error)
         self._lost = False  # the connection is gone: write nothing more
 
+    def dataReceived(self, data: bytes) -> None:
+        # A telnet client sends Ctrl-C / Ctrl-D (IAC IP, IAC BRK, ...) at
+        # once, without a newline: at the start of a line, that is a break.
+        if not self._closing and not self._buffer and is_break_line(data):
+            self._bye()
+            return
+        super().dataReceived(data)
+
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
             return

@@ -116,6 +116,29 @@ def test_line_of_only_ctrl_d_or_ctrl_c_says_bye_and_closes(
     assert transport.disconnecting
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b"\xff\xf4\xff\xfd\x06", b"\xff\xf4", b"\xff\xec", b"\x03", b"\x04"],
+    ids=["telnet-ctrl-c", "iac-ip", "iac-eof", "raw-ctrl-c", "raw-ctrl-d"],
+)
+def test_ctrl_c_from_telnet_says_bye_without_waiting_for_a_newline(
+    dispatcher: Dispatcher, data: bytes
+) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(data)
+    assert transport.value() == b"Bye!\n"
+    assert transport.disconnecting
+
+
+def test_ctrl_c_after_part_of_a_line_waits_for_the_newline(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT 1 AS a")
+    protocol.dataReceived(b"\x03")
+    assert transport.value() == b"" and not transport.disconnecting
+    protocol.dataReceived(b"\n\x03\n")
+    assert transport.value() == b"Bye!\n"
+
+
 def test_ctrl_d_in_the_middle_of_a_statement_says_bye(dispatcher: Dispatcher) -> None:
     protocol, transport = connect(dispatcher)
     protocol.dataReceived(b"SELECT 1\n\x04\n")
