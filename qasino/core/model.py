@@ -17,10 +17,10 @@ class Table:
     ``rows`` is a list of lists of cells (int, float, str or None); it is not
     copied, so callers must not mutate it after building the Table.
 
-    ``cells_checked`` false: the rows are rectangular lists straight from a
-    JSON decoder and no cell can be over the size limit, but the cells'
-    kinds and ranges were left for SQLite's binding to refuse (which it does
-    for exactly the cells the checker refuses); the store then explains a
+    ``cells_checked`` false: the rows are rectangular lists straight from
+    orjson and no cell can be over the size limit, but the cells' kinds and
+    ranges were left for SQLite's binding to refuse (which it does for
+    exactly the cells the checker refuses); the store then explains a
     refusal with :func:`qasino.core.tables.explain_cells`.
     """
 
