@@ -910,3 +910,30 @@ def test_the_header_cache_is_bounded() -> None:
     for n in range(tables.HEADER_CACHE_SIZE + 10):
         parse_table(table_obj(tablename=f"bounded_{n}"))
     assert 0 < len(tables._HEADERS) <= tables.HEADER_CACHE_SIZE
+
+
+# --- cells left to SQLite -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, body_bytes, left_to_sqlite",
+    [
+        ({}, 100, True),
+        ({}, None, False),  # not from orjson
+        ({}, 1001, False),  # the body is longer than the cell limit (1000 here)
+        ({"rows": [["a", 1, 0.5], ("b", 2, None)]}, 100, False),  # a tuple row
+        ({"rows": [["a", 1, 0.5], ["b", 2]]}, 100, False),  # a short row
+    ],
+)
+def test_rows_of_a_small_orjson_body_leave_their_cells_to_sqlite(
+    overrides: dict[str, Any], body_bytes: int | None, left_to_sqlite: bool
+) -> None:
+    obj = table_obj(**overrides)
+    if left_to_sqlite:
+        table = parse_table(obj, max_cell_bytes=1000, decoded_from_bytes=body_bytes)
+        assert not table.cells_checked and table.rows is obj["rows"]
+    elif overrides.get("rows", [[]])[-1] == ["b", 2]:
+        with pytest.raises(InvalidInput, match=r"rows\[1\]: has 2 cells, expected 3"):
+            parse_table(obj, max_cell_bytes=1000, decoded_from_bytes=body_bytes)
+    else:
+        assert parse_table(obj, max_cell_bytes=1000, decoded_from_bytes=body_bytes).cells_checked
