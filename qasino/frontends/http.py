@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 from qasino.core.errors import QasinoError
 from qasino.core.model import Result
 from qasino.core.render import cell_to_str, render_error_text
-from qasino.frontends.web import install_web_ui
+from qasino.frontends.web import install_web_ui, query_args
 from qasino.ops import MISSING_SQL, Dispatcher, decode_body, encode_json, is_true
 
 log = Logger(namespace="qasino.http")
@@ -159,15 +159,6 @@ class LimitedRequest(server.Request):
         transport.loseConnection()
 
 
-def _args(request: server.Request) -> dict[str, str]:
-    """The query-string arguments, first value of each, as text."""
-    out: dict[str, str] = {}
-    for key, values in (request.args or {}).items():
-        if values:
-            out[key.decode("utf-8", "replace")] = values[0].decode("utf-8", "replace")
-    return out
-
-
 class RequestResource(Resource):
     """``/request?op=...``: every op of the protocol, GET and POST."""
 
@@ -178,7 +169,7 @@ class RequestResource(Resource):
         self.dispatcher = dispatcher
 
     def render_GET(self, request: server.Request) -> Any:
-        args = _args(request)
+        args = query_args(request)
         if args.get("op") == "query" and args.get("format") == "text":
             return self._text_query(request, args.get("sql"), is_true(args.get("use_write_db")))
         if args.get("op") == "query" and args.get("format") == "csv":
@@ -186,7 +177,7 @@ class RequestResource(Resource):
         return self._reply(request, self.dispatcher.dispatch(args, "http"))
 
     def render_POST(self, request: server.Request) -> Any:
-        args = _args(request)
+        args = query_args(request)
         body = request.content.read() if request.content is not None else b""
         if args.get("op") == "add_csv_table_data":
             return self._reply(

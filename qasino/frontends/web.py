@@ -211,7 +211,8 @@ class WebUI:
         d.addErrback(lambda f: log.failure("could not answer {path}", f, path=request.path))
 
 
-def _args(request: server.Request) -> dict[str, str]:
+def query_args(request: server.Request) -> dict[str, str]:
+    """The query-string arguments, first value of each, as text."""
     out: dict[str, str] = {}
     for key, values in (request.args or {}).items():
         if values:
@@ -238,7 +239,7 @@ class Page(Resource):
     def render_GET(self, request: server.Request) -> Any:
         if request.postpath not in ([], [b""]):
             return NotFoundPage(self.ui).render(request)
-        d = maybeDeferred(self.context, request, _args(request))
+        d = maybeDeferred(self.context, request, query_args(request))
         d.addCallback(self._with_active)
         self.ui.respond(request, d, self.template)
         return server.NOT_DONE_YET
