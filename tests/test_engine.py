@@ -5,7 +5,7 @@ views file reloads and shutdown."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,6 +21,7 @@ from qasino.core.model import Publish, PublishOptions, Result, Table
 from qasino.core.views import parse_views_yaml
 from qasino.engine import Engine, EngineService, SyncRunner, ViewsSource, views_from
 from qasino.store.store import SnapshotInfo, Store, StoreConfig
+from tests.helpers import ManualRunner
 
 START = 1_700_000_000.0
 DURATION = 30.0
@@ -28,36 +29,6 @@ DURATION = 30.0
 GOOD_VIEWS = "- viewname: v\n  view: CREATE VIEW v AS SELECT 1 AS one\n"
 OTHER_VIEWS = "- viewname: w\n  view: CREATE VIEW w AS SELECT 2 AS two, 'longer' AS pad\n"
 BROKEN_YAML = "- viewname: v\n  view: [unclosed\n"
-
-
-class QueuedRunner:
-    """A runner that holds every job until ``run_all`` (to see when Deferreds fire)."""
-
-    def __init__(self) -> None:
-        self.jobs: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def write(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.jobs.append((d, fn, args))
-        return d
-
-    read = write
-
-    def run_all(self) -> None:
-        while self.jobs:
-            d, fn, args = self.jobs.pop(0)
-            try:
-                result = fn(*args)
-            except BaseException:
-                d.errback(Failure())
-            else:
-                d.callback(result)
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
 
 def write_views(path: Path, text: str, mtime: float) -> None:
@@ -202,37 +173,37 @@ def test_engine_rotate_fires_with_the_new_snapshot_info(engine: Engine, clock: C
 def test_small_publish_is_applied_at_once_when_the_writer_is_idle(
     store: Store, clock: Clock
 ) -> None:
-    runner = QueuedRunner()
+    runner = ManualRunner()
     engine = Engine(store, runner, clock, "server1")
     acked = fired(engine.publish(Publish(table("t", [[1], [2]]), PublishOptions("host1"))))
     assert acked == [None]
-    assert runner.jobs == [], "no trip to the writer thread"
+    assert runner.pending == [], "no trip to the writer thread"
     assert store.query("SELECT a FROM t ORDER BY a", use_write_db=True).rows == [(1,), (2,)]
 
 
 def test_big_publish_goes_to_the_writer_thread_and_fires_only_once_applied(
     store: Store, clock: Clock
 ) -> None:
-    runner = QueuedRunner()
+    runner = ManualRunner()
     engine = Engine(store, runner, clock, "server1", inline_max_cells=2)
     acked = fired(engine.publish(Publish(table("t", [[1], [2], [3]]), PublishOptions("host1"))))
     assert acked == []
     with pytest.raises(QueryError, match="no such table"):
         store.query("SELECT * FROM t", use_write_db=True)
-    runner.run_all()
+    runner.run_pending()
     assert acked == [None]
     assert store.query("SELECT count(*) FROM t", use_write_db=True).rows == [(3,)]
 
 
 def test_writes_behind_a_thread_job_wait_and_keep_their_order(store: Store, clock: Clock) -> None:
     """A small publish after a big one is applied after it, not at once."""
-    runner = QueuedRunner()
+    runner = ManualRunner()
     engine = Engine(store, runner, clock, "server1", inline_max_cells=2)
     big = fired(engine.publish(Publish(table("t", [[1], [2], [3]]), PublishOptions("host1"))))
     again = fired(engine.publish(Publish(table("t", [[4]]), PublishOptions("host1"))))
     other = fired(engine.publish(Publish(table("t", [[5]]), PublishOptions("host2"))))
     assert big == again == other == []
-    runner.run_all()
+    runner.run_pending()
     assert big == [None] and other == [None]
     assert isinstance(again[0], Failure) and again[0].check(PublishRejected)
     assert store.query("SELECT a FROM t ORDER BY rowid", use_write_db=True).rows == [
@@ -247,14 +218,14 @@ def test_writes_behind_a_thread_job_wait_and_keep_their_order(store: Store, cloc
 def test_publish_during_a_rotation_lands_in_the_next_generation(store: Store, clock: Clock) -> None:
     """Writes run in order: a publish before a rotation is in its snapshot,
     one that arrives while the rotation runs waits and goes to the next."""
-    runner = QueuedRunner()
+    runner = ManualRunner()
     engine = Engine(store, runner, clock, "server1")
     acked = fired(engine.publish(Publish(table("t", [[7]]), PublishOptions("host1"))))
     assert acked == [None]
     rotated = fired(engine.rotate())
     later = fired(engine.publish(Publish(table("t", [[8]]), PublishOptions("host1"))))
     assert rotated == [] and later == []
-    runner.run_all()
+    runner.run_pending()
     assert isinstance(rotated[0], SnapshotInfo)
     assert later == [None]
     assert store.query("SELECT a FROM t").rows == [(7,)]
@@ -264,14 +235,14 @@ def test_publish_during_a_rotation_lands_in_the_next_generation(store: Store, cl
 def test_a_queue_of_inline_writes_yields_to_the_reactor_between_slices(
     store: Store, clock: Clock
 ) -> None:
-    runner = QueuedRunner()
+    runner = ManualRunner()
     engine = Engine(store, runner, clock, "server1", inline_slice_s=0.0)
     rotated = fired(engine.rotate())
     acks = [
         fired(engine.publish(Publish(table("t", [[n]]), PublishOptions(f"host{n}"))))
         for n in range(3)
     ]
-    runner.run_all()
+    runner.run_pending()
     assert rotated and [len(a) for a in acks] == [1, 0, 0]
     assert len(clock.getDelayedCalls()) == 1, "the rest waits for the next reactor turn"
     clock.advance(0)
@@ -472,14 +443,14 @@ def test_stop_service_closes_the_store_and_stops_rotating(
 
 
 def test_stop_service_runs_after_queued_writes(store: Store, clock: Clock) -> None:
-    runner = QueuedRunner()
+    runner = ManualRunner()
     engine = Engine(store, runner, clock, "server1")
     svc = EngineService(engine, DURATION)
     svc.startService()
     acked = fired(engine.publish(Publish(table("s", [[1]]), PublishOptions("host1", static=True))))
     stopped = fired(svc.stopService())
     assert stopped == []
-    runner.run_all()
+    runner.run_pending()
     assert acked == [None]
     assert stopped == [None]
     with pytest.raises(apsw.ConnectionClosedError):
