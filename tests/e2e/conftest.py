@@ -78,8 +78,14 @@ def request_target(**params: Any) -> str:
     return "/request?" + urllib.parse.urlencode(params)
 
 
-def http_publish(port: int, request: dict[str, Any]) -> dict[str, Any]:
-    """POST /request?op=add_table_data with a JSON body; the reply dict."""
+def http_publish(
+    port: int,
+    request: dict[str, Any],
+    timeout: float = REQUEST_TIMEOUT,
+    status: Optional[int] = 200,
+) -> dict[str, Any]:
+    """POST /request?op=add_table_data with a JSON body; the reply dict.
+    The HTTP status must be ``status`` (None: any)."""
     body = json.dumps({"op": "add_table_data", **request}).encode()
     reply = http_request(
         port,
@@ -87,9 +93,12 @@ def http_publish(port: int, request: dict[str, Any]) -> dict[str, Any]:
         request_target(op="add_table_data"),
         body,
         {"Content-Type": "application/json"},
+        timeout=timeout,
     )
-    assert reply.status == 200, reply
-    return reply.json()
+    if status is not None:
+        assert reply.status == status, reply
+    result: dict[str, Any] = reply.json()
+    return result
 
 
 def http_query(
