@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -30,7 +26,8 @@ from typing import Any
 
 import pytest
 import requests
-import zmq
+
+from tests.server_process import GENERATION_TIMEOUT, HOST, QasinoProcess, workdir_flags
 
 CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
@@ -42,9 +39,6 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SERVER_CODE = "import sys; from qasino.cli import server_main; sys.exit(server_main(sys.argv[1:]))"
-HOST = "127.0.0.1"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -55,8 +49,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-STARTUP_TIMEOUT = 20.0
-GENERATION_TIMEOUT = 10.0
 PAGE_TIMEOUT_MS = 10_000
 
 SCRIPT_PAYLOAD = "<script>window.__pwned=1</script>"
@@ -89,63 +81,17 @@ VIEWS_YAML = """
 # ---------------------------------------------------------------- the server
 
 
-class LiveServer:
-    """The server process, its ports, and a SUB socket on its generation signal."""
+class LiveServer(QasinoProcess):
+    """The server process (tests/server_process.py) with this module's views,
+    and the HTTP calls the browser tests make."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.log_path = workdir / "server.log"
-        views = workdir / "views.conf"
-        views.write_text(VIEWS_YAML)
-        args = ["--bind", HOST, "--line-port", "0", "--http-port", "0", "--zmq-port", "0"]
-        args += ["--pubsub-port", "0", "-d", str(workdir / "db"), "-g", "1", "-v", str(views)]
-        args += ["-i", "testserver"]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-        )
-        env["PYTHONUNBUFFERED"] = "1"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER_CODE, *args],
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.http_port = self._logged_port(r"HTTP listening on 127\.0\.0\.1:(\d+)")
-        pub_port = self._logged_port(r"ZeroMQ generation signal on 127\.0\.0\.1:(\d+)")
-        self.base = f"http://{HOST}:{self.http_port}"
+        super().__init__(workdir, workdir_flags(workdir, views_text=VIEWS_YAML))
         self.first_generation = 0  # the generation that first served the test data
-        self.context = zmq.Context()
-        self.sub = self.context.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"GENSIG")
-        self.sub.connect(f"tcp://{HOST}:{pub_port}")
 
-    def _logged_port(self, pattern: str) -> int:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            match = re.search(pattern, self.log_path.read_text(errors="replace"))
-            if match:
-                return int(match.group(1))
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)  # polling the log file, not waiting for state
-        raise AssertionError(f"server did not log {pattern!r}:\n{self.log_path.read_text()}")
-
-    def next_generation(self) -> int:
-        """Block until the next generation signal; return its number."""
-        if not self.sub.poll(GENERATION_TIMEOUT * 1000):
-            raise AssertionError("no generation signal within 10 s")
-        frame = self.sub.recv()
-        return int(json.loads(frame[len(b"GENSIG\x00") :])["generation_number"])
-
-    def drain(self) -> None:
-        """Forget the generation signals already received."""
-        while self.sub.poll(0):
-            self.sub.recv()
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.ports['http']}"
 
     def publish(
         self,
@@ -179,25 +125,12 @@ class LiveServer:
     def wait_served(self, tablenames: set[str]) -> int:
         """Wait for generation signals until every table is in the served snapshot."""
         deadline = time.monotonic() + 3 * GENERATION_TIMEOUT
-        self.drain()
         while time.monotonic() < deadline:
-            number = self.next_generation()
+            number = int(self.wait_generation()["generation_number"])
             served = {row[0] for row in self.query("SELECT tablename FROM qasino_server_tables")}
             if tablenames <= served:
                 return number
         raise AssertionError(f"{tablenames} never served")
-
-    def stop(self) -> None:
-        self.sub.close()
-        self.context.term()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 def publish_generation_tables(live: LiveServer) -> None:
@@ -211,13 +144,13 @@ def publish_generation_tables(live: LiveServer) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live = LiveServer(tmp_path_factory.mktemp("web_browser"))
     try:
-        live.next_generation()  # the server announces its first snapshot
+        live.start()  # up to the first snapshot served
         publish_generation_tables(live)
         live.publish("web_static", ["k", "v"], ["text", "real"], [["x", 1.5]], static=1)
         live.first_generation = live.wait_served({"web_hosts", "web_xss", "web_static"})
         yield live
     finally:
-        live.stop()
+        live.close()
 
 
 # ---------------------------------------------------------------- the browser
@@ -424,9 +357,8 @@ def test_connections_page_lists_the_publishers(
     publish was in)."""
     identities: list[str] = []
     for _ in range(5):
-        server.drain()
         publish_generation_tables(server)
-        server.next_generation()
+        server.wait_generation()  # one that began after the publish
         assert browser.goto("/connections").status == 200
         identities = column(page, "connections", 1)
         if "webhost1" in identities:
