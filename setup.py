@@ -1,8 +1,17 @@
+import re
+
 from setuptools import find_packages, setup
+
+
+def _version() -> str:
+    """The one version source is qasino/__init__.py."""
+    text = open("qasino/__init__.py", encoding="utf-8").read()
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+
 
 setup(
     name="qasino",
-    version="0.1.0",
+    version=_version(),
     description="Qasino: the current state of your fleet, in SQL",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -1,3 +1,3 @@
 """Qasino: the current state of your fleet, in SQL."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
