@@ -28,6 +28,7 @@ from twisted.python.threadpool import ThreadPool
 from qasino.core.errors import QasinoError, ViewsFileError
 from qasino.core.model import Publish, Result, ViewDef
 from qasino.core.views import load_views_file
+from qasino.store.query import RowStream
 from qasino.store.store import SnapshotInfo, Store
 
 log = Logger(namespace="qasino.engine")
@@ -263,6 +264,38 @@ class Engine:
 
         def job() -> T:
             return transform(self.store.query(sql, use_write_db))
+
+        return self.runner.read(job)
+
+    def query_timed(
+        self, sql: str, use_write_db: bool, transform: Callable[[Result, float], T]
+    ) -> Deferred[T]:
+        """:meth:`query_then` whose ``transform`` also gets the query's own
+        time in milliseconds (running the statement and reading its rows)."""
+
+        def job() -> T:
+            started = time.perf_counter()
+            result = self.store.query(sql, use_write_db)
+            return transform(result, (time.perf_counter() - started) * 1000)
+
+        return self.runner.read(job)
+
+    def stream(
+        self,
+        sql: str,
+        use_write_db: bool,
+        max_rows: int,
+        consume: Callable[[RowStream], T],
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Deferred[T]:
+        """Open a :class:`RowStream` on a reader thread and run
+        ``consume(stream)`` there; fires with what it returns (or errbacks
+        with the query's error). ``consume`` hands the rows to the reactor
+        itself (see the HTTP front end's streaming)."""
+
+        def job() -> T:
+            with self.store.stream(sql, use_write_db, max_rows, cancelled) as rows:
+                return consume(rows)
 
         return self.runner.read(job)
 

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from qasino.core import shapes
 from qasino.core.errors import InvalidInput, QasinoError
 from qasino.core.model import Result
 from qasino.core.render import error_shape, render_error_text, render_result_text, result_shape
@@ -206,10 +207,51 @@ class Dispatcher:
             self.engine.count_query_error()
             return succeed(self.error(MISSING_SQL))
         use_write_db = is_true(request.get("use_write_db", False))
+        if "format" in request:  # ZeroMQ: "objects" or "arrays" (or "json")
+            fmt = request.get("format")
+            try:
+                name = shapes.parse_format(
+                    fmt if isinstance(fmt, str) else repr(fmt), shapes.ZMQ_FORMATS
+                )
+            except shapes.UnknownFormat as e:
+                self.engine.count_query_error()
+                return succeed(shapes.error_body(e.message))  # type: ignore[arg-type]
+            if name != "json":
+                d = self.query_shaped(sql, use_write_db, name)
+                return d.addCallback(lambda status_body: status_body[1])  # type: ignore[return-value]
         identity = self.identity
         return self.engine.query_then(
             sql, use_write_db, lambda result: result_shape(result, identity)
         )
+
+    def query_shaped(
+        self, sql: object, use_write_db: bool, fmt: str
+    ) -> Deferred[tuple[int, bytes]]:
+        """A query in one of the typed shapes (objects, arrays, ndjson, csv):
+        fires with (HTTP status, body), the body ``{"ok": false, "error":
+        MSG}`` on an error (status 400, 500 for an internal error); never
+        errbacks."""
+        if not isinstance(sql, str) or not sql.strip():
+            self.engine.count_query_error()
+            return succeed((400, shapes.error_body(MISSING_SQL)))
+
+        def encode(result: Result, query_ms: float) -> tuple[int, bytes]:
+            body = shapes.table_body(
+                fmt,
+                result.column_names,
+                result.rows,
+                result.generation_number,
+                result.truncated,
+                query_ms,
+            )
+            return 200, body
+
+        def failed(failure: Failure) -> tuple[int, bytes]:
+            internal = not failure.check(QasinoError)
+            message = self._failed(failure, "query")["error_message"]
+            return (500 if internal else 400), shapes.error_body(message)
+
+        return self.engine.query_timed(sql, use_write_db, encode).addErrback(failed)
 
     def query_text(self, sql: Optional[str], use_write_db: bool = False) -> Deferred[str]:
         """The text rendering of a query, or ``SQL error: ...`` (never errbacks)."""

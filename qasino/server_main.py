@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a result over about this many bytes is refused with an error (default %(default)s)",
     )
     limits.add_argument(
+        "--max-stream-rows",
+        type=int,
+        default=d.max_stream_rows,
+        help="rows a stream=1 query (format=csv or ndjson) sends at most; it ends there "
+        "(default %(default)s)",
+    )
+    limits.add_argument(
         "--max-connections",
         type=int,
         default=d.max_connections,
@@ -177,6 +184,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_cell_bytes=args.max_cell_bytes,
         max_connections=max(0, args.max_connections),
         max_result_bytes=args.max_result_bytes,
+        max_stream_rows=max(0, args.max_stream_rows),
     ).resolved()
 
 

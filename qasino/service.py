@@ -24,6 +24,7 @@ from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFA
 from qasino.engine import Engine, EngineService, ThreadRunner, ViewsSource
 from qasino.frontends.http import DEFAULT_MAX_BODY_BYTES, make_site
 from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory
+from qasino.frontends.stream import DEFAULT_MAX_STREAM_ROWS
 from qasino.frontends.tls import HtpasswdChecker, HtpasswdStore, load_tls_options, protect
 from qasino.frontends.zmq import ZmqServices
 from qasino.ops import Dispatcher
@@ -71,6 +72,7 @@ class ServerConfig:
     max_table_columns: int = DEFAULT_MAX_COLUMNS
     max_cell_bytes: int = DEFAULT_MAX_CELL_BYTES
     max_connections: int = 1024
+    max_stream_rows: int = DEFAULT_MAX_STREAM_ROWS
 
     def resolved(self) -> ServerConfig:
         """Fill the defaults that depend on the machine."""
@@ -221,7 +223,9 @@ class QasinoServer(MultiService):
         self.http: Optional[TCPListenService] = None
         self.line: Optional[TCPListenService] = None
         if config.http_port is not None:
-            site = make_site(self.dispatcher, config.max_body_bytes)
+            site = make_site(
+                self.dispatcher, config.max_body_bytes, config.max_stream_rows, reactor
+            )
             bind = "127.0.0.1" if config.http_loopback_only else config.bind
             self.http = TCPListenService(
                 "HTTP",
@@ -253,7 +257,7 @@ class QasinoServer(MultiService):
         an htpasswd file is given. Raises TLSConfigError on bad files."""
         assert config.tls_cert and config.tls_key and config.https_port is not None
         options = load_tls_options(config.tls_cert, config.tls_key)
-        site = make_site(self.dispatcher, config.max_body_bytes)
+        site = make_site(self.dispatcher, config.max_body_bytes, config.max_stream_rows, reactor)
         if config.htpasswd_file:
             pool = ThreadPoolService("qasino-auth", maxthreads=2)
             pool.setServiceParent(self)

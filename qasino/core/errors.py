@@ -39,6 +39,10 @@ class QueryTimeout(QueryError):
     """The statement ran longer than the configured time limit."""
 
 
+class QueryCancelled(QueryError):
+    """The client that asked went away; the query was stopped."""
+
+
 class ViewsFileError(QasinoError):
     """The views file could not be read or parsed; the previous views stay."""
 

@@ -50,11 +50,16 @@ class Publish:
 
 @dataclass(frozen=True)
 class Result:
-    """Rows of a query, raw SQLite values (None, int, float, str, bytes)."""
+    """Rows of a query, raw SQLite values (None, int, float, str, bytes).
+
+    ``generation_number``: the generation whose DB answered (the snapshot,
+    or the writer generation for ``use_write_db``), when the store knows it.
+    """
 
     column_names: tuple[str, ...]
     rows: list[tuple[object, ...]] = field(default_factory=list)
     truncated: bool = False
+    generation_number: Optional[int] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

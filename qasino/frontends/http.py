@@ -7,8 +7,8 @@ that went away is noticed so nothing is written to a closed request.
 
 from __future__ import annotations
 
-import csv
 import io
+from collections.abc import Callable
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
@@ -17,9 +17,8 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from qasino.core.errors import QasinoError
-from qasino.core.model import Result
-from qasino.core.render import cell_to_str, render_error_text
+from qasino.core import shapes
+from qasino.frontends.stream import DEFAULT_MAX_STREAM_ROWS, run_stream
 from qasino.frontends.web import install_web_ui, query_args
 from qasino.ops import MISSING_SQL, Dispatcher, decode_body, encode_json, is_true
 
@@ -164,16 +163,23 @@ class RequestResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        max_stream_rows: int = DEFAULT_MAX_STREAM_ROWS,
+        call_in_reactor: Optional[Callable[..., Any]] = None,
+    ) -> None:
         super().__init__()
         self.dispatcher = dispatcher
+        self.max_stream_rows = max_stream_rows
+        # How a reader thread hands streamed rows to the reactor (None: a
+        # plain call, for tests whose store calls run on the reactor thread).
+        self.call_in_reactor = call_in_reactor or (lambda fn, *args: fn(*args))
 
     def render_GET(self, request: server.Request) -> Any:
         args = query_args(request)
-        if args.get("op") == "query" and args.get("format") == "text":
-            return self._text_query(request, args.get("sql"), is_true(args.get("use_write_db")))
-        if args.get("op") == "query" and args.get("format") == "csv":
-            return self._csv_query(request, args.get("sql"), is_true(args.get("use_write_db")))
+        if args.get("op") == "query" and args.get("format"):
+            return self._query(request, args)
         return self._reply(request, self.dispatcher.dispatch(args, "http"))
 
     def render_POST(self, request: server.Request) -> Any:
@@ -198,37 +204,67 @@ class RequestResource(Resource):
             )
         for key, value in args.items():
             payload.setdefault(key, value)
-        if payload.get("op") == "query" and args.get("format") == "text":
-            return self._text_query(
-                request, payload.get("sql"), is_true(payload.get("use_write_db"))
-            )
+        if payload.get("op") == "query" and payload.get("format"):
+            return self._query(request, payload)
         return self._reply(request, self.dispatcher.dispatch(payload, "http", plain_bytes))
+
+    def _query(self, request: server.Request, args: dict[str, Any]) -> Any:
+        """``op=query`` with a ``format``: the legacy ``json`` and ``text``,
+        or a typed shape (400 with ``{"ok": false, "error": MSG}`` on an
+        error, an unknown format included); ``stream=1`` for csv/ndjson."""
+        raw = args.get("format")
+        sql, use_write_db = args.get("sql"), is_true(args.get("use_write_db"))
+        try:
+            fmt = shapes.parse_format(raw if isinstance(raw, str) else repr(raw))
+            streaming = is_true(args.get("stream"))
+            if streaming and fmt not in shapes.STREAM_FORMATS:
+                raise shapes.UnknownFormat(
+                    f"stream=1 works with format=csv or format=ndjson, not {fmt!r}"
+                )
+        except shapes.UnknownFormat as e:
+            self.dispatcher.engine.count_query_error()
+            log.info("refused a query: {message}", message=e.message)
+            request.setResponseCode(400)
+            return self._send(request, shapes.error_body(e.message))
+        if fmt == "text":
+            return self._text_query(request, sql, use_write_db)
+        if fmt == "json":
+            return self._reply(request, self.dispatcher.dispatch(args, "http"))
+        if streaming:
+            if not isinstance(sql, str) or not sql.strip():
+                self.dispatcher.engine.count_query_error()
+                request.setResponseCode(400)
+                return self._send(request, shapes.error_body(MISSING_SQL))
+            run_stream(
+                self.dispatcher.engine,
+                request,
+                sql,
+                fmt,
+                use_write_db,
+                self.max_stream_rows,
+                self.call_in_reactor,
+            )
+            return server.NOT_DONE_YET
+        d = self.dispatcher.query_shaped(sql, use_write_db, fmt)
+        content_type = shapes.CONTENT_TYPES[fmt]
+
+        def shaped(status_body: tuple[int, bytes]) -> bytes:
+            status, body = status_body
+            request.setResponseCode(status)
+            if status != 200:
+                request.setHeader(b"Content-Type", shapes.ERROR_CONTENT_TYPE)
+            else:
+                request.setHeader(b"Content-Type", content_type)
+                if fmt == "csv":
+                    request.setHeader(b"Content-Disposition", CSV_DISPOSITION)
+            return body
+
+        return self._reply(request, d.addCallback(shaped), content_type=None)
 
     def _text_query(self, request: server.Request, sql: object, use_write_db: bool) -> Any:
         d = self.dispatcher.query_text(sql if isinstance(sql, str) else None, use_write_db)
         d.addCallback(lambda text: text.encode("utf-8"))
         return self._reply(request, d, TEXT_TYPE)
-
-    def _csv_query(self, request: server.Request, sql: Optional[str], use_write_db: bool) -> Any:
-        """A header row and the rows as a CSV download; an error as ``SQL error: ...``."""
-        if not sql or not sql.strip():
-            return self._send(request, render_error_text(MISSING_SQL).encode("utf-8"), TEXT_TYPE)
-        d = self.dispatcher.engine.query_then(sql, use_write_db, result_csv)
-
-        def attach(body: bytes) -> bytes:
-            request.setHeader(b"Content-Type", CSV_TYPE)
-            request.setHeader(b"Content-Disposition", CSV_DISPOSITION)
-            return body
-
-        def sql_error(failure: Failure) -> bytes:
-            failure.trap(QasinoError)  # anything else: _reply logs it and answers 500
-            error = failure.value
-            assert isinstance(error, QasinoError)
-            request.setHeader(b"Content-Type", TEXT_TYPE)
-            return render_error_text(error.message).encode("utf-8")
-
-        d.addCallbacks(attach, sql_error)
-        return self._reply(request, d, content_type=None)
 
     def _reply(
         self, request: server.Request, d: Deferred[Any], content_type: Optional[bytes] = JSON_TYPE
@@ -294,22 +330,18 @@ class RootResource(Resource):
     """``/request`` (the API) and the web UI (``/``, ``/tables``, ``/desc``,
     ``/query``, ``/connections``, ``/views``, ``/static/``); anything else 404."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        max_stream_rows: int = DEFAULT_MAX_STREAM_ROWS,
+        call_in_reactor: Optional[Callable[..., Any]] = None,
+    ) -> None:
         super().__init__()
-        self.putChild(b"request", RequestResource(dispatcher))
+        self.putChild(b"request", RequestResource(dispatcher, max_stream_rows, call_in_reactor))
         self.not_found = install_web_ui(self, dispatcher)
 
     def getChild(self, path: bytes, request: server.Request) -> Resource:
         return self.not_found
-
-
-def result_csv(result: Result) -> bytes:
-    """A result as CSV: a header row, then the rows (NULL as an empty cell)."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(result.column_names)
-    writer.writerows([cell_to_str(cell) for cell in row] for row in result.rows)
-    return out.getvalue().encode("utf-8")
 
 
 class QuietSite(server.Site):
@@ -320,8 +352,17 @@ class QuietSite(server.Site):
         pass
 
 
-def make_site(dispatcher: Dispatcher, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> server.Site:
-    site = QuietSite(RootResource(dispatcher), parsePOSTFormSubmission=False)
+def make_site(
+    dispatcher: Dispatcher,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_stream_rows: int = DEFAULT_MAX_STREAM_ROWS,
+    reactor: Any = None,
+) -> server.Site:
+    """The API and web UI. ``reactor``: where streamed rows are handed from
+    the reader threads (``callFromThread``); None only where store calls run
+    on the reactor thread (tests)."""
+    call = reactor.callFromThread if reactor is not None else None
+    site = QuietSite(RootResource(dispatcher, max_stream_rows, call), parsePOSTFormSubmission=False)
     site.requestFactory = LimitedRequest
     site.max_body_bytes = max_body_bytes  # type: ignore[attr-defined]
     site.identity = dispatcher.identity  # type: ignore[attr-defined]

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
 import apsw
 import orjson
 
-from qasino.core.errors import QueryError, QueryTimeout
+from qasino.core.errors import QueryCancelled, QueryError, QueryTimeout
 from qasino.core.identifiers import quote_ident
 from qasino.core.model import Result
 from qasino.store.sqlite import STATIC_SCHEMA, prepare_guarded, sqlite_message
@@ -119,6 +120,132 @@ def run_select(
             cursor.close(force=True)
         finally:
             conn.set_progress_handler(None)
+
+
+class RowStream:
+    """One statement's rows, read a slice at a time (``stream=1``).
+
+    No row cap (up to ``max_rows``, where the stream ends and ``cut`` is
+    set), but the time limit holds for the whole stream: a stream still
+    running after ``limits.timeout_s`` fails with :class:`QueryTimeout`,
+    and one whose ``cancelled()`` turns true is interrupted at SQLite's
+    next progress check. Not thread-safe: read it on the thread that
+    opened it, and :meth:`close` it there.
+    """
+
+    def __init__(
+        self,
+        column_names: tuple[str, ...],
+        rows: Iterator[tuple[object, ...]],
+        deadline: float,
+        monotonic: Callable[[], float],
+        timeout_s: float,
+        max_rows: int,
+        close: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.column_names = column_names
+        self.generation_number: Optional[int] = None
+        self.deadline = deadline
+        self.monotonic = monotonic
+        self.timeout_s = timeout_s
+        self.max_rows = max_rows
+        self.nr_rows = 0
+        self.cut = False
+        self._rows = rows
+        self._close = close
+
+    def time_left(self) -> float:
+        return self.deadline - self.monotonic()
+
+    def timeout_error(self) -> QueryTimeout:
+        return QueryTimeout(f"Query exceeded the time limit of {self.timeout_s:g} seconds")
+
+    def chunks(self, size: int = FETCH_CHUNK) -> Iterator[list[tuple[object, ...]]]:
+        """Slices of at most ``size`` rows until the rows (or ``max_rows``) end."""
+        while True:
+            want = min(size, self.max_rows - self.nr_rows)
+            if want <= 0:
+                with _query_errors(self):
+                    self.cut = next(self._rows, None) is not None
+                return
+            if self.time_left() < 0:
+                raise self.timeout_error()
+            with _query_errors(self):
+                chunk = list(itertools.islice(self._rows, want))
+            if not chunk:
+                return
+            self.nr_rows += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self._close()
+
+    timed_out = False
+    interrupted = False
+
+
+@contextlib.contextmanager
+def _query_errors(stream: RowStream) -> Iterator[None]:
+    """SQLite's errors while a stream is read, as the query errors."""
+    try:
+        yield
+    except apsw.InterruptError:
+        if stream.timed_out:
+            raise stream.timeout_error() from None
+        if stream.interrupted:
+            raise QueryCancelled("the client went away; query stopped") from None
+        raise QueryError("Query interrupted") from None
+    except apsw.Error as e:
+        raise QueryError(sqlite_message(e)) from None
+
+
+def open_stream(
+    conn: apsw.Connection,
+    sql: str,
+    params: Sequence[object] = (),
+    limits: QueryLimits = QueryLimits(),
+    monotonic: Callable[[], float] = time.monotonic,
+    guard: bool = True,
+    max_rows: int = 10_000_000,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> RowStream:
+    """Start one SELECT on ``conn`` for streaming: checked and prepared as
+    :func:`run_select` does, its first step taken (so an error in the
+    statement is raised here, before any row is sent). The caller must
+    :meth:`RowStream.close` it."""
+    sql, names = prepare_guarded(conn, sql, guard)
+    deadline = monotonic() + limits.timeout_s
+    cursor = conn.cursor()
+    stream = RowStream(names, iter(()), deadline, monotonic, limits.timeout_s, max_rows)
+
+    def progress() -> bool:
+        if cancelled():
+            stream.interrupted = True
+            return True
+        if monotonic() > deadline:
+            stream.timed_out = True
+            return True
+        return False
+
+    def close() -> None:
+        try:
+            cursor.close(force=True)
+        finally:
+            conn.set_progress_handler(None)
+
+    conn.set_progress_handler(progress, PROGRESS_STEPS)
+    try:
+        with _query_errors(stream):
+            try:
+                cursor.execute(sql, tuple(params))
+            except (ValueError, UnicodeError) as e:
+                raise QueryError(f"invalid statement text: {e}") from None
+    except BaseException:
+        close()
+        raise
+    stream._rows = iter(cursor)
+    stream._close = close
+    return stream
 
 
 def describe_table(conn: apsw.Connection, name: str) -> Result:

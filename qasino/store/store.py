@@ -16,14 +16,15 @@ Threading contract (see docs/concurrency.md):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import apsw
@@ -55,7 +56,7 @@ from qasino.store.internal import (
     write_internal_tables,
     write_views_table,
 )
-from qasino.store.query import QueryLimits, describe_table, run_select
+from qasino.store.query import QueryLimits, RowStream, describe_table, open_stream, run_select
 from qasino.store.schema import TableSchema, count_rows, ensure_table, insert_rows, load_schemas
 from qasino.store.sqlite import (
     copy_database,
@@ -591,7 +592,11 @@ class Store:
         self.counters.add(sql_completed=1)
         return result
 
-    def _run(self, command: Command, use_write_db: bool) -> Result:
+    @contextlib.contextmanager
+    def _borrow(self, use_write_db: bool) -> Iterator[tuple[GenFile, apsw.Connection]]:
+        """A read-only connection on the snapshot (or the writer generation),
+        held until the block ends; a retired file is disposed of after its
+        last reader."""
         with self._lock:
             gen_file = self._writer.file if use_write_db else self._snapshot
             assert gen_file is not None
@@ -599,9 +604,22 @@ class Store:
         try:
             version, conn = gen_file.take()
             try:
-                if command.kind == "desc_table":
-                    assert command.name is not None
-                    return describe_table(conn, command.name)
+                yield gen_file, conn
+            finally:
+                gen_file.give_back(version, conn)
+        finally:
+            with self._lock:
+                gen_file.refs -= 1
+                dispose = gen_file.retired and gen_file.refs == 0
+            if dispose:
+                self._dispose(gen_file)
+
+    def _run(self, command: Command, use_write_db: bool) -> Result:
+        with self._borrow(use_write_db) as (gen_file, conn):
+            if command.kind == "desc_table":
+                assert command.name is not None
+                result = describe_table(conn, command.name)
+            else:
                 result = run_select(
                     conn,
                     command.sql,
@@ -612,15 +630,61 @@ class Store:
                 )
                 if command.kind == "desc_view" and not result.rows:
                     raise QueryError(f"No such view: {command.name}")
-                return result
-            finally:
-                gen_file.give_back(version, conn)
-        finally:
-            with self._lock:
-                gen_file.refs -= 1
-                dispose = gen_file.retired and gen_file.refs == 0
-            if dispose:
-                self._dispose(gen_file)
+            return replace(result, generation_number=gen_file.number)
+
+    @contextlib.contextmanager
+    def stream(
+        self,
+        text: str,
+        use_write_db: bool = False,
+        max_rows: int = 10_000_000,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Iterator[RowStream]:
+        """Run one client statement read-only and yield its :class:`RowStream`
+        (no row cap up to ``max_rows``, the time limit for the whole stream).
+        Raises QasinoError before yielding if the statement fails at once;
+        errors while the rows are read come from the stream. Use it on one
+        thread: the connection stays borrowed until the block ends."""
+        self.counters.add(sql_received=1)
+        try:
+            command = parse_command(text)
+            with self._borrow(use_write_db) as (gen_file, conn):
+                if command.kind in (
+                    "select",
+                    "show_tables",
+                    "show_connections",
+                    "show_info",
+                    "show_views",
+                ):
+                    stream = open_stream(
+                        conn,
+                        command.sql,
+                        command.params,
+                        self.config.limits,
+                        self.monotonic,
+                        guard=command.kind == "select",
+                        max_rows=max_rows,
+                        cancelled=cancelled,
+                    )
+                else:  # DESC: a few rows, answered whole
+                    result = self._run(command, use_write_db)
+                    stream = RowStream(
+                        result.column_names,
+                        iter(result.rows),
+                        self.monotonic() + self.config.limits.timeout_s,
+                        self.monotonic,
+                        self.config.limits.timeout_s,
+                        max_rows,
+                    )
+                stream.generation_number = gen_file.number
+                try:
+                    yield stream
+                finally:
+                    stream.close()
+        except QasinoError:
+            self.counters.add(sql_errors=1)
+            raise
+        self.counters.add(sql_completed=1)
 
     def _retire_locked(self, gen_file: GenFile) -> bool:
         gen_file.retired = True
