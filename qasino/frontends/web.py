@@ -99,11 +99,14 @@ def is_set(value: object) -> bool:
     return value not in (None, 0, "0", "", False)
 
 
-def query_url(sql: str, fmt: Optional[str] = None) -> str:
-    """The API address of a query: JSON (the result shape) or ``fmt`` (csv)."""
+def query_url(sql: str, fmt: Optional[str] = None, stream: bool = False) -> str:
+    """The API address of a query: the legacy JSON, or the shape ``fmt``
+    (``stream``: every row, streamed, for csv and ndjson)."""
     params = {"op": "query", "sql": sql}
     if fmt:
         params["format"] = fmt
+    if stream:
+        params["stream"] = "1"
     return "/request?" + urllib.parse.urlencode(params)
 
 
@@ -346,8 +349,11 @@ class QueryPage(Page):
         page: Context = {"title": "Query", "sql": sql, "row_limit": PAGE_ROW_LIMIT}
         if not sql.strip():
             return page
-        page["csv_url"] = query_url(sql, "csv")
-        page["json_url"] = query_url(sql)
+        # Downloads in the typed shapes: CSV and NDJSON streamed (every
+        # row, no cap), JSON as objects (typed values, null for NULL).
+        page["csv_url"] = query_url(sql, "csv", stream=True)
+        page["json_url"] = query_url(sql, "objects")
+        page["ndjson_url"] = query_url(sql, "ndjson", stream=True)
 
         def shown(result: Result) -> Context:
             rows = result.rows

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import time
@@ -327,11 +328,12 @@ def test_a_bad_query_shows_the_servers_error(browser: Browser, page: Any) -> Non
     assert page.locator("#sql").input_value() == "SELECT nope FROM web_hosts"
 
 
-def test_csv_and_json_links_download_the_same_query(browser: Browser, page: Any) -> None:
+def test_csv_json_and_ndjson_links_download_the_same_query(browser: Browser, page: Any) -> None:
     sql = "SELECT host, cpu FROM web_hosts ORDER BY host"
     browser.goto("/query?" + urllib.parse.urlencode({"sql": sql}))
     csv_href = page.locator("#csv-link").get_attribute("href")
     json_href = page.locator("#json-link").get_attribute("href")
+    ndjson_href = page.locator("#ndjson-link").get_attribute("href")
     downloaded = page.request.get(browser.base + csv_href)
     assert downloaded.ok
     assert downloaded.headers["content-type"].startswith("text/csv")
@@ -341,8 +343,10 @@ def test_csv_and_json_links_download_the_same_query(browser: Browser, page: Any)
         *[[h, str(c)] for h, c, _ in sorted(HOSTS_ROWS)],
     ]
     reply = page.request.get(browser.base + json_href).json()
-    assert reply["table"]["column_names"] == ["host", "cpu"]
-    assert reply["table"]["rows"] == [[h, str(c)] for h, c, _ in sorted(HOSTS_ROWS)]
+    assert reply["ok"] is True and reply["columns"] == ["host", "cpu"]
+    assert reply["rows"] == [{"host": h, "cpu": c} for h, c, _ in sorted(HOSTS_ROWS)]
+    lines = page.request.get(browser.base + ndjson_href).text().splitlines()
+    assert [json.loads(line) for line in lines] == reply["rows"]
 
 
 # ---------------------------------------------------------------- connections and views

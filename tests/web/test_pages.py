@@ -369,18 +369,22 @@ def test_query_page_shows_the_rows_and_keeps_the_sql_in_the_box(
     assert "cut" not in html.by_id
 
 
-def test_query_page_links_the_same_query_as_csv_and_json_downloads(
+def test_query_page_links_the_same_query_as_csv_json_and_ndjson_downloads(
     site: server.Site, published: Engine
 ) -> None:
+    """CSV and NDJSON streamed (every row), JSON as typed objects; the
+    streamed downloads themselves are fetched from a real server in
+    tests/e2e/test_shapes.py (a streaming producer needs a real connection)."""
     sql = "SELECT a FROM t1 WHERE name = 'alpha' AND a > 0"
     html = fetch(site, "/query?" + urllib.parse.urlencode({"sql": sql})).html
     csv_href, json_href = html.href("csv-link"), html.href("json-link")
-    assert csv_href.startswith("/request?") and json_href.startswith("/request?")
-    assert query_of(csv_href) == {"op": "query", "sql": sql, "format": "csv"}
-    assert query_of(json_href) == {"op": "query", "sql": sql}
-    downloaded = fetch(site, csv_href)
-    assert downloaded.text.splitlines() == ["a", "1"]
-    assert json.loads(fetch(site, json_href).body)["table"]["rows"] == [["1"]]
+    ndjson_href = html.href("ndjson-link")
+    assert all(h.startswith("/request?") for h in (csv_href, json_href, ndjson_href))
+    assert query_of(csv_href) == {"op": "query", "sql": sql, "format": "csv", "stream": "1"}
+    assert query_of(json_href) == {"op": "query", "sql": sql, "format": "objects"}
+    assert query_of(ndjson_href) == {"op": "query", "sql": sql, "format": "ndjson", "stream": "1"}
+    reply = json.loads(fetch(site, json_href).body)
+    assert reply["ok"] is True and reply["rows"] == [{"a": 1}]
 
 
 def test_query_page_shows_the_servers_error_for_a_refused_statement(
@@ -569,18 +573,23 @@ def test_csv_download_of_zero_rows_is_only_the_header_row(
     assert response.text == "a\r\n"
 
 
-def test_csv_download_of_a_bad_query_is_the_sql_error_as_text(
+def test_csv_download_of_a_bad_query_is_a_400_with_the_error_as_json(
     site: server.Site, published: Engine
 ) -> None:
     response = fetch(site, "/request?op=query&format=csv&sql=DROP+TABLE+t1")
-    assert response.header("content-type") == "text/plain; charset=utf-8"
+    assert response.code == 400
+    assert response.header("content-type") == "application/json"
     assert response.header("content-disposition") is None
-    assert response.text == "SQL error: Only SELECT statements (and SHOW/DESC) are allowed\n"
+    assert json.loads(response.body) == {
+        "ok": False,
+        "error": "Only SELECT statements (and SHOW/DESC) are allowed",
+    }
 
 
-def test_csv_download_without_sql_is_must_specify_sql(site: server.Site) -> None:
+def test_csv_download_without_sql_is_a_400_must_specify_sql(site: server.Site) -> None:
     response = fetch(site, "/request?op=query&format=csv")
-    assert response.text == "SQL error: Must specify 'sql' param\n"
+    assert response.code == 400
+    assert json.loads(response.body) == {"ok": False, "error": "Must specify 'sql' param"}
 
 
 def test_csv_download_of_an_unexpected_failure_is_a_500_and_logged(
@@ -589,10 +598,10 @@ def test_csv_download_of_an_unexpected_failure_is_a_500_and_logged(
     monkeypatch: pytest.MonkeyPatch,
     logged_failures: list[dict[str, Any]],
 ) -> None:
-    monkeypatch.setattr(engine, "query_then", lambda *a: fail(RuntimeError("disk on fire")))
+    monkeypatch.setattr(engine, "query_timed", lambda *a: fail(RuntimeError("disk on fire")))
     response = fetch(site, "/request?op=query&format=csv&sql=SELECT+1")
     assert response.code == 500
-    assert json.loads(response.body)["response_op"] == "error"
+    assert json.loads(response.body)["ok"] is False
     assert logged_failures
 
 
