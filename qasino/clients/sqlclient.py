@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import sys
@@ -19,6 +17,7 @@ from qasino.clients.transport import (
     ZmqTransport,
     env_default,
 )
+from qasino.core import shapes
 from qasino.core.render import render_text
 
 PROMPT = "qasino> "
@@ -39,7 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--skip-ssl-verify", action="store_true")
     p.add_argument("-q", "--query", action="append", default=[], help="run and exit (repeatable)")
     p.add_argument("-I", "--identity", default=None, help="identity sent with requests")
-    p.add_argument("--format", choices=["text", "csv", "json"], default="text")
+    p.add_argument(
+        "--format",
+        choices=["text", "json", "objects", "arrays", "ndjson", "csv"],
+        default="text",
+        help="output: text (the table, default), json (the legacy result shape: every cell a "
+        "string), objects or arrays (the typed JSON shapes), ndjson (one JSON object per row) "
+        "or csv (RFC 4180); see docs/protocol.md",
+    )
     p.add_argument("--use-write-db", action="store_true", help="query the generation being written")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request")
     return p
@@ -60,19 +66,34 @@ def make_transport(args: argparse.Namespace) -> Any:
     return ZmqTransport(args.hostname, args.port or 15598, args.timeout)
 
 
-def format_reply(reply: dict[str, Any], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(reply) + "\n"
+# What each --format asks the server for: the typed shapes come as arrays
+# (over ZeroMQ too) and ndjson/csv are written here by the server's encoders.
+REQUEST_FORMAT = {"objects": "objects", "arrays": "arrays", "ndjson": "arrays", "csv": "arrays"}
+
+
+def reply_table(reply: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Column names and rows of a typed reply (``columns``) or, from a server
+    that only knows the legacy shape, of its ``table`` (cells as strings)."""
+    if "columns" in reply:
+        names = [str(n) for n in reply.get("columns", [])]
+        rows = reply.get("rows", [])
+        if rows and isinstance(rows[0], dict):
+            rows = [[row.get(n) for n in names] for row in rows]
+        return names, [list(row) for row in rows]
     table = reply.get("table") or {}
-    names = [str(n) for n in table.get("column_names", [])]
-    rows = [["" if c is None else str(c) for c in row] for row in table.get("rows", [])]
+    return [str(n) for n in table.get("column_names", [])], list(table.get("rows", []))
+
+
+def format_reply(reply: dict[str, Any], fmt: str) -> str:
+    if fmt in ("json", "objects", "arrays"):
+        return json.dumps(reply) + "\n"
+    names, rows = reply_table(reply)
     if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(names)
-        writer.writerows(rows)
-        return out.getvalue()
-    return render_text(names, rows, bool(reply.get("truncated")))
+        return (shapes.csv_header(names) + shapes.csv_rows(rows)).decode("utf-8")
+    if fmt == "ndjson":
+        return shapes.ndjson_rows(names, rows).decode("utf-8")
+    str_rows = [["" if c is None else str(c) for c in row] for row in rows]
+    return render_text(names, str_rows, bool(reply.get("truncated")))
 
 
 class Session:
@@ -114,6 +135,8 @@ class Session:
         if handled is not None:
             return handled
         message: dict[str, Any] = {"op": "query", "sql": statement}
+        if self.fmt in REQUEST_FORMAT:
+            message["format"] = REQUEST_FORMAT[self.fmt]
         if self.use_write_db:
             message["use_write_db"] = True
         if self.identity:

@@ -40,6 +40,8 @@ def check_reply(reply: Any) -> dict[str, Any]:
         raise TransportError("server sent a reply that is not a JSON object")
     if reply.get("response_op") == "error":
         raise ServerError(str(reply.get("error_message", "unknown error")))
+    if reply.get("ok") is False:  # the typed shapes' error
+        raise ServerError(str(reply.get("error", "unknown error")))
     return reply
 
 

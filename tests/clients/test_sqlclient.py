@@ -399,10 +399,48 @@ def test_a_refused_statement_exits_nonzero_with_server_message(server: QasinoSer
     assert result.stdout == ""
 
 
-def test_format_csv_prints_header_and_rows_as_csv(server: QasinoServer) -> None:
-    result = sql(server, "--format", "csv", "-q", "SELECT 1 AS n, 'a,b' AS s, NULL AS z;")
+def test_format_csv_prints_header_and_rows_as_rfc4180_csv(server: QasinoServer) -> None:
+    args = ["-H", HOST, "-p", str(server.ports["zmq"]), "--format", "csv"]
+    result = subprocess.run(
+        [sys.executable, "-c", SQLCLIENT_CODE, *args, "-q", "SELECT 1 AS n, 'a,b' AS s, NULL AS z;"],
+        capture_output=True,
+        env=child_env(None),
+        timeout=CLIENT_TIMEOUT_S,
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout == 'n,s,z\n1,"a,b",\n'
+    assert result.stdout == b'n,s,z\r\n1,"a,b",\r\n'
+
+
+@pytest.mark.parametrize("transport", ["zmq", "http"])
+def test_format_objects_arrays_and_ndjson_print_typed_values(
+    server: QasinoServer, transport: str
+) -> None:
+    port = ["-p", str(server.ports[transport])] + (["--use-http"] if transport == "http" else [])
+    query = "SELECT 1 AS n, 2.5 AS r, 'abc' AS s, NULL AS z;"
+    shaped = {}
+    for fmt in ("objects", "arrays", "ndjson"):
+        result = run_client(SQLCLIENT_CODE, ["-H", HOST, *port, "--format", fmt, "-q", query])
+        assert result.returncode == 0, result.stderr
+        shaped[fmt] = [json.loads(line) for line in result.stdout.splitlines()]
+    [objects], [arrays] = shaped["objects"], shaped["arrays"]
+    assert objects["ok"] is True and objects["columns"] == ["n", "r", "s", "z"]
+    assert objects["rows"] == [{"n": 1, "r": 2.5, "s": "abc", "z": None}]
+    assert arrays["rows"] == [[1, 2.5, "abc", None]]
+    assert isinstance(arrays["generation_number"], int) and arrays["truncated"] is False
+    assert shaped["ndjson"] == objects["rows"]
+
+
+@pytest.mark.parametrize("transport", ["zmq", "http"])
+def test_format_arrays_error_is_the_servers_message_and_exit_1(
+    server: QasinoServer, transport: str
+) -> None:
+    port = ["-p", str(server.ports[transport])] + (["--use-http"] if transport == "http" else [])
+    result = run_client(
+        SQLCLIENT_CODE, ["-H", HOST, *port, "--format", "arrays", "-q", "SELECT nope;"]
+    )
+    assert result.returncode == 1
+    assert result.stderr == "SQL error: no such column: nope\n"
+    assert result.stdout == ""
 
 
 def test_format_json_prints_the_protocol_result_shape_one_per_line(
