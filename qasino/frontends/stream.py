@@ -42,7 +42,8 @@ from qasino.store.query import RowStream
 
 log = Logger(namespace="qasino.stream")
 
-SLICE_ROWS = 2000
+SLICE_ROWS = 2000  # rows per slice at most
+SLICE_BYTES = 128 * 1024  # and about this many bytes once the row size is known
 WINDOW = 4
 WAIT_SLICE_S = 0.25
 DEFAULT_MAX_STREAM_ROWS = 10_000_000
@@ -190,11 +191,14 @@ class ResultStreamer:
         head = shapes.csv_header(stream.column_names) if self.fmt == "csv" else b""
         self._hand_over(stream, self._start, stream.generation_number, head)
         names = stream.column_names
-        for rows in stream.chunks(self.slice_rows):
+        size = min(self.slice_rows, 64)  # a first small slice measures the rows
+        while rows := stream.next_chunk(size):
             if self.fmt == "csv":
                 data = shapes.csv_rows(rows)
             else:
                 data = shapes.ndjson_rows(names, rows)
+            per_row = max(1, len(data) // len(rows))
+            size = max(1, min(self.slice_rows, SLICE_BYTES // per_row))
             self._hand_over(stream, self._write, data)
         return StreamDone(stream.nr_rows, stream.cut)
 

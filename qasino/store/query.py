@@ -162,20 +162,23 @@ class RowStream:
 
     def chunks(self, size: int = FETCH_CHUNK) -> Iterator[list[tuple[object, ...]]]:
         """Slices of at most ``size`` rows until the rows (or ``max_rows``) end."""
-        while True:
-            want = min(size, self.max_rows - self.nr_rows)
-            if want <= 0:
-                with _query_errors(self):
-                    self.cut = next(self._rows, None) is not None
-                return
-            if self.time_left() < 0:
-                raise self.timeout_error()
-            with _query_errors(self):
-                chunk = list(itertools.islice(self._rows, want))
-            if not chunk:
-                return
-            self.nr_rows += len(chunk)
+        while chunk := self.next_chunk(size):
             yield chunk
+
+    def next_chunk(self, size: int) -> list[tuple[object, ...]]:
+        """The next at most ``size`` rows; [] at the end (or at ``max_rows``,
+        then ``cut`` tells whether rows were left)."""
+        want = min(size, self.max_rows - self.nr_rows)
+        if want <= 0:
+            with _query_errors(self):
+                self.cut = next(self._rows, None) is not None
+            return []
+        if self.time_left() < 0:
+            raise self.timeout_error()
+        with _query_errors(self):
+            chunk = list(itertools.islice(self._rows, want))
+        self.nr_rows += len(chunk)
+        return chunk
 
     def close(self) -> None:
         self._close()

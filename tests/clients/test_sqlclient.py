@@ -402,7 +402,14 @@ def test_a_refused_statement_exits_nonzero_with_server_message(server: QasinoSer
 def test_format_csv_prints_header_and_rows_as_rfc4180_csv(server: QasinoServer) -> None:
     args = ["-H", HOST, "-p", str(server.ports["zmq"]), "--format", "csv"]
     result = subprocess.run(
-        [sys.executable, "-c", SQLCLIENT_CODE, *args, "-q", "SELECT 1 AS n, 'a,b' AS s, NULL AS z;"],
+        [
+            sys.executable,
+            "-c",
+            SQLCLIENT_CODE,
+            *args,
+            "-q",
+            "SELECT 1 AS n, 'a,b' AS s, NULL AS z;",
+        ],
         capture_output=True,
         env=child_env(None),
         timeout=CLIENT_TIMEOUT_S,

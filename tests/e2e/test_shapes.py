@@ -33,6 +33,7 @@ from tests.e2e.conftest import (
     zmq_call,
     zmq_request,
 )
+from tests.e2e.test_streaming import ChunkedReader, open_stream
 from tests.tls_helpers import make_cert
 
 # Values of every SQLite type, a NULL, and text that needs quoting in CSV.
@@ -384,3 +385,27 @@ def test_objects_load_as_json_with_one_type_per_column(server: Server) -> None:
     assert kinds == {"host": {"str"}, "cpu": {"int"}, "load": {"float"}, "dc": {"str"}}
     assert [row["dc"] for row in reply["rows"]] == ["bos", None, "nyc"]
     assert sum(row["cpu"] for row in reply["rows"]) == 47
+
+
+def test_a_stream_past_the_time_limit_ends_with_the_error_and_no_final_chunk(
+    server: Server,
+) -> None:
+    """Once rows are out a 400 is no longer possible: NDJSON gets a last line
+    with the error and the body is cut short (no terminating chunk), so a
+    client cannot take a partial result for a whole one."""
+    sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"
+    reader = ChunkedReader(open_stream(server.http, sql, "ndjson"))
+    try:
+        reader.read_headers()
+        body = b"".join(reader.chunks())
+    finally:
+        reader.sock.close()
+    assert not reader.complete
+    *rows, last, end = body.split(b"\n")
+    assert end == b""
+    assert json.loads(last) == {
+        "ok": False,
+        "error": "Query exceeded the time limit of 1 seconds",
+    }
+    assert [json.loads(row)["x"] for row in rows[:3]] == [1, 2, 3]
+    server.proc.wait_log("stream failed: Query exceeded the time limit")
