@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.harness import BareServer, Scale, Workers, plan_timeout
 from bench.loadgen import LoadPlan, run_load
-from bench.probes import raw_insert
+from bench.probes import encode_ceiling, raw_insert
 from bench.report import Results
 from bench.workload import tablenames
 
@@ -12,7 +12,20 @@ from bench.workload import tablenames
 BARE_PUBLISHERS = 16
 BARE_ROWS = 100
 WARMUP_S = 0.2
-CEILING_KEYS = ("raw_rows_per_s", "bare_http_req_per_s", "bare_zmq_msg_per_s")
+CEILING_KEYS = (
+    "raw_rows_per_s",
+    "bare_http_req_per_s",
+    "bare_zmq_msg_per_s",
+    "encode_ceiling_rows_per_s",
+)
+ENCODE_ROWS = 100_000  # the query phase's table
+
+
+def measure_encode(workers: Workers, scale: Scale, results: Results) -> None:
+    """``encode_ceiling_rows_per_s``: apsw fetching the 100,000-row table and
+    orjson encoding it, in one process (no server, no HTTP)."""
+    for _ in range(scale.rounds):
+        results.add("encode_ceiling_rows_per_s", workers.call(encode_ceiling, ENCODE_ROWS))
 
 
 def measure_raw(workers: Workers, scale: Scale, results: Results) -> None:

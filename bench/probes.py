@@ -42,9 +42,10 @@ class QueryLoop:
     errors: list[str] = field(default_factory=list)
 
 
-def post_query(conn: http.client.HTTPConnection, sql: str) -> bytes:
+def post_query(conn: http.client.HTTPConnection, sql: str, fmt: str = "json") -> bytes:
     body = json.dumps({"op": "query", "sql": sql}).encode()
-    conn.request("POST", "/request", body, {"Content-Type": "application/json"})
+    target = "/request" if fmt == "json" else f"/request?op=query&format={fmt}"
+    conn.request("POST", target, body, {"Content-Type": "application/json"})
     return conn.getresponse().read()
 
 
@@ -87,22 +88,76 @@ class JsonFetch:
     size_bytes: int
 
 
-def fetch_json(port: int, sql: str, times: int) -> list[JsonFetch]:
-    """Fetch a large result ``times`` times; each timed from request to last byte."""
+def fetch_json(port: int, sql: str, times: int, fmt: str = "json") -> list[JsonFetch]:
+    """Fetch a large result ``times`` times in the legacy JSON shape (or, with
+    ``fmt="arrays"``, the typed arrays shape); each timed from request to
+    last byte. The client's parsing is not timed."""
     conn = http.client.HTTPConnection(HOST, port, timeout=60)
     out = []
     try:
         for _ in range(times):
             started = time.monotonic()
-            data = post_query(conn, sql)
+            data = post_query(conn, sql, fmt)
             seconds = time.monotonic() - started
             reply = json.loads(data)
-            if reply.get("response_op") != "result_table":
-                raise RuntimeError(f"query failed: {reply.get('error_message')}")
-            out.append(JsonFetch(seconds, len(reply["table"]["rows"]), len(data)))
+            if fmt == "arrays":
+                if reply.get("ok") is not True:
+                    raise RuntimeError(f"query failed: {reply.get('error')}")
+                rows = len(reply["rows"])
+            else:
+                if reply.get("response_op") != "result_table":
+                    raise RuntimeError(f"query failed: {reply.get('error_message')}")
+                rows = len(reply["table"]["rows"])
+            out.append(JsonFetch(seconds, rows, len(data)))
     finally:
         conn.close()
     return out
+
+
+def fetch_many(
+    port: int, sql: str, formats: Sequence[str], times: int, start_at: float = 0.0
+) -> tuple[float, float, list[JsonFetch]]:
+    """Fetch ``sql`` ``times`` times in each of ``formats`` in turn, back to
+    back; returns (first request sent, last byte read, the fetches)."""
+    wait_until(start_at)
+    started = time.monotonic()
+    fetches: list[JsonFetch] = []
+    for _ in range(times):
+        for fmt in formats:
+            fetches += fetch_json(port, sql, 1, fmt)
+    return started, time.monotonic(), fetches
+
+
+def encode_ceiling(rows: int) -> float:
+    """Rows per second of apsw fetching ``rows`` rows of the benchmark table
+    from a file DB set up like a generation file, plus orjson encoding them,
+    in one process: what the arrays shape must cost at least."""
+    import orjson
+
+    tmp = Path(tempfile.mkdtemp(prefix="qasino-bench-encode-"))
+    try:
+        conn = apsw.Connection(str(tmp / "gen.sqlite"))
+        conn.pragma("page_size", GENERATION_PAGE_SIZE)
+        conn.pragma("journal_mode", "wal")
+        conn.pragma("synchronous", "off")
+        columns = ", ".join(f'"{n}" {t}' for n, t in zip(COLUMN_NAMES, SQL_TYPES))
+        conn.execute(f"CREATE TABLE qbench ({columns})")
+        insert = f"INSERT INTO qbench VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
+        with conn:
+            conn.executemany(insert, make_rows(rows))
+        conn.close()
+        reader = apsw.Connection(str(tmp / "gen.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)
+        reader.execute("SELECT count(*) FROM qbench").fetchall()  # warm the page cache
+        started = time.monotonic()
+        fetched = reader.execute("SELECT * FROM qbench").fetchall()
+        body = orjson.dumps({"rows": fetched})
+        seconds = time.monotonic() - started
+        reader.close()
+        if len(fetched) != rows or not body:
+            raise RuntimeError("encode ceiling: wrong row count")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows / seconds
 
 
 def raw_insert(total_rows: int, table_rows: int = 1000) -> float:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 from bench.daemon import BenchError, Daemon
 from bench.harness import Scale, Workers, plan_timeout
 from bench.loadgen import LoadPlan, run_load
-from bench.probes import QueryLoop, fetch_json, query_loop
+from bench.probes import QueryLoop, fetch_json, fetch_many, query_loop
 from bench.report import Results
 from bench.workload import tablenames
 
@@ -45,13 +45,28 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
-def generation_for(scale: Scale, want_latency: bool, want_json: bool, calibrating: bool) -> float:
+GAP_PROBE = ("SELECT 1",)
+GAP_FETCHES = 2  # per round: the legacy JSON and arrays, this many times each
+
+
+def generation_for(
+    scale: Scale,
+    want_latency: bool,
+    want_json: bool,
+    calibrating: bool,
+    want_arrays: bool = False,
+    want_gap: bool = False,
+) -> float:
     """Long enough to load the table, then run every round in its snapshot."""
     seconds = 1.0 + scale.query_rows / 200_000 + (CALIBRATE_S + 0.5 if calibrating else 0.0)
     if want_latency:
         seconds += scale.rounds * (scale.query_s + ROUND_OVERHEAD_S)
     if want_json:
         seconds += scale.json_fetches * FETCH_S
+    if want_arrays:
+        seconds += scale.json_fetches * FETCH_S
+    if want_gap:
+        seconds += scale.rounds * (2 * GAP_FETCHES * FETCH_S + ROUND_OVERHEAD_S)
     return round(seconds * MARGIN, 1)
 
 
@@ -100,9 +115,14 @@ def measure_queries(
     capacity: Optional[float],
     want_latency: bool = True,
     want_json: bool = True,
+    want_arrays: bool = False,
+    want_gap: bool = False,
 ) -> None:
     calibrating = want_latency and capacity is None
-    with Daemon(generation_for(scale, want_latency, want_json, calibrating)) as daemon:
+    generation_s = generation_for(
+        scale, want_latency, want_json, calibrating, want_arrays, want_gap
+    )
+    with Daemon(generation_s) as daemon:
         load_table(workers, daemon, scale.query_rows)
         if calibrating:
             capacity = calibrate(workers, daemon)
@@ -125,6 +145,17 @@ def measure_queries(
                 if not time_left(results, ends_at, FETCH_S, "JSON"):
                     break
                 measure_json(workers, daemon, scale, results)
+        if want_arrays:
+            for _ in range(scale.json_fetches):
+                if not time_left(results, ends_at, FETCH_S, "arrays"):
+                    break
+                measure_arrays(workers, daemon, scale, results)
+        if want_gap:
+            for _ in range(scale.rounds):
+                needed = 2 * GAP_FETCHES * FETCH_S + ROUND_OVERHEAD_S
+                if not time_left(results, ends_at, needed, "reactor gap"):
+                    break
+                measure_encode_gap(workers, daemon, scale, results)
 
 
 def time_left(results: Results, ends_at: float, needed_s: float, what: str) -> bool:
@@ -182,3 +213,51 @@ def measure_json(workers: Workers, daemon: Daemon, scale: Scale, results: Result
         raise BenchError(f"JSON result had {fetch.rows} rows, not {scale.query_rows}")
     results.add("query_json_rows_per_s", fetch.rows / fetch.seconds)
     results.details["query_json_mb"] = round(fetch.size_bytes / 1e6, 2)
+
+
+def measure_arrays(workers: Workers, daemon: Daemon, scale: Scale, results: Results) -> None:
+    """``query_arrays_rows_per_s``: the whole table in the typed arrays shape."""
+    [fetch] = workers.call(fetch_json, daemon.ports["http"], f"SELECT * FROM {TABLE}", 1, "arrays")
+    if fetch.rows != scale.query_rows:
+        raise BenchError(f"arrays result had {fetch.rows} rows, not {scale.query_rows}")
+    results.add("query_arrays_rows_per_s", fetch.rows / fetch.seconds)
+    results.details["query_arrays_mb"] = round(fetch.size_bytes / 1e6, 2)
+
+
+def measure_encode_gap(workers: Workers, daemon: Daemon, scale: Scale, results: Results) -> None:
+    """``query_encode_reactor_gap_ms``: while one worker fetches the whole
+    table (legacy JSON, then arrays, GAP_FETCHES times each), the other runs
+    ``SELECT 1`` back to back; the figure is the longest time between two of
+    its answers inside the fetches' window (a blocked reactor answers nothing)."""
+    port = daemon.ports["http"]
+    start_at = time.monotonic() + START_LEAD_S
+    loop_s = 2 * GAP_FETCHES * FETCH_S
+    fetching = workers.submit(
+        fetch_many, port, f"SELECT * FROM {TABLE}", ("json", "arrays"), GAP_FETCHES, start_at
+    )
+    loop = workers.submit(query_loop, port, GAP_PROBE, loop_s + START_LEAD_S, start_at).result(
+        timeout=loop_s + 60
+    )
+    began, ended, fetches = fetching.result(timeout=60)
+    if loop.errors or not loop.samples:
+        raise BenchError(f"reactor probe failed: {loop.errors[:1]}")
+    if any(f.rows != scale.query_rows for f in fetches):
+        raise BenchError("reactor gap: a fetch returned the wrong row count")
+    answers = [s.finished for s in loop.samples if s.ok]
+    window_end = min(ended, answers[-1])
+    inside = [t for t in answers if began <= t <= window_end]
+    before = [t for t in answers if t < began]
+    points = ([before[-1]] if before else [began]) + inside
+    gaps = [(b - a) * 1000 for a, b in zip(points, points[1:])]
+    if not gaps:
+        raise BenchError("reactor probe: no answers while the result was fetched")
+    results.add("query_encode_reactor_gap_ms", max(gaps))
+    results.details.setdefault("encode_gap_rounds", []).append(
+        {
+            "probe_answers": len(inside),
+            "median_gap_ms": round(percentile(gaps, 50), 2),
+            "max_gap_ms": round(max(gaps), 2),
+            "fetch_window_s": round(ended - began, 3),
+            "probe_covered_window": answers[-1] >= ended,
+        }
+    )

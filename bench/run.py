@@ -33,9 +33,16 @@ PHASE_KEYS = {
     "raw": ("raw_rows_per_s",),
     "bare_http": ("bare_http_req_per_s",),
     "bare_zmq": ("bare_zmq_msg_per_s",),
+    "encode": ("encode_ceiling_rows_per_s",),
     "ingest": INGEST_KEYS["http"] + INGEST_KEYS["zmq"],
     "fleet": ("fleet_tables_per_s", "fleet_absorb_s"),
-    "query": ("query_p50_ms", "query_p99_ms", "query_json_rows_per_s"),
+    "query": (
+        "query_p50_ms",
+        "query_p99_ms",
+        "query_json_rows_per_s",
+        "query_arrays_rows_per_s",
+        "query_encode_reactor_gap_ms",
+    ),
     "rotation": ("rotation_ms", "rotation_query_pause_ms", "rss_mb_per_million_rows"),
 }
 ALL_KEYS = tuple(k for keys in PHASE_KEYS.values() for k in keys)
@@ -45,6 +52,7 @@ NEEDS = {
     "http_ingest_rows_per_s": ("raw_rows_per_s",),
     "zmq_ingest_tables_per_s": ("bare_zmq_msg_per_s",),
     "zmq_ingest_rows_per_s": ("raw_rows_per_s",),
+    "query_arrays_rows_per_s": ("encode_ceiling_rows_per_s",),
 }
 TIME_LIMIT_S = {"quick": 240, "full": 1500}
 
@@ -114,6 +122,8 @@ def measure_ceilings(run: Run, when: str) -> None:
         phase(run, f"bare_http{when}", lambda: ceilings.measure_bare(w, s, r, "http"))
     if run.wants("bare_zmq_msg_per_s"):
         phase(run, f"bare_zmq{when}", lambda: ceilings.measure_bare(w, s, r, "zmq"))
+    if run.wants("encode_ceiling_rows_per_s"):
+        phase(run, f"encode{when}", lambda: ceilings.measure_encode(w, s, r))
 
 
 def run_phases(run: Run) -> None:
@@ -130,9 +140,15 @@ def run_phases(run: Run) -> None:
         phase(run, "fleet", lambda: ingest.measure_fleet(w, s, r, ("zmq", "http")))
     latency = run.wants("query_p50_ms", "query_p99_ms")
     json_ = run.wants("query_json_rows_per_s")
-    if latency or json_:
+    arrays = run.wants("query_arrays_rows_per_s")
+    gap = run.wants("query_encode_reactor_gap_ms")
+    if latency or json_ or arrays or gap:
         capacity = r.median(("http_ingest_tables_per_s", "16x100"))
-        phase(run, "query", lambda: query.measure_queries(w, s, r, capacity, latency, json_))
+        phase(
+            run,
+            "query",
+            lambda: query.measure_queries(w, s, r, capacity, latency, json_, arrays, gap),
+        )
     if run.wants(*PHASE_KEYS["rotation"]):
         rss = run.wants("rss_mb_per_million_rows")
         phase(run, "rotation", lambda: rotation.measure_rotation(w, s, r, rss))

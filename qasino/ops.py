@@ -20,7 +20,13 @@ from twisted.python.failure import Failure
 from qasino.core import shapes
 from qasino.core.errors import InvalidInput, QasinoError
 from qasino.core.model import Result
-from qasino.core.render import error_shape, render_error_text, render_result_text, result_shape
+from qasino.core.render import (
+    error_shape,
+    legacy_body,
+    render_error_text,
+    render_result_text,
+    result_shape,
+)
 from qasino.core.tables import (
     DEFAULT_MAX_CELL_BYTES,
     DEFAULT_MAX_COLUMNS,
@@ -207,22 +213,42 @@ class Dispatcher:
             self.engine.count_query_error()
             return succeed(self.error(MISSING_SQL))
         use_write_db = is_true(request.get("use_write_db", False))
-        if "format" in request:  # ZeroMQ: "objects" or "arrays" (or "json")
-            fmt = request.get("format")
+        if request.get("format") is not None:
+            # A typed shape is encoded bytes, not a reply dict.
+            return self.query_encoded(request)  # type: ignore[return-value]
+        identity = self.identity
+        return self.engine.query_then(
+            sql, use_write_db, lambda result: result_shape(result, identity)
+        )
+
+    def query_encoded(self, request: dict[str, Any]) -> Deferred[bytes]:
+        """:meth:`query` as the encoded reply the front ends send, rendered
+        and encoded on the reader thread a slice of rows at a time, so a
+        big result never holds up the reactor. Never errbacks."""
+        sql = request.get("sql")
+        use_write_db = is_true(request.get("use_write_db", False))
+        fmt = request.get("format")
+        if fmt is not None:  # ZeroMQ: "objects" or "arrays" (or "json")
             try:
                 name = shapes.parse_format(
                     fmt if isinstance(fmt, str) else repr(fmt), shapes.ZMQ_FORMATS
                 )
             except shapes.UnknownFormat as e:
                 self.engine.count_query_error()
-                return succeed(shapes.error_body(e.message))  # type: ignore[arg-type]
+                return succeed(shapes.error_body(e.message))
             if name != "json":
                 d = self.query_shaped(sql, use_write_db, name)
-                return d.addCallback(lambda status_body: status_body[1])  # type: ignore[return-value]
+                return d.addCallback(lambda status_body: status_body[1])
+        if not isinstance(sql, str) or not sql.strip():
+            self.engine.count_query_error()
+            return succeed(encode_json(self.error(MISSING_SQL)))
         identity = self.identity
-        return self.engine.query_then(
-            sql, use_write_db, lambda result: result_shape(result, identity)
-        )
+
+        def failed(failure: Failure) -> bytes:
+            return encode_json(self._failed(failure, "query"))
+
+        d = self.engine.query_then(sql, use_write_db, lambda result: legacy_body(result, identity))
+        return d.addErrback(failed)
 
     def query_shaped(
         self, sql: object, use_write_db: bool, fmt: str

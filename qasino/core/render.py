@@ -6,6 +6,7 @@ results of up to ``--max-result-rows`` (100,000 by default) rows.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
@@ -112,6 +113,50 @@ def result_shape(result: Result, identity: str) -> dict[str, Any]:
     if result.truncated:
         shape["truncated"] = True
     return shape
+
+
+# Rows rendered per slice by :func:`legacy_body`: every bulk C call (a
+# column's map, a zip, orjson) holds the GIL for its whole run, so a slice
+# bounds how long the reactor thread can wait for it.
+SLICE_ROWS = 5000
+
+
+def legacy_body(result: Result, identity: str, slice_rows: int = SLICE_ROWS) -> bytes:
+    """``encode_json(result_shape(result, identity))``, byte for byte, built a
+    slice of rows at a time (so a reader thread rendering a big result never
+    holds the GIL for long) and without the whole result as string tuples."""
+    names = list(result.column_names)
+    rows = result.rows
+    widths = [len(name) for name in names]
+    parts = []
+    try:
+        for start in range(0, len(rows), slice_rows):
+            columns = _string_columns(rows[start : start + slice_rows])
+            widths = [max(a, b) for a, b in zip(widths, _widths(names, columns), strict=False)]
+            parts.append(orjson.dumps(_row_tuples_of(columns))[1:-1])
+        head = orjson.dumps(identity), orjson.dumps(names)
+    except TypeError:  # text orjson refuses: the one-piece path decides
+        return _plain_json(result_shape(result, identity))
+    body = [
+        b'{"response_op":"result_table","identity":',
+        head[0],
+        b',"table":{"column_names":',
+        head[1],
+        b',"rows":[',
+        b",".join(parts),
+        b']},"max_widths":',
+        orjson.dumps({str(index): width for index, width in enumerate(widths)}),
+        b',"truncated":true}' if result.truncated else b"}",
+    ]
+    return b"".join(body)
+
+
+def _plain_json(obj: object) -> bytes:
+    """What the HTTP and ZeroMQ front ends encode a reply with."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def error_shape(message: str, identity: str) -> dict[str, Any]:

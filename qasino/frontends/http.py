@@ -178,7 +178,7 @@ class RequestResource(Resource):
 
     def render_GET(self, request: server.Request) -> Any:
         args = query_args(request)
-        if args.get("op") == "query" and args.get("format"):
+        if args.get("op") == "query":
             return self._query(request, args)
         return self._reply(request, self.dispatcher.dispatch(args, "http"))
 
@@ -204,7 +204,7 @@ class RequestResource(Resource):
             )
         for key, value in args.items():
             payload.setdefault(key, value)
-        if payload.get("op") == "query" and payload.get("format"):
+        if payload.get("op") == "query":
             return self._query(request, payload)
         return self._reply(request, self.dispatcher.dispatch(payload, "http", plain_bytes))
 
@@ -215,7 +215,7 @@ class RequestResource(Resource):
         raw = args.get("format")
         sql, use_write_db = args.get("sql"), is_true(args.get("use_write_db"))
         try:
-            fmt = shapes.parse_format(raw if isinstance(raw, str) else repr(raw))
+            fmt = shapes.parse_format(raw if isinstance(raw, str) or raw is None else repr(raw))
             streaming = is_true(args.get("stream"))
             if streaming and fmt not in shapes.STREAM_FORMATS:
                 raise shapes.UnknownFormat(
@@ -229,7 +229,8 @@ class RequestResource(Resource):
         if fmt == "text":
             return self._text_query(request, sql, use_write_db)
         if fmt == "json":
-            return self._reply(request, self.dispatcher.dispatch(args, "http"))
+            legacy = {key: value for key, value in args.items() if key != "format"}
+            return self._reply(request, self.dispatcher.query_encoded(legacy))
         if streaming:
             if not isinstance(sql, str) or not sql.strip():
                 self.dispatcher.engine.count_query_error()

@@ -90,7 +90,10 @@ class RPCConnection(ZmqREPConnection):
         except (ValueError, UnicodeDecodeError) as e:
             self._send(messageId, self.dispatcher.error(f"Failed to parse JSON message: {e}"))
             return
-        d = self.dispatcher.dispatch(request, "zmq", plain_bytes)
+        if isinstance(request, dict) and request.get("op") == "query":
+            d = self.dispatcher.query_encoded(request)
+        else:
+            d = self.dispatcher.dispatch(request, "zmq", plain_bytes)
         d.addCallback(lambda reply: self._send(messageId, reply))
         d.addErrback(lambda f: self._send(messageId, self.dispatcher.error("Internal error")))
 

@@ -11,6 +11,7 @@ from qasino.core.model import Result
 from qasino.core.render import (
     cell_to_str,
     error_shape,
+    legacy_body,
     max_widths,
     render_error_text,
     render_result_text,
@@ -18,6 +19,7 @@ from qasino.core.render import (
     result_shape,
     stringify_rows,
 )
+from qasino.ops import encode_json
 
 PROTOCOL_EXAMPLE = (
     "generation_number  generation_duration_s  generation_start_epoch\n"
@@ -173,3 +175,26 @@ def test_a_float_column_without_exponents_is_rendered_like_str() -> None:
     assert stringify_rows([(v, i) for i, v in enumerate(values)]) == [
         [str(v), str(i)] for i, v in enumerate(values)
     ]
+
+
+legacy_cells = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(),
+    st.binary(max_size=8),
+)
+
+
+@given(
+    st.lists(st.tuples(legacy_cells, legacy_cells, legacy_cells), max_size=12),
+    st.booleans(),
+    st.integers(min_value=1, max_value=5),
+)
+def test_legacy_body_is_byte_for_byte_the_encoded_result_shape(
+    rows: list[tuple[object, ...]], truncated: bool, slice_rows: int
+) -> None:
+    """The sliced renderer the front ends use writes exactly what encoding
+    result_shape did, whatever the slice size."""
+    result = Result(column_names=("a", "long_name", "c"), rows=rows, truncated=truncated)
+    assert legacy_body(result, "srv", slice_rows) == encode_json(result_shape(result, "srv"))
