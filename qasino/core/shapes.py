@@ -52,6 +52,10 @@ Row = Sequence[object]
 # Rows encoded per orjson call: each call holds the GIL for its whole run,
 # so a slice bounds how long a reader thread keeps the reactor waiting.
 SLICE_ROWS = 5000
+# CSV rows per csv.writer call and NDJSON rows per batch (each a C call
+# that holds the GIL throughout).
+CSV_SLICE_ROWS = 1000
+NDJSON_SLICE_ROWS = 2000
 
 
 class UnknownFormat(QueryError):
@@ -176,22 +180,18 @@ def object_rows(column_names: Sequence[str], rows: Sequence[Row]) -> list[dict[s
 
 def ndjson_rows(column_names: Sequence[str], rows: Sequence[Row]) -> bytes:
     """One JSON object per row, each ending in a newline."""
-    if not rows:
-        return b""
     names = tuple(column_names)
-    try:
-        return b"".join(
-            [
-                orjson.dumps(
-                    dict(zip(names, row, strict=False)),
-                    default=_blob,
-                    option=orjson.OPT_APPEND_NEWLINE,
-                )
-                for row in rows
-            ]
-        )
-    except TypeError:  # text orjson refuses: the careful path
-        return b"".join([dumps(dict(zip(names, row, strict=False)), True) for row in rows])
+    parts = []
+    for start in range(0, len(rows), NDJSON_SLICE_ROWS):
+        objects = [
+            dict(zip(names, row, strict=False)) for row in rows[start : start + NDJSON_SLICE_ROWS]
+        ]
+        try:
+            lines = b"\n".join(map(orjson.dumps, objects))
+        except TypeError:  # a blob, or text orjson refuses: the careful path
+            lines = b"\n".join([dumps(obj) for obj in objects])
+        parts.append(lines + b"\n")
+    return b"".join(parts)
 
 
 def csv_header(column_names: Sequence[str]) -> bytes:
@@ -205,8 +205,8 @@ def csv_rows(rows: Sequence[Row]) -> bytes:
         return b""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    for start in range(0, len(rows), SLICE_ROWS):
-        part = rows[start : start + SLICE_ROWS]
+    for start in range(0, len(rows), CSV_SLICE_ROWS):
+        part = rows[start : start + CSV_SLICE_ROWS]
         kinds = set(map(type, itertools.chain.from_iterable(part)))
         if bytes in kinds or bytearray in kinds or memoryview in kinds:
             part = [[_csv_cell(cell) for cell in row] for row in part]
