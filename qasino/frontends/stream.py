@@ -15,7 +15,9 @@ held in memory at any time:
 A client that goes away stops the producer: the thread notices at its next
 slice (or SQLite's next progress check) and the query ends with
 :class:`~qasino.core.errors.QueryCancelled`, logged. The whole stream stays
-under the query time limit; an error after the first bytes were sent cannot
+under the query time limit (the time it waits for the client does not
+count; a client that takes nothing for a minute is dropped); an error after
+the first bytes were sent cannot
 become a 400 any more: an NDJSON stream gets a last line
 ``{"ok": false, "error": MSG}``, and the connection is closed without the
 final chunk, so the client sees an incomplete body rather than a short one.
@@ -37,7 +39,7 @@ from twisted.web import server
 from zope.interface import implementer
 
 from qasino.core import shapes
-from qasino.core.errors import QasinoError, QueryCancelled
+from qasino.core.errors import QasinoError, QueryCancelled, QueryError
 from qasino.store.query import RowStream
 
 log = Logger(namespace="qasino.stream")
@@ -46,6 +48,9 @@ SLICE_ROWS = 2000  # rows per slice at most
 SLICE_BYTES = 128 * 1024  # and about this many bytes once the row size is known
 WINDOW = 4
 WAIT_SLICE_S = 0.25
+# A client that accepts no data for this long is dropped (its stream would
+# otherwise hold a reader thread and a snapshot forever).
+STALL_TIMEOUT_S = 60.0
 DEFAULT_MAX_STREAM_ROWS = 10_000_000
 
 
@@ -71,12 +76,14 @@ class ResultStreamer:
         call_in_reactor: Callable[..., Any],
         window: int = WINDOW,
         slice_rows: int = SLICE_ROWS,
+        stall_timeout_s: float = STALL_TIMEOUT_S,
     ) -> None:
         assert fmt in shapes.STREAM_FORMATS
         self.request = request
         self.fmt = fmt
         self.call_in_reactor = call_in_reactor
         self.slice_rows = slice_rows
+        self.stall_timeout_s = stall_timeout_s
         self._credits = threading.Semaphore(window)
         self._may_send = threading.Event()
         self._may_send.set()
@@ -204,17 +211,24 @@ class ResultStreamer:
 
     def _hand_over(self, stream: RowStream, fn: Callable[..., None], *args: Any) -> None:
         """Wait for room (a credit, and not paused), then run ``fn`` on the
-        reactor. Gives up when the client went away or time ran out."""
-        while not self._credits.acquire(timeout=self._wait_s(stream)):
+        reactor. The wait does not count against the time limit, but a
+        client that takes nothing for ``stall_timeout_s`` is given up on."""
+        started = time.monotonic()
+        while not self._credits.acquire(timeout=self._wait_s(stream, started)):
             pass
-        while not self._may_send.wait(self._wait_s(stream)):
+        while not self._may_send.wait(self._wait_s(stream, started)):
             pass
         self._check(stream)
+        stream.waited(time.monotonic() - started)
         self.call_in_reactor(fn, *args)
 
-    def _wait_s(self, stream: RowStream) -> float:
+    def _wait_s(self, stream: RowStream, started: float) -> float:
         self._check(stream)
-        return max(0.001, min(WAIT_SLICE_S, stream.time_left()))
+        if time.monotonic() - started > self.stall_timeout_s:
+            raise QueryError(
+                f"the client read nothing for {self.stall_timeout_s:g} seconds; stream stopped"
+            )
+        return WAIT_SLICE_S
 
     def _check(self, stream: RowStream) -> None:
         if self._cancelled.is_set():

@@ -126,7 +126,8 @@ class RowStream:
     """One statement's rows, read a slice at a time (``stream=1``).
 
     No row cap (up to ``max_rows``, where the stream ends and ``cut`` is
-    set), but the time limit holds for the whole stream: a stream still
+    set), but the time limit holds for the whole stream less the time its
+    reader spent waiting for the client (:meth:`waited`): a stream still
     running after ``limits.timeout_s`` fails with :class:`QueryTimeout`,
     and one whose ``cancelled()`` turns true is interrupted at SQLite's
     next progress check. Not thread-safe: read it on the thread that
@@ -156,6 +157,11 @@ class RowStream:
 
     def time_left(self) -> float:
         return self.deadline - self.monotonic()
+
+    def waited(self, seconds: float) -> None:
+        """Time spent waiting for the client does not count against the
+        time limit: move the deadline on by it."""
+        self.deadline += seconds
 
     def timeout_error(self) -> QueryTimeout:
         return QueryTimeout(f"Query exceeded the time limit of {self.timeout_s:g} seconds")
@@ -225,7 +231,7 @@ def open_stream(
         if cancelled():
             stream.interrupted = True
             return True
-        if monotonic() > deadline:
+        if monotonic() > stream.deadline:  # moved on by time spent waiting
             stream.timed_out = True
             return True
         return False

@@ -91,3 +91,20 @@ def test_a_cancelled_stream_is_interrupted_inside_sqlite(store: Store) -> None:
     with pytest.raises(QueryCancelled, match="client went away"):
         with store.stream(sql, cancelled=lambda: True):
             raise AssertionError("must not be reached")
+
+
+def test_time_spent_waiting_for_the_client_does_not_count(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    now = [0.0]
+    s = Store(
+        StoreConfig(db_dir=str(tmp_path), limits=QueryLimits(timeout_s=5.0)),
+        now=1000.0,
+        monotonic=lambda: now[0],
+    )
+    try:
+        with s.stream(COUNT.format(n=50)) as rows:
+            assert len(rows.next_chunk(10)) == 10
+            now[0] = 100.0
+            rows.waited(99.0)  # a slow client: 99 of those 100 s were waiting
+            assert len(rows.next_chunk(10)) == 10
+    finally:
+        s.close()
