@@ -174,8 +174,12 @@ def test_csv_is_rfc4180_with_a_header_null_as_empty_and_blob_as_base64(
 
 
 def test_generation_number_is_the_snapshot_that_answered(server: Server) -> None:
-    reply = server.query("SELECT generation_number FROM qasino_server_info", "arrays").json()
+    sql = "SELECT generation_number FROM qasino_server_info"
+    reply = server.query(sql, "arrays").json()
     assert reply["rows"] == [[reply["generation_number"]]]
+    streamed = server.query(sql, "csv", stream="1")
+    number = int(streamed.text.splitlines()[1])
+    assert streamed.headers["X-Qasino-Generation"] == str(number)
 
 
 def test_a_result_over_max_result_rows_is_cut_and_marked_truncated(server: Server) -> None:

@@ -304,12 +304,12 @@ def via_http_text(proc: QasinoProcess, sql: str) -> Answer:
 
 def via_http_csv(proc: QasinoProcess, sql: str) -> Answer:
     reply = _http(proc, "GET", request_target(op="query", format="csv", sql=sql))
-    if reply.status != 200:
-        return _status_answer(reply.status)
-    if reply.content_type.startswith("text/csv"):
+    if reply.status == 200 and reply.content_type.startswith("text/csv"):
         return Answer(True, f"{len(reply.body.splitlines())} CSV lines")
-    message = reply.body.decode("utf-8", "replace").removeprefix("SQL error: ").strip()
-    return Answer(False, message, message.startswith("Internal error"))
+    if reply.status in (400, 500) and reply.content_type.startswith("application/json"):
+        error = reply.json()  # the typed shapes' error: {"ok": false, "error": MSG}
+        return Answer(False, str(error["error"]), reply.status == 500)
+    return _status_answer(reply.status)
 
 
 def via_zmq(proc: QasinoProcess, sql: str, use_write_db: bool = False) -> Answer:
