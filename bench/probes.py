@@ -21,6 +21,7 @@ from bench.workload import COLUMN_NAMES, SQL_TYPES, make_rows
 from qasino.store.sqlite import GENERATION_PAGE_SIZE
 
 HOST = "127.0.0.1"
+CEILING_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -148,12 +149,15 @@ def encode_ceiling(rows: int) -> float:
         conn.close()
         reader = apsw.Connection(str(tmp / "gen.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)
         reader.execute("SELECT count(*) FROM qbench").fetchall()  # warm the page cache
-        started = time.monotonic()
-        fetched = reader.execute("SELECT * FROM qbench").fetchall()
-        body = orjson.dumps({"rows": fetched})
-        seconds = time.monotonic() - started
+        seconds = float("inf")
+        for _ in range(CEILING_REPEATS):  # the fastest: a ceiling, not a typical time
+            started = time.monotonic()
+            fetched = reader.execute("SELECT * FROM qbench").fetchall()
+            body = orjson.dumps({"rows": fetched})
+            seconds = min(seconds, time.monotonic() - started)
+            del fetched
         reader.close()
-        if len(fetched) != rows or not body:
+        if body.count(b"],[") != rows - 1:
             raise RuntimeError("encode ceiling: wrong row count")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
