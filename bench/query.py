@@ -11,6 +11,9 @@ that one snapshot's generation, which is sized to hold it.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from typing import Any, Optional
 
@@ -261,3 +264,34 @@ def measure_encode_gap(workers: Workers, daemon: Daemon, scale: Scale, results: 
             "probe_covered_window": answers[-1] >= ended,
         }
     )
+
+
+REACTOR_LAG_FETCHES = 2
+REACTOR_LAG_TIMEOUT_S = 180.0
+
+
+def measure_reactor_busy(scale: Scale, results: Results) -> None:
+    """``reactor_busy_gap_ms``: ``python -m bench.reactor_lag`` per round (the
+    real server in a process of its own, probed by a 1 ms LoopingCall inside
+    it, while a ``query_rows`` x 5 result is fetched in every shape); the
+    figure is the longest gap during which the server process was busy
+    (CPU >= 80% of the gap), over all shapes. Gaps with the process waiting
+    for a core are in ``details.reactor_lag_rounds``."""
+    for _ in range(scale.rounds):
+        command = [sys.executable, "-m", "bench.reactor_lag"]
+        command += ["--rows", str(scale.query_rows), "--fetches", str(REACTOR_LAG_FETCHES)]
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=REACTOR_LAG_TIMEOUT_S
+        )
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            raise BenchError(f"bench.reactor_lag failed: {done.stderr.strip()[-300:]}")
+        report = json.loads(lines[-1])
+        busy = [shape["longest_busy_gap_ms"] or 0.0 for shape in report.values()]
+        results.add("reactor_busy_gap_ms", max(busy))
+        results.details.setdefault("reactor_lag_rounds", []).append(
+            {
+                fmt: [shape["longest_busy_gap_ms"], shape["longest_gap_ms"]]
+                for fmt, shape in report.items()
+            }
+        )

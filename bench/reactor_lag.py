@@ -122,6 +122,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     reactor.callWhenRunning(server.startService)
     reactor.callWhenRunning(start)
+    # Stop the server's threads with the reactor, or the process stays.
+    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.run()
     print(json.dumps(report, separators=(",", ":")))
     return 0 if len(report) == len(SHAPES) else 1

@@ -173,7 +173,7 @@ def targets(big_rotation_case: str = "1x1000000") -> list[Target]:
         ),
         Target(
             "reactor_gap_while_encoding",
-            ("query_encode_reactor_gap_ms", None),
+            ("reactor_busy_gap_ms", None),
             20.0,
             "<= 20 ms",
             at_most=True,

@@ -42,6 +42,7 @@ PHASE_KEYS = {
         "query_json_rows_per_s",
         "query_arrays_rows_per_s",
         "query_encode_reactor_gap_ms",
+        "reactor_busy_gap_ms",
     ),
     "rotation": ("rotation_ms", "rotation_query_pause_ms", "rss_mb_per_million_rows"),
 }
@@ -149,6 +150,8 @@ def run_phases(run: Run) -> None:
             "query",
             lambda: query.measure_queries(w, s, r, capacity, latency, json_, arrays, gap),
         )
+    if run.wants("reactor_busy_gap_ms"):
+        phase(run, "reactor_lag", lambda: query.measure_reactor_busy(s, r))
     if run.wants(*PHASE_KEYS["rotation"]):
         rss = run.wants("rss_mb_per_million_rows")
         phase(run, "rotation", lambda: rotation.measure_rotation(w, s, r, rss))
