@@ -269,6 +269,7 @@ class Dispatcher:
                 result.generation_number,
                 result.truncated,
                 query_ms,
+                result.rows_json,
             )
             return 200, body
 

@@ -125,9 +125,11 @@ def table_body(
     generation_number: Optional[int],
     truncated: bool = False,
     query_ms: float = 0.0,
+    rows_json: Optional[Sequence[bytes]] = None,
 ) -> bytes:
     """A whole result in one of the typed shapes (``objects``, ``arrays``,
-    ``ndjson`` or ``csv``)."""
+    ``ndjson`` or ``csv``). ``rows_json``: the same rows already encoded as
+    JSON arrays of arrays, chunk by chunk (``arrays`` then reuses them)."""
     if fmt == "csv":
         return csv_header(column_names) + csv_rows(rows)
     if fmt == "ndjson":
@@ -137,6 +139,9 @@ def table_body(
         raise UnknownFormat(f"Unknown format {fmt!r}")
     try:
         parts = []
+        if fmt == "arrays" and rows_json is not None:
+            parts = [chunk[1:-1] for chunk in rows_json if len(chunk) > 2]
+            rows = ()
         for start in range(0, len(rows), SLICE_ROWS):
             part: Sequence[Any] = rows[start : start + SLICE_ROWS]
             if fmt == "objects":
