@@ -159,6 +159,9 @@ def test_ndjson_is_one_typed_object_per_line(server: Server, scheme: str) -> Non
     assert [json.loads(line) for line in lines[:-1]] == [
         dict(zip(TYPED_COLUMNS, row)) for row in TYPED_ROWS
     ]
+    streamed = server.query(TYPED_SQL, "ndjson", "GET", scheme, stream="1")
+    assert streamed.headers["Transfer-Encoding"] == "chunked"
+    assert streamed.content == response.content
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
