@@ -280,6 +280,24 @@ class Engine:
 
         return self.runner.read(job)
 
+    def query_into(
+        self,
+        sql: str,
+        use_write_db: bool,
+        feed: Callable[[list[tuple[object, ...]]], int],
+        finish: Callable[[Result, float], T],
+    ) -> Deferred[T]:
+        """Query on a reader thread, handing the rows to ``feed`` chunk by
+        chunk as they are read (it encodes them, see ``Store.query``), then
+        ``finish(result, query_ms)`` there too."""
+
+        def job() -> T:
+            started = time.perf_counter()
+            result = self.store.query(sql, use_write_db, feed)
+            return finish(result, (time.perf_counter() - started) * 1000)
+
+        return self.runner.read(job)
+
     def stream(
         self,
         sql: str,

@@ -21,8 +21,8 @@ from qasino.core import shapes
 from qasino.core.errors import InvalidInput, QasinoError
 from qasino.core.model import Result
 from qasino.core.render import (
+    LegacyRenderer,
     error_shape,
-    legacy_body,
     render_error_text,
     render_result_text,
     result_shape,
@@ -242,12 +242,14 @@ class Dispatcher:
         if not isinstance(sql, str) or not sql.strip():
             self.engine.count_query_error()
             return succeed(encode_json(self.error(MISSING_SQL)))
-        identity = self.identity
+        renderer = LegacyRenderer(self.identity)
 
         def failed(failure: Failure) -> bytes:
             return encode_json(self._failed(failure, "query"))
 
-        d = self.engine.query_then(sql, use_write_db, lambda result: legacy_body(result, identity))
+        d = self.engine.query_into(
+            sql, use_write_db, renderer.feed, lambda result, _ms: renderer.finish(result)
+        )
         return d.addErrback(failed)
 
     def query_shaped(
@@ -278,6 +280,21 @@ class Dispatcher:
             message = self._failed(failure, "query")["error_message"]
             return (500 if internal else 400), shapes.error_body(message)
 
+        if fmt == "arrays":  # encoded chunk by chunk as the rows are read
+            renderer = shapes.ShapeRenderer(fmt)
+
+            def finish(result: Result, query_ms: float) -> tuple[int, bytes]:
+                body = renderer.finish(
+                    result.column_names,
+                    result.rows,
+                    result.generation_number,
+                    result.truncated,
+                    query_ms,
+                )
+                return 200, body
+
+            d = self.engine.query_into(sql, use_write_db, renderer.feed, finish)
+            return d.addErrback(failed)
         return self.engine.query_timed(sql, use_write_db, encode).addErrback(failed)
 
     def query_text(self, sql: Optional[str], use_write_db: bool = False) -> Deferred[str]:

@@ -121,34 +121,65 @@ def result_shape(result: Result, identity: str) -> dict[str, Any]:
 SLICE_ROWS = 5000
 
 
+class LegacyRenderer:
+    """Builds the legacy JSON reply from chunks of rows as they are read:
+    :meth:`feed` each chunk (it returns the chunk's encoded size), then
+    :meth:`finish`. The bytes are exactly ``encode_json(result_shape(...))``,
+    which fails (as encoding that did) on text no JSON encoder can write as
+    UTF-8 (a lone surrogate from a malformed database)."""
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self.widths: list[int] = []
+        self.parts: list[bytes] = []
+
+    def feed(self, rows: Sequence[Sequence[object]]) -> int:
+        if not rows:
+            return 0
+        columns = _string_columns(rows)
+        if len(self.widths) < len(columns):
+            self.widths += [0] * (len(columns) - len(self.widths))
+        for index, column in enumerate(columns):
+            self.widths[index] = max(self.widths[index], max(map(len, column)))
+        try:
+            encoded = orjson.dumps(_row_tuples_of(columns))[1:-1]
+        except TypeError:  # what orjson refuses, the stdlib says why
+            encoded = _plain_json(_row_tuples_of(columns))[1:-1]
+        self.parts.append(encoded)
+        return len(encoded)
+
+    def finish(self, result: Result) -> bytes:
+        """The reply for ``result`` (whose rows, if any, were not fed)."""
+        if result.rows:
+            self.feed(result.rows)
+        names = list(result.column_names)
+        widths = [len(name) for name in names]
+        for index, width in enumerate(self.widths[: len(widths)]):
+            widths[index] = max(widths[index], width)
+        return b"".join(
+            [
+                b'{"response_op":"result_table","identity":',
+                _plain_json(self.identity),
+                b',"table":{"column_names":',
+                _plain_json(names),
+                b',"rows":[',
+                b",".join(self.parts),
+                b']},"max_widths":',
+                orjson.dumps({str(index): width for index, width in enumerate(widths)}),
+                b',"truncated":true}' if result.truncated else b"}",
+            ]
+        )
+
+
 def legacy_body(result: Result, identity: str, slice_rows: int = SLICE_ROWS) -> bytes:
     """``encode_json(result_shape(result, identity))``, byte for byte, built a
     slice of rows at a time (so a reader thread rendering a big result never
     holds the GIL for long) and without the whole result as string tuples."""
-    names = list(result.column_names)
+    renderer = LegacyRenderer(identity)
     rows = result.rows
-    widths = [len(name) for name in names]
-    parts = []
-    try:
-        for start in range(0, len(rows), slice_rows):
-            columns = _string_columns(rows[start : start + slice_rows])
-            widths = [max(a, b) for a, b in zip(widths, _widths(names, columns), strict=False)]
-            parts.append(orjson.dumps(_row_tuples_of(columns))[1:-1])
-        head = orjson.dumps(identity), orjson.dumps(names)
-    except TypeError:  # text orjson refuses: the one-piece path decides
-        return _plain_json(result_shape(result, identity))
-    body = [
-        b'{"response_op":"result_table","identity":',
-        head[0],
-        b',"table":{"column_names":',
-        head[1],
-        b',"rows":[',
-        b",".join(parts),
-        b']},"max_widths":',
-        orjson.dumps({str(index): width for index, width in enumerate(widths)}),
-        b',"truncated":true}' if result.truncated else b"}",
-    ]
-    return b"".join(body)
+    for start in range(0, len(rows), slice_rows):
+        renderer.feed(rows[start : start + slice_rows])
+    return renderer.finish(Result(result.column_names, [], result.truncated))
 
 
 def _plain_json(obj: object) -> bytes:

@@ -118,6 +118,58 @@ def error_body(message: str) -> bytes:
     return dumps({"ok": False, "error": message})
 
 
+class ShapeRenderer:
+    """Builds an ``objects`` or ``arrays`` reply from chunks of rows as they
+    are read: :meth:`feed` each chunk (it returns the chunk's encoded size),
+    then :meth:`finish`."""
+
+    def __init__(self, fmt: str) -> None:
+        if fmt not in ("objects", "arrays"):
+            raise UnknownFormat(f"Unknown format {fmt!r}")
+        self.fmt = fmt
+        self.names: tuple[str, ...] = ()
+        self.parts: list[bytes] = []
+
+    def feed(self, rows: Sequence[Row]) -> int:
+        if not rows:
+            return 0
+        part: Sequence[Any] = object_rows(self.names, rows) if self.fmt == "objects" else rows
+        try:
+            encoded = orjson.dumps(part, default=_blob)[1:-1]
+        except TypeError:  # text orjson refuses: the careful path
+            encoded = dumps(part)[1:-1]
+        self.parts.append(encoded)
+        return len(encoded)
+
+    def finish(
+        self,
+        column_names: Sequence[str],
+        rows: Sequence[Row],
+        generation_number: Optional[int],
+        truncated: bool = False,
+        query_ms: float = 0.0,
+    ) -> bytes:
+        """The reply, after feeding ``rows`` (those not fed yet, if any)."""
+        self.names = tuple(column_names)
+        for start in range(0, len(rows), SLICE_ROWS):
+            self.feed(rows[start : start + SLICE_ROWS])
+        return b"".join(
+            [
+                b'{"ok":true,"generation_number":',
+                dumps(generation_number),
+                b',"columns":',
+                dumps(list(column_names)),
+                b',"rows":[',
+                b",".join(self.parts),
+                b'],"truncated":',
+                b"true" if truncated else b"false",
+                b',"query_ms":',
+                orjson.dumps(round(query_ms, 3)),
+                b"}",
+            ]
+        )
+
+
 def table_body(
     fmt: str,
     column_names: Sequence[str],
@@ -134,47 +186,12 @@ def table_body(
         return csv_header(column_names) + csv_rows(rows)
     if fmt == "ndjson":
         return ndjson_rows(column_names, rows)
-    names = list(column_names)
-    if fmt not in ("objects", "arrays"):
-        raise UnknownFormat(f"Unknown format {fmt!r}")
-    try:
-        parts = []
-        if fmt == "arrays" and rows_json is not None:
-            parts = [chunk[1:-1] for chunk in rows_json if len(chunk) > 2]
-            rows = ()
-        for start in range(0, len(rows), SLICE_ROWS):
-            part: Sequence[Any] = rows[start : start + SLICE_ROWS]
-            if fmt == "objects":
-                part = object_rows(names, part)
-            parts.append(orjson.dumps(part, default=_blob)[1:-1])
-        head = orjson.dumps(generation_number), orjson.dumps(names)
-    except TypeError:  # text orjson refuses: the careful path
-        body_rows = object_rows(names, rows) if fmt == "objects" else rows
-        return dumps(
-            {
-                "ok": True,
-                "generation_number": generation_number,
-                "columns": names,
-                "rows": body_rows,
-                "truncated": bool(truncated),
-                "query_ms": round(query_ms, 3),
-            }
-        )
-    return b"".join(
-        [
-            b'{"ok":true,"generation_number":',
-            head[0],
-            b',"columns":',
-            head[1],
-            b',"rows":[',
-            b",".join(parts),
-            b'],"truncated":',
-            b"true" if truncated else b"false",
-            b',"query_ms":',
-            orjson.dumps(round(query_ms, 3)),
-            b"}",
-        ]
-    )
+    renderer = ShapeRenderer(fmt)
+    if fmt == "arrays" and rows_json is not None:
+        renderer.parts = [chunk[1:-1] for chunk in rows_json if len(chunk) > 2]
+        rows = ()
+    renderer.names = tuple(column_names)
+    return renderer.finish(column_names, rows, generation_number, truncated, query_ms)
 
 
 def object_rows(column_names: Sequence[str], rows: Sequence[Row]) -> list[dict[str, object]]:

@@ -59,6 +59,7 @@ def run_select(
     limits: QueryLimits = QueryLimits(),
     monotonic: Callable[[], float] = time.monotonic,
     guard: bool = True,
+    sink: Optional[Callable[[list[tuple[object, ...]]], int]] = None,
 ) -> Result:
     """Run one SELECT on ``conn`` and return its rows.
 
@@ -66,6 +67,11 @@ def run_select(
     :func:`prepare_guarded`; without it (our own shortcut SQL) it runs as is.
     A statement still running after ``limits.timeout_s`` is interrupted; more
     than ``limits.max_rows`` rows are cut and the result marked truncated.
+
+    ``sink``: each chunk of rows (at most ``limits.max_rows`` in all) goes to
+    ``sink`` as it is read, which encodes it and returns its size in bytes
+    (weighed against ``limits.max_bytes``); the Result then holds no rows.
+    Encoding while reading saves keeping the rows and weighing them apart.
     """
     sql, names = prepare_guarded(conn, sql, guard)
     deadline = monotonic() + limits.timeout_s
@@ -89,6 +95,8 @@ def run_select(
         # start at one row and grow only while rows are small enough that a
         # chunk stays under an eighth of the byte cap.
         n = 1
+        if sink is not None:
+            return _run_into(cursor, names, sink, cap, byte_cap)
         while len(rows) <= cap:
             chunk = list(itertools.islice(cursor, min(n, cap + 1 - len(rows))))
             if not chunk:
@@ -129,6 +137,40 @@ def run_select(
             cursor.close(force=True)
         finally:
             conn.set_progress_handler(None)
+
+
+def _run_into(
+    cursor: apsw.Cursor,
+    names: tuple[str, ...],
+    sink: Callable[[list[tuple[object, ...]]], int],
+    cap: int,
+    byte_cap: int,
+) -> Result:
+    """:func:`run_select`'s loop with a sink: the same chunks, cap and
+    byte check, the rows handed over instead of kept."""
+    count, size, n, truncated = 0, 0, 1, False
+    while True:
+        chunk = list(itertools.islice(cursor, min(n, cap + 1 - count)))
+        if not chunk:
+            break
+        count += len(chunk)
+        if count > cap:  # the row past the cap only says the result was cut
+            truncated = True
+            del chunk[len(chunk) - (count - cap) :]
+            if not chunk:
+                break
+        chunk_bytes = sink(chunk)
+        size += chunk_bytes
+        per_row = max(1.0, chunk_bytes / len(chunk))
+        n = max(1, min(2 * n, FETCH_CHUNK, int(byte_cap / 8 / per_row)))
+        if size > byte_cap:
+            raise QueryError(
+                f"result larger than {byte_cap} bytes (--max-result-bytes): "
+                "select fewer or smaller columns, or add a LIMIT"
+            )
+        if truncated:
+            break
+    return Result(column_names=names, rows=[], truncated=truncated)
 
 
 class RowStream:

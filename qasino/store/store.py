@@ -70,6 +70,9 @@ from qasino.store.views import build_views, create_temp_view
 STATIC_FILE = "static.sqlite"
 GENERATIONS_DIR = "generations"
 
+# Takes a chunk of rows, encodes it, returns its size in bytes.
+Sink = Callable[[list[tuple[object, ...]]], int]
+
 log = Logger(namespace="qasino.store")
 
 
@@ -580,12 +583,16 @@ class Store:
             assert self._snapshot is not None
             return dict(self._snapshot.table_list)
 
-    def query(self, text: str, use_write_db: bool = False) -> Result:
-        """Run one client statement (SELECT or shortcut) read-only."""
+    def query(self, text: str, use_write_db: bool = False, sink: Optional[Sink] = None) -> Result:
+        """Run one client statement (SELECT or shortcut) read-only.
+
+        ``sink``: hand the rows of a SELECT or SHOW to it chunk by chunk as
+        they are read (see :func:`run_select`); the Result then holds only
+        what DESC answers (its rows, if any, were not given to the sink)."""
         self.counters.add(sql_received=1)
         try:
             command = parse_command(text)
-            result = self._run(command, use_write_db)
+            result = self._run(command, use_write_db, sink)
         except QasinoError:
             self.counters.add(sql_errors=1)
             raise
@@ -614,7 +621,7 @@ class Store:
             if dispose:
                 self._dispose(gen_file)
 
-    def _run(self, command: Command, use_write_db: bool) -> Result:
+    def _run(self, command: Command, use_write_db: bool, sink: Optional[Sink] = None) -> Result:
         with self._borrow(use_write_db) as (gen_file, conn):
             if command.kind == "desc_table":
                 assert command.name is not None
@@ -627,6 +634,7 @@ class Store:
                     self.config.limits,
                     self.monotonic,
                     guard=command.kind == "select",
+                    sink=None if command.kind == "desc_view" else sink,
                 )
                 if command.kind == "desc_view" and not result.rows:
                     raise QueryError(f"No such view: {command.name}")

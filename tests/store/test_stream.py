@@ -138,3 +138,45 @@ def test_arrays_reuse_the_readers_chunk_json_byte_for_byte(tmp_path, sql: str) -
 def test_a_truncated_result_does_not_reuse_chunk_json(store: Store) -> None:
     result = store.query(COUNT.format(n=25))
     assert result.truncated and result.rows_json is None
+
+
+SINK_CASES = [
+    COUNT.format(n=3000),  # several chunks, cut at the cap of 10
+    COUNT.format(n=10),  # exactly the cap: not cut
+    COUNT.format(n=9),
+    COUNT.format(n=5) + " WHERE x < 0",  # no rows
+    "SELECT * FROM t ORDER BY a",
+    "SELECT 1.5 AS r, NULL AS n, 'a\"b' AS t, 9e999 AS inf, x'00ff' AS b",
+    "SHOW tables",
+    "DESC t",  # answered whole: its rows are not given to the sink
+]
+
+
+@pytest.mark.parametrize("sql", SINK_CASES)
+def test_rows_encoded_as_read_are_the_same_bytes_as_encoding_the_result(
+    store: Store, sql: str
+) -> None:
+    from qasino.core import shapes
+    from qasino.core.render import LegacyRenderer, legacy_body
+
+    whole = store.query(sql)
+    legacy = LegacyRenderer("srv")
+    assert legacy.finish(store.query(sql, sink=legacy.feed)) == legacy_body(whole, "srv")
+    arrays = shapes.ShapeRenderer("arrays")
+    fed = store.query(sql, sink=arrays.feed)
+    assert fed.truncated == whole.truncated
+    body = arrays.finish(fed.column_names, fed.rows, 1, fed.truncated, 2.0)
+    expected = shapes.table_body("arrays", whole.column_names, whole.rows, 1, whole.truncated, 2.0)
+    assert body == expected
+
+
+def test_rows_encoded_as_read_still_meet_the_result_byte_cap(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from qasino.core.render import LegacyRenderer
+
+    limits = QueryLimits(max_bytes=10_000)
+    s = Store(StoreConfig(db_dir=str(tmp_path), limits=limits), now=1000.0)
+    try:
+        with pytest.raises(QueryError, match="result larger than 10000 bytes"):
+            s.query(COUNT.format(n=5000), sink=LegacyRenderer("srv").feed)
+    finally:
+        s.close()
