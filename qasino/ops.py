@@ -271,7 +271,6 @@ class Dispatcher:
                 result.generation_number,
                 result.truncated,
                 query_ms,
-                result.rows_json,
             )
             return 200, body
 

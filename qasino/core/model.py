@@ -60,9 +60,6 @@ class Result:
     rows: list[tuple[object, ...]] = field(default_factory=list)
     truncated: bool = False
     generation_number: Optional[int] = field(default=None, compare=False)
-    # The rows as JSON arrays of arrays, chunk by chunk, when the reader
-    # already encoded them (to weigh them); the arrays shape reuses them.
-    rows_json: Optional[Sequence[bytes]] = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

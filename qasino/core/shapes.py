@@ -177,19 +177,14 @@ def table_body(
     generation_number: Optional[int],
     truncated: bool = False,
     query_ms: float = 0.0,
-    rows_json: Optional[Sequence[bytes]] = None,
 ) -> bytes:
     """A whole result in one of the typed shapes (``objects``, ``arrays``,
-    ``ndjson`` or ``csv``). ``rows_json``: the same rows already encoded as
-    JSON arrays of arrays, chunk by chunk (``arrays`` then reuses them)."""
+    ``ndjson`` or ``csv``)."""
     if fmt == "csv":
         return csv_header(column_names) + csv_rows(rows)
     if fmt == "ndjson":
         return ndjson_rows(column_names, rows)
     renderer = ShapeRenderer(fmt)
-    if fmt == "arrays" and rows_json is not None:
-        renderer.parts = [chunk[1:-1] for chunk in rows_json if len(chunk) > 2]
-        rows = ()
     renderer.names = tuple(column_names)
     return renderer.finish(column_names, rows, generation_number, truncated, query_ms)
 

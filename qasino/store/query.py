@@ -40,16 +40,13 @@ def _cell_bytes(cell: object) -> int:
     return 8
 
 
-def _chunk_json(chunk: list[tuple[object, ...]]) -> tuple[int, Optional[bytes]]:
-    """About what a chunk of rows weighs, and the chunk as a JSON array of
-    arrays when orjson can write it (its length is the weight): the typed
-    ``arrays`` shape reuses it instead of encoding the rows again. A chunk
-    JSON cannot hold (a blob) is weighed by cell."""
+def _chunk_bytes(chunk: list[tuple[object, ...]]) -> int:
+    """About what a chunk of rows weighs: its length as JSON (orjson, at C
+    speed), or by cell where JSON cannot hold it (a blob)."""
     try:
-        encoded = orjson.dumps(chunk)
+        return len(orjson.dumps(chunk))
     except TypeError:
-        return sum(_cell_bytes(cell) for row in chunk for cell in row), None
-    return len(encoded), encoded
+        return sum(_cell_bytes(cell) for row in chunk for cell in row)
 
 
 def run_select(
@@ -89,7 +86,6 @@ def run_select(
     try:
         cursor.execute(sql, tuple(params))
         rows: list[tuple[object, ...]] = []
-        rows_json: Optional[list[bytes]] = []
         cap, byte_cap, size = limits.max_rows, limits.max_bytes, 0
         # In chunks, so the size check costs per chunk, not per row. Chunks
         # start at one row and grow only while rows are small enough that a
@@ -101,11 +97,7 @@ def run_select(
             chunk = list(itertools.islice(cursor, min(n, cap + 1 - len(rows))))
             if not chunk:
                 break
-            chunk_bytes, encoded = _chunk_json(chunk)
-            if encoded is None:
-                rows_json = None
-            elif rows_json is not None:
-                rows_json.append(encoded)
+            chunk_bytes = _chunk_bytes(chunk)
             size += chunk_bytes
             per_row = chunk_bytes / len(chunk)
             n = max(1, min(2 * n, FETCH_CHUNK, int(byte_cap / 8 / per_row)))
@@ -120,8 +112,7 @@ def run_select(
         truncated = len(rows) > cap
         if truncated:
             del rows[cap:]
-            rows_json = None  # its last chunk holds the row cut off
-        return Result(column_names=names, rows=rows, truncated=truncated, rows_json=rows_json)
+        return Result(column_names=names, rows=rows, truncated=truncated)
     except apsw.InterruptError:
         if timed_out:
             raise QueryTimeout(

@@ -110,36 +110,6 @@ def test_time_spent_waiting_for_the_client_does_not_count(tmp_path) -> None:  # 
         s.close()
 
 
-@pytest.mark.parametrize(
-    "sql",
-    [
-        COUNT.format(n=3000),  # several chunks
-        COUNT.format(n=0) + " WHERE x < 0",  # no rows
-        "SELECT 1.5 AS r, NULL AS n, 'a\"b' AS t, 9e999 AS inf",
-        "SELECT x'00ff' AS b",  # a blob: not reused, encoded by the shape
-    ],
-)
-def test_arrays_reuse_the_readers_chunk_json_byte_for_byte(tmp_path, sql: str) -> None:  # type: ignore[no-untyped-def]
-    from qasino.core import shapes
-
-    s = Store(StoreConfig(db_dir=str(tmp_path)), now=1000.0)
-    try:
-        result = s.query(sql)
-    finally:
-        s.close()
-    fresh = shapes.table_body("arrays", result.column_names, result.rows, 7, False, 1.0)
-    reused = shapes.table_body(
-        "arrays", result.column_names, result.rows, 7, False, 1.0, result.rows_json
-    )
-    assert reused == fresh
-    assert (result.rows_json is None) == ("x'00ff'" in sql)
-
-
-def test_a_truncated_result_does_not_reuse_chunk_json(store: Store) -> None:
-    result = store.query(COUNT.format(n=25))
-    assert result.truncated and result.rows_json is None
-
-
 SINK_CASES = [
     COUNT.format(n=3000),  # several chunks, cut at the cap of 10
     COUNT.format(n=10),  # exactly the cap: not cut
