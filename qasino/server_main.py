@@ -189,6 +189,15 @@ def start_logging(level: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
+    # One server per --db-dir, decided before anything (logging included)
+    # happens: a second server exits with one line and touches nothing.
+    from qasino.store.lock import DataDirLock
+
+    try:
+        dir_lock = DataDirLock.acquire(config.db_dir)
+    except StoreError as e:
+        sys.stderr.write(f"qasino_server: {e.message}\n")
+        return 1
     start_logging(args.log_level)
     # Reader threads hand the GIL back and forth with the busy reactor; a
     # shorter switch interval keeps query latency down under ingest.
@@ -214,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from qasino.frontends.tls import TLSConfigError
 
     try:
-        server = make_service(config, reactor)
+        server = make_service(config, reactor, dir_lock=dir_lock)
     except StoreError as e:
         sys.stderr.write(f"qasino_server: {e.message}\n")
         return 1

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
+from zope.interface import alsoProvides
 
 from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFAULT_MAX_ROWS
 from qasino.engine import Engine, EngineService, ThreadRunner, ViewsSource
@@ -27,6 +28,7 @@ from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory
 from qasino.frontends.tls import HtpasswdChecker, HtpasswdStore, load_tls_options, protect
 from qasino.frontends.zmq import ZmqServices
 from qasino.ops import Dispatcher
+from qasino.store.lock import DataDirLock
 from qasino.store.query import QueryLimits
 from qasino.store.store import Store, StoreConfig
 
@@ -83,10 +85,27 @@ class ServerConfig:
         )
 
 
+class HalfCloseableWrapper(ProtocolWrapper):
+    """A ProtocolWrapper that passes a half-close on to a protocol that
+    handles one (the line protocol); others are closed as before."""
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+            alsoProvides(self, IHalfCloseableProtocol)
+
+    def readConnectionLost(self) -> None:
+        self.wrappedProtocol.readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        self.wrappedProtocol.writeConnectionLost()
+
+
 class ConnectionLimitFactory(WrappingFactory):
     """Refuses (closes at once) connections beyond ``limit`` open ones."""
 
     noisy = False
+    protocol = HalfCloseableWrapper
 
     def __init__(self, wrapped: Factory, limit: int, name: str) -> None:
         super().__init__(wrapped)
@@ -174,7 +193,9 @@ class QasinoServer(MultiService):
     """The daemon. ``engine``, ``zmq`` and the listeners are attributes so
     tests and the CLI can read the real ports."""
 
-    def __init__(self, config: ServerConfig, reactor: Any) -> None:
+    def __init__(
+        self, config: ServerConfig, reactor: Any, dir_lock: Optional[DataDirLock] = None
+    ) -> None:
         super().__init__()
         self.config = config = config.resolved()
         self.reactor = reactor
@@ -191,6 +212,7 @@ class QasinoServer(MultiService):
             ),
             now=reactor.seconds(),
             views=views.views,
+            dir_lock=dir_lock,
         )
         self.engine = Engine(
             store, ThreadRunner(reactor, config.reader_threads), reactor, config.identity, views
@@ -236,6 +258,14 @@ class QasinoServer(MultiService):
         if config.tls_cert and config.tls_key and config.https_port is not None:
             self.https = self._https_service(config, reactor)
             self.https.setServiceParent(self)
+        elif config.htpasswd_file:
+            # Not an error: the original's start lines pass -p without keys.
+            log.warn(
+                "-p/--htpasswd-file {path} protects nothing: there is no HTTPS listener "
+                "(it needs --tls-cert and --tls-key, and --https-port not off); "
+                "plain HTTP stays open to anyone who can reach it",
+                path=config.htpasswd_file,
+            )
         if config.line_port is not None:
             factory = LineSQLFactory(self.dispatcher, config.max_statement_bytes)
             self.line = TCPListenService(
@@ -282,5 +312,9 @@ class QasinoServer(MultiService):
         }
 
 
-def make_service(config: ServerConfig, reactor: Any) -> QasinoServer:
-    return QasinoServer(config, reactor)
+def make_service(
+    config: ServerConfig, reactor: Any, dir_lock: Optional[DataDirLock] = None
+) -> QasinoServer:
+    """The daemon; ``dir_lock``: the --db-dir lock if the caller took it
+    already (otherwise the store takes it)."""
+    return QasinoServer(config, reactor, dir_lock)

@@ -11,8 +11,10 @@ from typing import Optional
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from zope.interface import implementer
 
 from qasino.ops import Dispatcher
 
@@ -29,7 +31,11 @@ def is_break_line(line: bytes) -> bool:
     return bool(stripped) and all(b in _BREAK_BYTES for b in stripped)
 
 
+@implementer(IHalfCloseableProtocol)
 class LineSQLProtocol(LineReceiver):
+    """A client that half-closes (``printf 'SELECT 1;' | nc -N``) gets the
+    answer to every complete statement it sent, then the connection closes."""
+
     delimiter = b"\n"
 
     def __init__(self, dispatcher: Dispatcher, max_statement_bytes: int) -> None:
@@ -108,6 +114,29 @@ class LineSQLProtocol(LineReceiver):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._too_long()
+
+    def readConnectionLost(self) -> None:
+        """The client sent all it will send: a last line without a newline
+        still counts; answer everything, then close."""
+        if not self._closing and self._buffer.strip():
+            last, self._buffer = self._buffer, b""
+            if len(last) > self.MAX_LENGTH:
+                self.lineLengthExceeded(last)
+            else:
+                self.lineReceived(last)
+        self._closing = True
+
+        def close(_: object) -> None:
+            if self.transport is not None and not self._lost:
+                self.transport.loseConnection()
+
+        self._tail.addCallback(close)
+
+    def writeConnectionLost(self) -> None:
+        """The client no longer reads: nothing more to do for it."""
+        self._closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: object = None) -> None:
         self._closing = True

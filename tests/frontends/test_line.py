@@ -278,3 +278,40 @@ def test_invalid_utf8_is_answered_not_raised(dispatcher: Dispatcher) -> None:
     assert reply.endswith(b"1 rows returned\n")
     assert "\ufffd\ufffd" in reply.decode("utf-8")
     assert not transport.disconnecting
+
+
+def test_half_close_answers_every_complete_statement_then_closes(
+    slow_dispatcher: Dispatcher, manual_runner: ManualRunner
+) -> None:
+    """A client that half-closes after its statements (``nc -N``) still gets
+    every answer, in order; only then does the server close."""
+    protocol, transport = connect(slow_dispatcher)
+    protocol.dataReceived(b"SELECT 1 AS a;\nSELECT 2 AS b;\nSELECT 3 AS c")  # no ';'
+    protocol.readConnectionLost()
+    assert not transport.disconnecting  # answers still to come
+    manual_runner.run_pending()
+    assert transport.value() == ONE + TWO
+    assert transport.disconnecting
+
+
+def test_half_close_counts_a_last_statement_without_a_newline(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT 1 AS a;\nSELECT 2 AS b;")
+    protocol.readConnectionLost()
+    assert transport.value() == ONE + TWO
+    assert transport.disconnecting
+
+
+def test_half_close_after_quit_says_bye_once(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT 1 AS a;\nquit;\nSELECT 2 AS b;\n")
+    protocol.readConnectionLost()
+    assert transport.value() == ONE + b"Bye!\n"
+    assert transport.disconnecting
+
+
+def test_line_protocol_provides_half_close(dispatcher: Dispatcher) -> None:
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+
+    protocol, _ = connect(dispatcher)
+    assert IHalfCloseableProtocol.providedBy(protocol)
