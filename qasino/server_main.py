@@ -16,6 +16,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+from qasino import __version__
 from qasino.core.errors import StoreError
 from qasino.service import ServerConfig, default_db_dir
 
@@ -28,26 +29,57 @@ def _port(text: str) -> Optional[int]:
     """A port number; 0 picks a free one; 'off' disables the listener."""
     if text.strip().lower() in ("off", "none", "-1"):
         return None
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port: give a number 1-65535, 0 (pick a free port) or off"
+        ) from None
     if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+        raise argparse.ArgumentTypeError(
+            f"{value} is out of range: give a number 1-65535, 0 (pick a free port) or off"
+        )
     return value
+
+
+# argparse names a type function in its error ("invalid _port value"); this
+# name is what a user reads instead.
+_port.__name__ = "port"
+
+
+def _port_help(what: str, default: Optional[int]) -> str:
+    shown = "off" if default is None else str(default)
+    return f"{what} port; 0 picks a free one (logged), off disables it (default {shown})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qasino_server",
         description="Qasino stats server: merges tables published by many hosts "
-        "into one SQLite snapshot per generation and answers SQL about it.",
+        "into one SQLite snapshot per generation and answers SQL about it. "
+        "The protocol, publish formats and errors: docs/protocol.md in the Qasino source.",
     )
     d = ServerConfig()
-    p.add_argument("-i", "--identity", default="", help="server identity (default: hostname)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "-i",
+        "--identity",
+        default="",
+        help="server identity, sent in every reply (default: the hostname)",
+    )
     p.add_argument("--bind", default=d.bind, help="address to listen on (default %(default)s)")
     p.add_argument(
-        "-d", "--db-dir", default="", help=f"data directory (default {default_db_dir()})"
+        "-d",
+        "--db-dir",
+        default="",
+        help="data directory: generation files, the static DB and a lock file "
+        f"(one server per directory) (default {default_db_dir()})",
     )
     p.add_argument(
-        "-k", "--archive-db-dir", default=None, help="keep a copy of every retired snapshot here"
+        "-k",
+        "--archive-db-dir",
+        default=None,
+        help="keep a copy of every retired snapshot here (default: none kept)",
     )
     p.add_argument(
         "-g",
@@ -57,30 +89,58 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds per generation (default %(default)s)",
     )
     p.add_argument(
-        "-v", "--views-file", default=d.views_file, help="views YAML file (default %(default)s)"
+        "-v",
+        "--views-file",
+        default=d.views_file,
+        help="views YAML file, re-read when it changes; a missing file means no views "
+        "(default %(default)s in the working directory)",
     )
-    p.add_argument("--line-port", type=_port, default=d.line_port)
-    p.add_argument("--pubsub-port", type=_port, default=d.pubsub_port)
-    p.add_argument("--http-port", type=_port, default=d.http_port)
-    p.add_argument("--zmq-port", type=_port, default=d.zmq_port)
+    p.add_argument(
+        "--line-port",
+        type=_port,
+        default=d.line_port,
+        help=_port_help("telnet line protocol (SQL in, text out)", d.line_port),
+    )
+    p.add_argument(
+        "--pubsub-port",
+        type=_port,
+        default=d.pubsub_port,
+        help=_port_help("ZeroMQ PUB generation signal", d.pubsub_port),
+    )
+    p.add_argument(
+        "--http-port",
+        type=_port,
+        default=d.http_port,
+        help=_port_help("HTTP API and web UI", d.http_port),
+    )
+    p.add_argument(
+        "--zmq-port",
+        type=_port,
+        default=d.zmq_port,
+        help=_port_help("ZeroMQ REP JSON RPC", d.zmq_port),
+    )
     p.add_argument(
         "--https-port",
         type=_port,
         default=d.https_port,
-        help="HTTPS port, used when --tls-cert and --tls-key are given (default %(default)s)",
+        help=_port_help("HTTPS (API and web UI; only with --tls-cert and --tls-key)", d.https_port),
     )
-    p.add_argument("--tls-cert", default=None, help="PEM certificate (chain) for HTTPS")
-    p.add_argument("--tls-key", default=None, help="PEM private key for HTTPS")
+    p.add_argument(
+        "--tls-cert", default=None, help="PEM certificate (chain) for HTTPS (default: no HTTPS)"
+    )
+    p.add_argument("--tls-key", default=None, help="PEM private key for HTTPS (default: no HTTPS)")
     p.add_argument(
         "-p",
         "--htpasswd-file",
         default=None,
-        help="htpasswd file (bcrypt, apr1, SHA) for HTTP basic auth on the HTTPS listener",
+        help="htpasswd file (bcrypt, apr1, SHA) for HTTP basic auth on the HTTPS listener; "
+        "without HTTPS it protects nothing and a warning is logged (default: no auth)",
     )
     p.add_argument(
         "--http-loopback-only",
         action="store_true",
-        help="bind the plain HTTP listener to 127.0.0.1 only (use --http-port off to disable it)",
+        help="bind the plain HTTP listener to 127.0.0.1 only (use --http-port off to "
+        "disable it) (default: off, HTTP listens on --bind)",
     )
     limits = p.add_argument_group("limits")
     limits.add_argument(
@@ -137,11 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.max_connections,
         help="concurrent connections per TCP listener; 0 = no limit (default %(default)s)",
     )
-    p.add_argument("--reader-threads", type=int, default=d.reader_threads)
+    p.add_argument(
+        "--reader-threads",
+        type=int,
+        default=d.reader_threads,
+        help="threads answering queries at once, each with its own SQLite connection "
+        "(default %(default)s)",
+    )
     p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warn", "error", "critical"],
+        help="least severe log level written (default %(default)s)",
     )
     return p
 

@@ -17,6 +17,35 @@ from qasino.core.identifiers import check_identifier
 
 SELECT_KEYWORDS = frozenset({"select", "with", "values"})
 
+# The first words of SQLite's other statements: refused with one plain
+# message. A statement starting with any other word is no SQL SQLite knows;
+# it goes to SQLite (under the same read-only guard) so the client sees
+# SQLite's own syntax error (``SELEC 1`` -> near "SELEC": syntax error).
+WRITE_KEYWORDS = frozenset(
+    {
+        "alter",
+        "analyze",
+        "attach",
+        "begin",
+        "commit",
+        "create",
+        "delete",
+        "detach",
+        "drop",
+        "end",
+        "explain",
+        "insert",
+        "pragma",
+        "reindex",
+        "release",
+        "replace",
+        "rollback",
+        "savepoint",
+        "update",
+        "vacuum",
+    }
+)
+
 REFUSED_MESSAGE = "Only SELECT statements (and SHOW/DESC) are allowed"
 
 SHOW_TABLES_SQL = (
@@ -107,9 +136,10 @@ def parse_command(text: str) -> Command:
         return _parse_show(body)
     if keyword in ("desc", "describe"):
         return _parse_desc(body)
-    if keyword in SELECT_KEYWORDS:
-        return Command(kind="select", sql=strip_trailing(text).strip())
-    raise QueryRefused(REFUSED_MESSAGE)
+    if keyword in WRITE_KEYWORDS:
+        raise QueryRefused(REFUSED_MESSAGE)
+    # SELECT, or something SQLite will call a syntax error (guarded all the same).
+    return Command(kind="select", sql=strip_trailing(text).strip())
 
 
 def _parse_show(body: str) -> Command:

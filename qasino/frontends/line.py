@@ -22,6 +22,23 @@ log = Logger(namespace="qasino.line")
 
 DEFAULT_MAX_STATEMENT_BYTES = 1024 * 1024
 QUIT_WORDS = frozenset({"quit", "exit", "logout"})
+HELP_WORDS = frozenset({"help", "?", "\\h", "\\?"})
+HELP_TEXT = """\
+Qasino line protocol: type one SQL statement, end it with ';' (it may span lines).
+  SELECT ... ;                       any read-only query (WITH ... SELECT too)
+  SHOW tables;                       every table, its rows, updates and last update
+  SHOW tables LIKE 'pat%';           the same, filtered
+  SHOW connections;                  who published this generation
+  SHOW info;                         the generation being served
+  SHOW views;                        the views and whether they loaded
+  DESC tablename;                    a table's columns and types
+  DESC VIEW viewname;                a view's definition
+  help;                              this text
+  quit;  (or exit; logout; Ctrl-D)   close the connection
+Internal tables: qasino_server_info, qasino_server_tables, qasino_server_connections,
+qasino_server_views, qasino_server_sql_stats, qasino_server_update_stats.
+Only reading statements run; anything that would change state is refused.
+"""
 # Ctrl-C / Ctrl-D as typed, and the telnet IAC sequences a client sends for them.
 _BREAK_BYTES = frozenset(b"\x03\x04\xff\xf4\xfd\x06\xec")
 
@@ -74,8 +91,12 @@ class LineSQLProtocol(LineReceiver):
             return
         statement = "\n".join(self._parts).strip()
         self._parts, self._size = [], 0
-        if statement.rstrip(";").strip().lower() in QUIT_WORDS:
+        word = statement.rstrip(";").strip().lower()
+        if word in QUIT_WORDS:
             self._bye()
+            return
+        if word in HELP_WORDS:
+            self._reply(HELP_TEXT)
             return
         self._run(statement)
 
@@ -92,6 +113,15 @@ class LineSQLProtocol(LineReceiver):
         d.addCallback(write)
         d.addErrback(lambda f: log.failure("line protocol reply failed", f))
         self._tail = d
+
+    def _reply(self, text: str) -> None:
+        """A fixed answer, in turn with the statements before it."""
+
+        def write(_: object) -> None:
+            if self.transport is not None and not self._lost:
+                self.transport.write(text.encode("utf-8"))
+
+        self._tail.addCallback(write)
 
     def _bye(self) -> None:
         def bye(_: object) -> None:

@@ -82,10 +82,32 @@ def test_parse_index_both_forms_relative_to_the_index_folder() -> None:
     ]
 
 
-def test_parse_index_first_line_is_always_the_version() -> None:
-    # Even if the first line looks like a table, it is skipped.
-    assert cp.parse_index("tbl_x\ntbl_y\n", "i.txt") == [cp.IndexEntry("tbl_y", "tbl_y.csv")]
+@pytest.mark.parametrize("version", ["1", "2.0", " 3 "])
+def test_parse_index_first_line_is_the_version(version: str) -> None:
+    text = f"{version}\ntbl_y\n"
+    assert cp.parse_index(text, "i.txt") == [cp.IndexEntry("tbl_y", "tbl_y.csv")]
     assert cp.parse_index("", "i.txt") == []
+
+
+@pytest.mark.parametrize("first", ["tbl_x", "", "v1", "# tables"])
+def test_index_whose_first_line_is_not_a_version_is_an_error_naming_the_file(
+    first: str,
+) -> None:
+    """Not silently dropped as if it were the version line."""
+    with pytest.raises(cp.IndexFileError) as info:
+        cp.parse_index(f"{first}\ntbl_y\n", "/data/index.txt")
+    assert "/data/index.txt" in str(info.value)
+    assert "version" in str(info.value)
+
+
+def test_index_without_version_is_reported_in_the_round(tmp_path: Any) -> None:
+    index = tmp_path / "index.txt"
+    index.write_text("tbl_a\n")
+    (tmp_path / "tbl_a.csv").write_text("1\ntbl_a\na\nint\nA\n1\n")
+    reports = cp.read_tables([str(index)], None, "me")
+    assert len(reports) == 1
+    assert reports[0].filepath == str(index) and reports[0].tablename == ""
+    assert reports[0].error is not None and "first line must be a version" in reports[0].error
 
 
 def test_list_files_skip_comments_and_blank_lines() -> None:

@@ -315,3 +315,22 @@ def test_line_protocol_provides_half_close(dispatcher: Dispatcher) -> None:
 
     protocol, _ = connect(dispatcher)
     assert IHalfCloseableProtocol.providedBy(protocol)
+
+
+@pytest.mark.parametrize("word", [b"help;", b"HELP ;", b"?;", b"\\h;"])
+def test_help_lists_what_can_be_typed_and_keeps_the_connection(
+    dispatcher: Dispatcher, word: bytes
+) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(word + b"\nSELECT 1 AS a;\n")
+    text = transport.value()
+    for shortcut in (b"SHOW tables;", b"DESC VIEW viewname;", b"quit;", b"qasino_server_info"):
+        assert shortcut in text, text
+    assert text.endswith(ONE)
+    assert not transport.disconnecting
+
+
+def test_a_typo_is_answered_with_sqlites_syntax_error(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELEC 1;\n")
+    assert transport.value() == b'SQL error: near "SELEC": syntax error\n'
