@@ -82,6 +82,27 @@ class DataDirLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    def renew_if_gone(self) -> Optional[str]:
+        """If the lock file was deleted or replaced (``rm -rf`` of the data
+        directory), lock a new one so a second server still cannot start.
+        Returns what happened, for the log, or None if all was well."""
+        if self._fd is None:
+            return None
+        try:
+            held = os.fstat(self._fd)
+            st: Optional[os.stat_result] = os.stat(self.path)
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
+            return None
+        try:
+            fresh = DataDirLock.acquire(self.db_dir)
+        except StoreError as e:
+            return f"the lock file {self.path} was deleted under the server, and now: {e.message}"
+        old, self._fd, fresh._fd = self._fd, fresh._fd, None
+        os.close(old)
+        return f"the lock file {self.path} was deleted under the server; locked a new one"
+
     def release(self) -> None:
         """Give the lock up (the lock file stays; it is empty of meaning)."""
         if self._fd is None:

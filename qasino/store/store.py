@@ -497,6 +497,9 @@ class Store:
         Builds the internal tables and the views into the finished
         generation, then swaps it in as the snapshot in one step.
         """
+        renewed = self.dir_lock.renew_if_gone()
+        if renewed:
+            log.warn("{what}", what=renewed)
         self._heal_static()
         gen = self._heal_writer(self._writer, now)
         try:

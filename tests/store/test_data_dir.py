@@ -176,3 +176,20 @@ def test_static_tables_report_their_last_publish_time_after_a_restart(tmp_path: 
         assert not any(name.startswith("_") for name in listed), listed
     finally:
         again.close()
+
+
+def test_a_deleted_data_dir_is_locked_again_at_the_next_rotate(
+    tmp_path: Path, logged: list[str]
+) -> None:
+    db_dir = tmp_path / "db"
+    store = Store(StoreConfig(db_dir=str(db_dir)), now=1000.0)
+    try:
+        store.publish(pub("acked", 3), 1001.0)
+        shutil.rmtree(db_dir)
+        store.rotate(1030.0)
+        assert rows(store, "SELECT host, n FROM acked") == [("h1", 3)]
+        assert any("locked a new one" in line for line in logged), logged
+        with pytest.raises(DataDirBusy):
+            DataDirLock.acquire(str(db_dir))
+    finally:
+        store.close()
