@@ -96,11 +96,14 @@ def test_second_start_changes_nothing_in_the_directory(
     generation), a second start that fails leaves every file as it was."""
     first = start_server("quiet", generation_s=600).start()
     publish(first, "stat", "h1", 1, static=1)
+    publish(first, "pending", "h1", 2)  # acknowledged, in the writer generation
     db_dir = first.workdir / "db"
     before = tree(db_dir)
     done = run_server_to_exit(list(first.args), first.workdir)
     assert done.returncode == 1, done
     assert tree(db_dir) == before
+    written = http_query(first.ports["http"], "SELECT host, n FROM pending", use_write_db=True)
+    assert rows_of(written) == [["h1", "2"]]
     assert first.stop() == 0
     # Once the holder is gone the directory is free again.
     second = start_server("quiet").start()
