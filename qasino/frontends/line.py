@@ -22,6 +22,7 @@ log = Logger(namespace="qasino.line")
 
 DEFAULT_MAX_STATEMENT_BYTES = 1024 * 1024
 QUIT_WORDS = frozenset({"quit", "exit", "logout"})
+UNFINISHED_TEXT = "SQL error: the input ended inside a statement (end each statement with ';')\n"
 HELP_WORDS = frozenset({"help", "?", "\\h", "\\?"})
 HELP_TEXT = """\
 Qasino line protocol: type one SQL statement, end it with ';' (it may span lines).
@@ -154,6 +155,10 @@ class LineSQLProtocol(LineReceiver):
                 self.lineLengthExceeded(last)
             else:
                 self.lineReceived(last)
+        if not self._closing and self._parts:
+            # A script that forgot the ';' would otherwise get nothing back.
+            self._parts, self._size = [], 0
+            self._reply(UNFINISHED_TEXT)
         self._closing = True
 
         def close(_: object) -> None:

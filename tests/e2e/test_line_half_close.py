@@ -28,3 +28,6 @@ def test_half_close_with_an_unfinished_statement_answers_the_finished_ones(
         client.sock.shutdown(socket.SHUT_WR)
         text = client.read_until_closed()
     assert text.count("1 rows returned") == 1, text
+    assert text.rstrip().endswith(
+        "SQL error: the input ended inside a statement (end each statement with ';')"
+    ), text

@@ -9,7 +9,12 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory, LineSQLProtocol
+from qasino.frontends.line import (
+    DEFAULT_MAX_STATEMENT_BYTES,
+    UNFINISHED_TEXT,
+    LineSQLFactory,
+    LineSQLProtocol,
+)
 from qasino.ops import Dispatcher
 from qasino.store.store import Store
 from tests.helpers import ManualRunner
@@ -290,7 +295,7 @@ def test_half_close_answers_every_complete_statement_then_closes(
     protocol.readConnectionLost()
     assert not transport.disconnecting  # answers still to come
     manual_runner.run_pending()
-    assert transport.value() == ONE + TWO
+    assert transport.value() == ONE + TWO + UNFINISHED_TEXT.encode()
     assert transport.disconnecting
 
 
