@@ -41,17 +41,17 @@ def explain_http_failure(error: Exception, url: str, https: bool, hints: Hints) 
     text = str(error)
     low = text.lower()
     if isinstance(error, requests.exceptions.SSLError) or "ssl" in low and https:
+        if "hostname" in low and "match" in low:
+            return (
+                f"the certificate of {url} is for another host name: connect by the name "
+                f"in the certificate, or skip the check with {hints.skip_verify}"
+            )
         if "certificate verify failed" in low or "certificate_verify_failed" in low:
             why = "self-signed" if "self-signed" in low or "self signed" in low else "not trusted"
             return (
                 f"the certificate of {url} is {why}: pass the CA that signed it with "
                 f"{hints.cacert} FILE (or REQUESTS_CA_BUNDLE=FILE), or skip the check "
                 f"with {hints.skip_verify}"
-            )
-        if "hostname" in low and "match" in low:
-            return (
-                f"the certificate of {url} is for another host name: connect by the name "
-                f"in the certificate, or skip the check with {hints.skip_verify}"
             )
         return (
             f"no TLS at {url} ({_short(text)}): if that is qasino_server's plain HTTP "

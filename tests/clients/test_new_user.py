@@ -10,11 +10,13 @@ from collections.abc import Callable
 
 import pexpect
 import pytest
+import requests
 
 from qasino import __version__
 from qasino.clients.csvpublisher import build_parser as csvpublisher_parser
 from qasino.clients.publish import build_parser as publish_parser
 from qasino.clients.sqlclient import build_parser as sqlclient_parser
+from qasino.clients.transport import explain_http_failure
 from qasino.server_main import build_parser as server_parser
 from tests.e2e.conftest import HOST, new_server, server_env
 from tests.e2e.test_https import USERS, HttpsServer, https_server, run_client  # noqa: F401
@@ -262,3 +264,63 @@ def test_htpasswd_without_tls_warns_at_start_and_still_serves(tmp_path: object) 
         assert proc.stop() == 0
     finally:
         proc.close()
+
+
+# ---------------------------------------------------------------- messages, one by one
+
+
+@pytest.mark.parametrize(
+    ("error", "https", "wanted"),
+    [
+        (
+            requests.exceptions.SSLError(
+                "HTTPSConnectionPool(host='h', port=443): Max retries exceeded (Caused by "
+                "SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] "
+                "certificate verify failed: self-signed certificate')))"
+            ),
+            True,
+            ("self-signed", "--cacert FILE", "-s/--skip-ssl-verify"),
+        ),
+        (
+            requests.exceptions.SSLError(
+                "certificate verify failed: Hostname mismatch, certificate is not valid "
+                "for 'h'. hostname 'h' doesn't match"
+            ),
+            True,
+            ("another host name", "-s/--skip-ssl-verify"),
+        ),
+        (
+            requests.exceptions.SSLError("[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+            True,
+            ("no TLS", "--use-http"),
+        ),
+        (
+            requests.exceptions.ConnectionError("[Errno 111] Connection refused"),
+            True,
+            ("connection refused", "-H/-p", "--use-http", "-z/--use-zmq"),
+        ),
+        (
+            requests.exceptions.ConnectionError("Failed to resolve 'nohost'"),
+            False,
+            ("unknown host name",),
+        ),
+        (
+            requests.exceptions.ConnectionError(
+                "('Connection aborted.', RemoteDisconnected('Remote end closed connection'))"
+            ),
+            False,
+            ("-t/--use-https",),
+        ),
+        (requests.exceptions.ReadTimeout("read timed out"), True, ("--use-http", "--timeout")),
+    ],
+)
+def test_transport_failures_are_explained_in_one_line(
+    error: Exception, https: bool, wanted: tuple[str, ...]
+) -> None:
+    from qasino.clients.sqlclient import HINTS
+
+    scheme = "https" if https else "http"
+    line = explain_http_failure(error, f"{scheme}://h:1/request", https, HINTS)
+    assert "\n" not in line
+    for text in wanted:
+        assert text in line, (text, line)
