@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,3 +112,21 @@ def test_protocol_doc_lists_every_internal_table_with_its_columns() -> None:
     assert documented == {
         name: [column for column, _ in columns] for name, columns in INTERNAL_TABLES.items()
     }
+
+
+def test_protocol_doc_python_publisher_runs_as_printed(
+    start_server: Callable[..., QasinoProcess], tmp_path: Path
+) -> None:
+    code = next(b for lang, b in doc_blocks(PROTOCOL_DOC) if lang == "python")
+    server = start_server("pypub", generation_s=1).start()
+    code = code.replace('HOST = "localhost"', f'HOST = "{HOST}"')
+    code = code.replace(":15596", f":{server.ports['pubsub']}")
+    code = code.replace(":15598", f":{server.ports['zmq']}")
+    script = tmp_path / "publisher.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done
+    lines = done.stdout.split()
+    assert lines[1::2] == ["ok", "ok"], done.stdout
+    first, second = int(lines[0]), int(lines[2])
+    assert second > first
