@@ -82,10 +82,11 @@ def test_client_help_names_its_credential_variables(main: str, names: tuple[str,
 
 
 @pytest.mark.parametrize("value", ["abc", "70000", "1.5"])
-def test_a_bad_port_says_what_a_port_may_be(value: str) -> None:
-    done = run_client("server_main", ["--line-port", value])
-    assert done.returncode == 2
-    line = done.stderr.strip().splitlines()[-1]
+def test_a_bad_port_says_what_a_port_may_be(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        server_parser().parse_args(["--line-port", value])
+    assert info.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--line-port" in line and "0 (pick a free port) or off" in line, line
     assert "_port" not in line
 
