@@ -66,7 +66,10 @@ from qasino.store.sqlite import (
 )
 from qasino.store.views import build_views, create_temp_view
 
-STATIC_FILE = "static.sqlite"
+# The original Qasino's name for the static DB, so an existing data dir is
+# served as it is; our first release called it static.sqlite (migrated).
+STATIC_FILE = "qasino_table_store_static.db"
+FIRST_RELEASE_STATIC_FILE = "static.sqlite"
 GENERATIONS_DIR = "generations"
 
 log = Logger(namespace="qasino.store")
@@ -234,6 +237,12 @@ class StaticDB:
         self.last_update: dict[str, float] = dict.fromkeys(self.schemas, mtime)
 
     def apply(self, publish: Publish, now: float) -> None:
+        """Replace (or, with ``update``, upsert into) a static table.
+
+        As the original server did, the table keeps the union of the columns
+        of every publish: a re-publish without a column empties that column
+        (its rows are gone) but keeps it in the schema.
+        """
         table, opts = publish.table, publish.options
         lower = table.tablename.lower()
         current = self.schemas.get(lower)
@@ -244,14 +253,48 @@ class StaticDB:
                 insert_rows(self.conn, table, "replace", target=schema.name)
             else:
                 if current is not None:
-                    self.conn.execute(f"DROP TABLE {quote_ident(current.name)}")
-                schema = ensure_table(self.conn, None, table, opts.keycols or None)
-                insert_rows(self.conn, table, "insert")
+                    # Rows first, so a new key index is built on an empty table.
+                    self.conn.execute(f"DELETE FROM {quote_ident(current.name)}")
+                schema = ensure_table(self.conn, current, table, opts.keycols or None)
+                insert_rows(self.conn, table, "insert", target=schema.name)
         self.schemas[lower] = schema
         self.last_update[lower] = now
 
     def close(self) -> None:
         self.conn.close()
+
+
+def static_db_path(db_dir: str) -> str:
+    """The static DB of ``db_dir``: ``qasino_table_store_static.db``.
+
+    A ``static.sqlite`` left by our first release is moved to that name
+    (after folding its WAL in) when the new name does not exist yet; if both
+    exist the original's name wins and the other file is left alone.
+    """
+    path = os.path.join(db_dir, STATIC_FILE)
+    old = os.path.join(db_dir, FIRST_RELEASE_STATIC_FILE)
+    if os.path.exists(path):
+        if os.path.exists(old):
+            log.warn(
+                "both {path} and {old} exist: serving {path}, ignoring {old}",
+                path=path,
+                old=old,
+            )
+        return path
+    if os.path.exists(old):
+        conn = apsw.Connection(old)
+        try:
+            conn.pragma("wal_checkpoint", "TRUNCATE")
+        finally:
+            conn.close()
+        os.rename(old, path)
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.unlink(old + suffix)
+            except FileNotFoundError:
+                pass
+        log.info("moved the static DB {old} to {path}", old=old, path=path)
+    return path
 
 
 class Store:
@@ -280,7 +323,7 @@ class Store:
             os.makedirs(self.gen_dir)
             if config.archive_dir:
                 os.makedirs(config.archive_dir, exist_ok=True)
-            self.static = StaticDB(os.path.join(config.db_dir, STATIC_FILE))
+            self.static = StaticDB(static_db_path(config.db_dir))
         except (OSError, apsw.Error) as e:
             raise StoreError(f"cannot open the db dir {config.db_dir!r}: {e}") from None
         self._snapshot: Optional[GenFile] = None

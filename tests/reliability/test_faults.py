@@ -149,7 +149,7 @@ def integrity(path: Path) -> list[str]:
 
 
 def static_db(server: ReliabilityProcess) -> Path:
-    return server.workdir / "db" / "static.sqlite"
+    return server.workdir / "db" / "qasino_table_store_static.db"
 
 
 # ---------------------------------------------------------------- (a) kill -9 mid-ingest

@@ -416,12 +416,14 @@ def test_name_value_update_refuses_invalid_identifiers(
 # --- static tables --------------------------------------------------------------------
 
 
-def test_static_publish_replaces_the_whole_table(store: Store) -> None:
+def test_static_publish_replaces_the_rows_and_keeps_the_union_of_columns(store: Store) -> None:
+    """As the original server did: a re-publish replaces every row, and a
+    column it leaves out stays in the table (NULL in the new rows)."""
     publish(store, table("s", T_AB, [[1, "x"], [2, "y"]]), identity="host1", static=True)
     publish(store, table("s", "a INTEGER, c REAL", [[3, 0.5]]), identity="host2", static=True)
     result = store.query("SELECT * FROM s")
-    assert result.column_names == ("a", "c")
-    assert result.rows == [(3, 0.5)]
+    assert result.column_names == ("a", "b", "c")
+    assert result.rows == [(3, None, 0.5)]
 
 
 def test_static_update_upserts_into_the_static_table(store: Store) -> None:
@@ -454,7 +456,7 @@ def test_static_table_survives_close_and_reopen(config: StoreConfig) -> None:
             second.query("SELECT * FROM t")
         # The reopened static table still takes publishes (schema cache loaded).
         publish(second, table("s", "a INTEGER, c TEXT", [[3, "z"]]), static=True, now=NOW + 101)
-        assert rows(second, "SELECT * FROM s") == [(3, "z")]
+        assert rows(second, "SELECT * FROM s") == [(3, None, "z")]
     finally:
         second.close()
 
