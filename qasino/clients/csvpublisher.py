@@ -42,7 +42,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -64,6 +63,7 @@ from qasino.core import identifiers
 from qasino.core.errors import InvalidInput
 from qasino.core.model import Cell, Publish
 from qasino.core.tables import parse_csv_publish
+from qasino.identity import default_identity
 
 log = logging.getLogger("qasino.csvpublisher")
 
@@ -601,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Publish the CSV files named by index files to a Qasino server "
         "after every generation signal (or every -x seconds).",
     )
-    p.add_argument("-I", "--identity", default=None, help="identity (default: the hostname)")
+    p.add_argument("-I", "--identity", default=None, help="identity (default: IP or MAC)")
     p.add_argument("-H", "--hostname", default="localhost", help="server (default %(default)s)")
     p.add_argument(
         "-p",
@@ -723,7 +723,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
-    identity = args.identity or socket.gethostname()
+    identity = args.identity or default_identity()
     settings = RoundSettings(
         identity=identity,
         indexes=list(args.indexes),

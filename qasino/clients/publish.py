@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -19,13 +18,14 @@ from qasino.clients.transport import (
 )
 from qasino.core.errors import InvalidInput
 from qasino.core.tables import parse_csv_publish, parse_json_publish
+from qasino.identity import default_identity
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qasino_publish", description="Publish one table to Qasino.")
     p.add_argument("-H", "--hostname", default="localhost")
     p.add_argument("-p", "--port", type=int, default=None)
-    p.add_argument("-I", "--identity", default=None, help="publisher identity (default hostname)")
+    p.add_argument("-I", "--identity", default=None, help="publisher identity (default: IP or MAC)")
     p.add_argument("-u", "--username", default=env_default("QASINO_CLIENT_USERNAME"))
     p.add_argument("-w", "--password", default=env_default("QASINO_CLIENT_PASSWORD"))
     p.add_argument("-P", "--persist", action="store_true", help="carry across generations")
@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("-z", "--use-zmq", action="store_true", help="ZeroMQ (port 15598)")
     p.add_argument("-k", "--skip-ssl-verify", action="store_true")
     p.add_argument("-d", "--data-format", choices=["json", "csv"], default="json")
-    p.add_argument("-f", "--file", default="-", help="input file (default stdin)")
+    p.add_argument(
+        "-f", "--file", "--filename", dest="file", default="-", help="input file (default stdin)"
+    )
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
     return p
 
@@ -46,7 +48,7 @@ def build_request(data: bytes, args: argparse.Namespace) -> dict[str, Any]:
 
     Raises InvalidInput with the same message the server would give.
     """
-    identity = args.identity or socket.gethostname()
+    identity = args.identity or default_identity()
     if args.data_format == "csv":
         publish = parse_csv_publish(data, identity)
         table = publish.table
