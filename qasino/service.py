@@ -262,9 +262,11 @@ class QasinoServer(MultiService):
         # After the ZeroMQ sockets, so the PUB socket is bound when the
         # engine announces its first snapshot.
         EngineService(self.engine, config.generation_duration_s).setServiceParent(self)
+        # The signal names the generation that starts filling, as the
+        # original's did: publishers key their sends on it.
         self.engine.on_generation(
             lambda info: self.zmq.publish_generation(
-                info.generation_number, info.generation_duration_s
+                info.filling_number, info.generation_duration_s
             )
         )
         self.http: Optional[TCPListenService] = None

@@ -85,9 +85,13 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class SnapshotInfo:
+    """A snapshot being served; ``filling_number`` is the number of the writer
+    generation opened with it (what the generation signal announces)."""
+
     generation_number: int
     generation_duration_s: float
     generation_start_epoch: float
+    filling_number: int = 0
 
 
 class Counters:
@@ -553,7 +557,10 @@ class Store:
             gen.conn.pragma("wal_checkpoint", "PASSIVE")
         except apsw.Error as e:
             raise _failed_write(e, gen.conn, always_reclaim=True) from None
-        info = SnapshotInfo(gen.file.number, self.config.generation_duration_s, now)
+        new_gen = self._open_generation(now)
+        info = SnapshotInfo(
+            gen.file.number, self.config.generation_duration_s, now, new_gen.file.number
+        )
         gen.file.info = info
         gen.file.table_list = {
             t.tablename: {
@@ -565,7 +572,6 @@ class Store:
         }
         loaded = [v for v in views if status.get(v.viewname) is None]
         gen.file.set_views(loaded)
-        new_gen = self._open_generation(now)
         return info, new_gen
 
     def _table_entries(self, gen: WriterGeneration) -> list[TableEntry]:

@@ -34,9 +34,17 @@ def test_text_rendering_reproduces_the_protocol_example_byte_for_byte() -> None:
     assert render_result_text(result) == PROTOCOL_EXAMPLE
 
 
-def test_text_rendering_of_zero_rows_has_header_rule_and_count() -> None:
+def test_text_rendering_of_zero_rows_is_the_originals() -> None:
     text = render_result_text(Result(column_names=("a", "bcd"), rows=[]))
-    assert text == "a  bcd\n=  ===\n0 rows returned\n"
+    assert text == "query returned zero rows\n========================\n0 rows returned\n"
+
+
+def test_text_rendering_escapes_control_characters_and_backslashes_as_the_original() -> None:
+    rows = [("two\nlines", "tab\there", "C:\\dir", "bell\x07\x7f", "café")]
+    text = render_result_text(Result(column_names=("a", "b", "c", "d", "e"), rows=rows))
+    cells = ["two\\nlines", "tab\\there", "C:\\\\dir", "bell\\x07\\x7f", "café"]
+    assert text.splitlines()[2] == "  ".join(cells)
+    assert len(text.splitlines()) == 4
 
 
 def test_text_rendering_right_justifies_header_to_widest_cell() -> None:

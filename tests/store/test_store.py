@@ -881,14 +881,14 @@ def test_show_tables_lists_all_tables_by_name_with_datetime(shown: Store) -> Non
         "nr_rows",
         "nr_updates",
         "last_update_epoch",
-        "last_update_datetime",
         "static",
+        "last_update_datetime",
     )
     names = [r[0] for r in result.rows]
     assert names == sorted(["t", "tab2", "s", *INTERNAL_TABLES])
     by_name = {r[0]: r for r in result.rows}
-    assert by_name["t"] == ("t", 1, 1, 86400.0 + NOW, "2023-11-15 22:13:20", 0)
-    assert by_name["s"][5] == 1
+    assert by_name["t"] == ("t", 1, 1, 86400.0 + NOW, 0, "2023-11-15 22:13:20.000 UTC")
+    assert by_name["s"][4] == 1
 
 
 def test_show_tables_like_filters(shown: Store) -> None:
@@ -910,7 +910,7 @@ def test_show_connections(shown: Store) -> None:
         "last_update_datetime",
     )
     assert [r[:2] for r in result.rows] == [("host1", 1), ("host2", 2)]
-    assert result.rows[0][3] == "2023-11-15 22:13:20"
+    assert result.rows[0][3] == "2023-11-15 22:13:20.000 UTC"
 
 
 def test_show_info(shown: Store) -> None:
@@ -922,7 +922,9 @@ def test_show_info(shown: Store) -> None:
         "generation_start_datetime",
     )
     info = shown.snapshot_info()
-    assert result.rows == [(info.generation_number, DURATION, NOW + 30, "2023-11-14 22:13:50")]
+    assert result.rows == [
+        (info.generation_number, DURATION, NOW + 30, "2023-11-14 22:13:50.000 UTC")
+    ]
 
 
 def test_show_views(shown: Store) -> None:
@@ -943,11 +945,13 @@ def test_desc_static_table(shown: Store) -> None:
     assert shown.query("DESC s").rows == [("k", "TEXT"), ("v", "INTEGER")]
 
 
-def test_desc_internal_table(shown: Store) -> None:
-    assert shown.query("DESC qasino_server_info").rows == [
-        ("generation_number", "INTEGER"),
-        ("generation_duration_s", "INTEGER"),
-        ("generation_start_epoch", "REAL"),
+def test_desc_internal_table_shows_the_original_type_words(shown: Store) -> None:
+    assert shown.query("DESC qasino_server_tables").rows == [
+        ("tablename", "varchar"),
+        ("nr_rows", "INT"),
+        ("nr_updates", "INT"),
+        ("last_update_epoch", "INT"),
+        ("static", "INT"),
     ]
 
 
