@@ -16,9 +16,7 @@ Threading contract (see docs/concurrency.md):
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import shutil
 import threading
 import time
@@ -38,15 +36,13 @@ from qasino.core.errors import (
     StoreError,
 )
 from qasino.core.identifiers import (
-    INTEGER,
     INTERNAL_PREFIX,
-    REAL,
     TEXT,
     check_identifier,
     is_identifier,
     quote_ident,
 )
-from qasino.core.model import Cell, Publish, PublishOptions, Result, Table, ViewDef
+from qasino.core.model import Publish, PublishOptions, Result, Table, ViewDef
 from qasino.core.persist import PersistRegistry
 from qasino.core.tables import explain_cells
 from qasino.store.internal import (
@@ -452,8 +448,9 @@ class Store:
     ) -> None:
         """Upsert (identity, column=value) into a persisted table keyed by identity.
 
-        The value is stored as INTEGER or REAL when it reads as one, else TEXT.
-        Other columns of the identity's row keep their values.
+        The value is stored exactly as sent, as TEXT (the original's columns
+        were varchar): "01000" stays "01000". Other columns of the identity's
+        row keep their values.
         """
         _check_tablename(check_identifier(tablename, "table name"))
         check_identifier(column, "column name")
@@ -466,8 +463,7 @@ class Store:
             raise InvalidInput("identity must be non-empty, without control characters")
         if column.lower() == "identity":
             raise InvalidInput("the column name 'identity' is reserved for the key")
-        cell, type_ = _typed_value(value)
-        table = Table(tablename, ("identity", column), (TEXT, type_), [[identity, cell]])
+        table = Table(tablename, ("identity", column), (TEXT, TEXT), [[identity, value]])
         opts = PublishOptions(identity=identity, persist=True, update=True, keycols=("identity",))
         publish = Publish(table, opts)
         self.counters.add(updates_received=1, inserts_received=1)
@@ -694,26 +690,6 @@ class Store:
                 os.unlink(gen_file.path + suffix)
             except FileNotFoundError:
                 pass
-
-
-_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
-_REAL_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
-_INT64 = range(-(2**63), 2**63)
-
-
-def _typed_value(value: str) -> tuple[Cell, str]:
-    """INTEGER or REAL for a plain decimal number (ASCII digits), else TEXT.
-
-    Python's int()/float() alone would also take "1_000", " 12", "nan",
-    "inf" and non-ASCII digits, and an int beyond 64 bits cannot be bound.
-    """
-    if _INT_RE.match(value) and len(value) <= 20 and int(value) in _INT64:
-        return int(value), INTEGER
-    if _REAL_RE.match(value):
-        number = float(value)
-        if math.isfinite(number):
-            return number, REAL
-    return value, TEXT
 
 
 def _check_tablename(tablename: str) -> None:
