@@ -546,7 +546,12 @@ class Store:
             finally:
                 checker.close()
             report.views = [
-                (v.viewname, int(status[v.viewname] is None), status[v.viewname] or "", v.view)
+                (
+                    v.viewname,
+                    int(status[v.viewname] is None),
+                    status[v.viewname] or v.warning or "",
+                    v.view,
+                )
                 for v in views
             ]
             write_views_table(gen.conn, report.views)

@@ -14,6 +14,7 @@ import pytest
 
 from qasino.core.errors import InvalidInput, PublishRejected, QueryError, StoreError
 from qasino.core.model import Cell, Publish, PublishOptions, Result, Table, ViewDef
+from qasino.core.views import parse_views_yaml
 from qasino.store import store as store_module
 from qasino.store.sqlite import GENERATION_PAGE_SIZE
 from qasino.store.store import GENERATIONS_DIR, Store, StoreConfig
@@ -814,6 +815,29 @@ def test_view_may_read_the_internal_tables(config: StoreConfig) -> None:
         info = s.rotate(NOW + 30)
         assert rows(s, "SELECT g FROM gen") == [(info.generation_number * 10,)]
         assert rows(s, "SELECT loaded FROM qasino_server_views") == [(1,)]
+    finally:
+        s.close()
+
+
+def test_view_whose_statement_names_another_view_loads_under_that_name(
+    config: StoreConfig,
+) -> None:
+    """As the original server did; qasino_server_views lists it under its
+    viewname, loaded, with the warning; a clash with another entry's view is
+    that entry's error only."""
+    views = parse_views_yaml(
+        "- {viewname: listed, view: CREATE VIEW actual AS SELECT 5 AS five}\n"
+        "- {viewname: actual2, view: CREATE VIEW actual2 AS SELECT 6 AS six}\n"
+        "- {viewname: clash, view: CREATE VIEW actual2 AS SELECT 7 AS seven}\n"
+    )
+    s = Store(config, now=NOW, views=views)
+    try:
+        assert rows(s, "SELECT five FROM actual") == [(5,)]
+        assert rows(s, "SELECT six FROM actual2") == [(6,)]
+        got = rows(s, "SELECT viewname, loaded, errormsg FROM qasino_server_views ORDER BY 1")
+        assert [(r[0], r[1]) for r in got] == [("actual2", 1), ("clash", 0), ("listed", 1)]
+        assert got[2][2].startswith("warning: ") and "'actual'" in got[2][2]
+        assert "already exists" in got[1][2]
     finally:
         s.close()
 
