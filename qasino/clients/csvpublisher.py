@@ -246,17 +246,12 @@ def read_table(entry: IndexEntry, identity: str, clock: Clock = time.time) -> Ta
             report.error = f"tablename {tablename!r} in the index is reserved for the server"
             return report
         try:
-            publish = parse_csv_publish(data, identity)
+            # The index names the table; the file's second line is not read
+            # (old files keep a description there), as the original agent did.
+            publish = parse_csv_publish(data, identity, tablename=tablename)
         except InvalidInput as e:
             report.error = f"invalid CSV: {e.message}"
             return report
-        if publish.table.tablename != tablename:
-            log.debug(
-                "%s: file names table %r, publishing it as %r (the index's name)",
-                entry.filepath,
-                publish.table.tablename,
-                tablename,
-            )
         report.publish = publish
         report.nr_rows = len(publish.table.rows)
         return report
