@@ -336,7 +336,7 @@ class QasinoServer(MultiService):
         if port is not None and (port == 0 or port != config.http_port):
             https = self.https
             self.redirect = TCPListenService(
-                "HTTP redirect to HTTPS",
+                "HTTP->HTTPS redirect",
                 reactor,
                 port,
                 RedirectSite(lambda: https.port if https.listening is not None else None),

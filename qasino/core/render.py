@@ -136,7 +136,9 @@ def result_shape(result: Result, identity: str) -> dict[str, Any]:
     a tuple, for the JSON encoder)."""
     column_names = list(result.column_names)
     columns = _string_columns(result.rows)
-    widths = _widths(column_names, columns)
+    # Widths as the text rendering shows the cells (escaped), which is what
+    # old clients right-justify them to.
+    widths = _widths(column_names, _escaped_columns(columns))
     shape: dict[str, Any] = {
         "response_op": "result_table",
         "identity": identity,
