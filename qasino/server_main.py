@@ -54,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         "into one SQLite snapshot per generation and answers SQL about it.",
     )
     d = ServerConfig()
-    p.add_argument("-i", "--identity", default="", help="server identity (default: hostname)")
+    p.add_argument(
+        "-i",
+        "--identity",
+        default="",
+        help="server identity (default: the IP of eth0/eth1, else the MAC, as the original)",
+    )
     p.add_argument("--bind", default=d.bind, help="address to listen on (default %(default)s)")
     p.add_argument(
         "-d", "--db-dir", default="", help=f"data directory (default {default_db_dir()})"
