@@ -40,11 +40,14 @@ def escape_text_cell(cell: str) -> str:
 
 
 def _escaped_columns(columns: Sequence[Sequence[str]]) -> list[Sequence[str]]:
-    """Columns with their cells escaped; a column that needs none (one C-level
-    search over its joined text) is passed through as it is."""
+    """Columns with their cells escaped; a column that needs none (C-level
+    checks over its joined text) is passed through as it is."""
     out: list[Sequence[str]] = []
     for column in columns:
-        if _NEEDS_ESCAPE_RE.search("".join(column)):
+        text = "".join(column)
+        # isprintable() is the fast common case (it is also False for some
+        # non-ASCII characters, which the regex then clears).
+        if not (text.isprintable() and "\\" not in text) and _NEEDS_ESCAPE_RE.search(text):
             out.append([escape_text_cell(cell) for cell in column])
         else:
             out.append(column)
