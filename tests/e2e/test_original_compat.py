@@ -276,6 +276,11 @@ def test_show_tables_has_the_originals_columns_and_datetime_format(
     rows = {row[0]: row for row in reply["table"]["rows"]}
     assert rows["inventory"][1] == "2" and rows["inventory"][4] == "1"
     assert re.fullmatch(DATETIME_RE, rows["qasino_server_tables"][5]), rows
+    desc = sqlclient_zmq(original, "DESC inventory;")["table"]
+    assert desc == {
+        "column_names": ["column_name", "column_type"],
+        "rows": [["host", "varchar"], ["rack", "INT"], ["note", "varchar"]],
+    }
     info = sqlclient_zmq(original, "SHOW info;")["table"]
     assert info["column_names"][3] == "generation_start_datetime"
     assert re.fullmatch(DATETIME_RE, info["rows"][0][3])
@@ -348,26 +353,34 @@ def test_the_generation_signal_names_the_generation_that_starts_filling(
 # ------------------------------------------------------------------ the three clients
 
 
-def test_qasino_publish_https_json_is_stored_and_answered_200(original: QasinoProcess) -> None:
-    """bin/qasino_publish.py's default: HTTPS, requests, raise_for_status()."""
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_qasino_publish_json_is_stored_and_answered_200(
+    original: QasinoProcess, scheme: str
+) -> None:
+    """bin/qasino_publish.py: HTTPS by default (-t plain HTTP), requests,
+    raise_for_status(); lib/http_requestor.py (the agent's -s) sends the same."""
     table = (
-        '{"tablename": "pub_https", "column_names": ["host", "hits"], '
+        f'{{"tablename": "pub_{scheme}", "column_names": ["host", "hits"], '
         '"column_types": ["varchar", "int"], "rows": [["web1", 10], ["web2", 20]]}'
     )
     body = publish_json("10.1.2.3", table, extra='"persist": 1, ')
+    if scheme == "https":
+        url, auth = https_url(original, "/request?op=add_table_data"), (USER, PASSWORD)
+    else:
+        url, auth = f"http://{HOST}:{original.ports['http']}/request?op=add_table_data", None
     with urllib3.warnings.catch_warnings():
         urllib3.disable_warnings()
         response = requests.post(
-            https_url(original, "/request?op=add_table_data"),
+            url,
             headers={"Content-Type": "application/json"},
             data=body,
             verify=False,
-            auth=(USER, PASSWORD),
+            auth=auth,
             timeout=TIMEOUT,
         )
     response.raise_for_status()
     assert response.json() == {"identity": default_identity(), "response_op": "ok"}
-    reply = sqlclient_zmq_write(original, "SELECT host, hits FROM pub_https ORDER BY host")
+    reply = sqlclient_zmq_write(original, f"SELECT host, hits FROM pub_{scheme} ORDER BY host")
     assert reply == [["web1", "10"], ["web2", "20"]]
 
 
