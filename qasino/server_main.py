@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--https-port",
         type=_port,
         default=d.https_port,
-        help="HTTPS port, used when --tls-cert and --tls-key are given (default %(default)s)",
+        help="HTTPS port, used with --tls-cert/--tls-key or the keys in --keys-dir "
+        "(default %(default)s)",
     )
     p.add_argument("--tls-cert", default=None, help="PEM certificate (chain) for HTTPS")
     p.add_argument("--tls-key", default=None, help="PEM private key for HTTPS")
