@@ -181,3 +181,25 @@ def test_a_float_column_without_exponents_is_rendered_like_str() -> None:
     assert stringify_rows([(v, i) for i, v in enumerate(values)]) == [
         [str(v), str(i)] for i, v in enumerate(values)
     ]
+
+
+@given(
+    st.lists(
+        st.tuples(st.text(max_size=12), st.one_of(st.none(), st.integers(), st.text(max_size=5))),
+        max_size=8,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_text_rendering_keeps_one_row_per_line_and_ascii_text_as_unicode_escape(
+    rows: list[tuple[str, object]],
+) -> None:
+    """Whatever the cells hold, N rows are N lines between the rule and the
+    count (CR, LF, NUL never split a row); printable ASCII is shown as is and
+    other ASCII as Python's unicode_escape writes it (the original's way)."""
+    text = render_result_text(Result(column_names=("a", "b"), rows=rows))
+    lines = text.split("\n")
+    assert lines[-1] == "" and lines[-2] == f"{len(rows)} rows returned"
+    assert len(lines) == len(rows) + 4
+    for cell, line in zip((r[0] for r in rows), lines[2:], strict=False):
+        if cell.isascii():
+            assert cell.encode("unicode_escape").decode("ascii") in line
