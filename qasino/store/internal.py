@@ -106,7 +106,8 @@ def write_internal_tables(conn: apsw.Connection, report: GenerationReport) -> No
     nr_table_rows = len(entries) + len(INTERNAL_TABLES)
     for name in INTERNAL_TABLES:
         n = nr_table_rows if name == "qasino_server_tables" else len(internal_rows[name])
-        entries.append((name, n, 0, report.generation_start_epoch, 0))
+        # One update each, as the original counted its own insert of them.
+        entries.append((name, n, 1, report.generation_start_epoch, 0))
     internal_rows["qasino_server_tables"] = entries
     with conn:
         for name in INTERNAL_TABLES:
