@@ -276,6 +276,7 @@ def test_show_tables_has_the_originals_columns_and_datetime_format(
     rows = {row[0]: row for row in reply["table"]["rows"]}
     assert rows["inventory"][1] == "2" and rows["inventory"][4] == "1"
     assert re.fullmatch(DATETIME_RE, rows["qasino_server_tables"][5]), rows
+    assert rows["qasino_server_info"][1:3] == ["1", "1"]  # one row, one update
     desc = sqlclient_zmq(original, "DESC inventory;")["table"]
     assert desc == {
         "column_names": ["column_name", "column_type"],
