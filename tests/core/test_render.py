@@ -185,7 +185,10 @@ def test_a_float_column_without_exponents_is_rendered_like_str() -> None:
 
 @given(
     st.lists(
-        st.tuples(st.text(max_size=12), st.one_of(st.none(), st.integers(), st.text(max_size=5))),
+        st.tuples(
+            st.text(max_size=12),
+            st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=5)),
+        ),
         max_size=8,
     )
 )
