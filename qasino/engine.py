@@ -156,6 +156,9 @@ class ViewsSource:
         self.last_error = None
         self.views = views
         log.info("loaded {n} views from {path}", n=len(views), path=self.path)
+        for view in views:
+            if view.warning:
+                log.warn("view {viewname}: {warning}", viewname=view.viewname, warning=view.warning)
         return True
 
 

@@ -18,7 +18,13 @@ from twisted.logger import (
 
 from qasino import __version__
 from qasino.core.errors import StoreError
-from qasino.service import ServerConfig, default_db_dir
+from qasino.service import (
+    DEFAULT_HTPASSWD_FILE,
+    DEFAULT_KEYS_DIR,
+    REDIRECT_AUTO,
+    ServerConfig,
+    default_db_dir,
+)
 
 # gc.set_threshold: young collections every 50,000 net allocations instead
 # of 700, full ones a hundred times rarer than young ones.
@@ -52,6 +58,13 @@ def _port_help(what: str, default: Optional[int]) -> str:
     return f"{what} port; 0 picks a free one (logged), off disables it (default {shown})"
 
 
+def _redirect_port(text: str) -> Optional[int]:
+    """A port as for the listeners, or 'auto'."""
+    if text.strip().lower() == "auto":
+        return REDIRECT_AUTO
+    return _port(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qasino_server",
@@ -65,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-i",
         "--identity",
         default="",
-        help="server identity, sent in every reply (default: the hostname)",
+        help="server identity (default: the IP of eth0/eth1, else the MAC, as the original)",
     )
     p.add_argument("--bind", default=d.bind, help="address to listen on (default %(default)s)")
     p.add_argument(
@@ -123,7 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--https-port",
         type=_port,
         default=d.https_port,
-        help=_port_help("HTTPS (API and web UI; only with --tls-cert and --tls-key)", d.https_port),
+        help=_port_help(
+            "HTTPS (API and web UI; with --tls-cert/--tls-key or the keys in --keys-dir)",
+            d.https_port,
+        ),
     )
     p.add_argument(
         "--tls-cert", default=None, help="PEM certificate (chain) for HTTPS (default: no HTTPS)"
@@ -133,8 +149,46 @@ def build_parser() -> argparse.ArgumentParser:
         "-p",
         "--htpasswd-file",
         default=None,
-        help="htpasswd file (bcrypt, apr1, SHA) for HTTP basic auth on the HTTPS listener; "
-        "without HTTPS it protects nothing and a warning is logged (default: no auth)",
+        help="htpasswd file (bcrypt, apr1, MD5-crypt, SHA, crypt) for HTTP basic auth on the "
+        "HTTPS listener; without HTTPS it protects nothing and a warning is logged "
+        f"(default {DEFAULT_HTPASSWD_FILE} when it exists)",
+    )
+    p.add_argument(
+        "-K",
+        "--keys-dir",
+        default=DEFAULT_KEYS_DIR,
+        help="the original's HTTPS set-up: with server.crt and server.key in this directory "
+        "and an htpasswd file, HTTPS with basic auth listens on --https-port "
+        "(default %(default)s; --tls-cert/--tls-key take precedence)",
+    )
+    p.add_argument(
+        "--redirect-port",
+        type=_redirect_port,
+        default=REDIRECT_AUTO,
+        help="plain HTTP port that redirects to HTTPS while HTTPS listens; 'auto' (the "
+        "default): port 80 when HTTPS comes from --keys-dir, as the original did, "
+        "otherwise off; a port that cannot be bound is logged and skipped",
+    )
+    original = p.add_argument_group(
+        "accepted for the original's start scripts", "these change nothing; each logs one line"
+    )
+    original.add_argument(
+        "-f",
+        "--db-file",
+        default=None,
+        help="ignored: generation files are kept under DB_DIR/generations (default: none)",
+    )
+    original.add_argument(
+        "-s",
+        "--static-content-dir",
+        default=None,
+        help="ignored: the web UI's assets are built in (default: none)",
+    )
+    original.add_argument(
+        "-t",
+        "--templates-dir",
+        default=None,
+        help="ignored: the web UI's templates are built in (default: none)",
     )
     p.add_argument(
         "--http-loopback-only",
@@ -238,6 +292,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         htpasswd_file=args.htpasswd_file,
+        keys_dir=args.keys_dir,
+        redirect_port=args.redirect_port,
         http_loopback_only=args.http_loopback_only,
         max_table_rows=args.max_table_rows,
         max_table_columns=args.max_table_columns,
@@ -287,6 +343,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         db_dir=config.db_dir,
         duration=config.generation_duration_s,
     )
+    for flag, value, meaning in (
+        ("-f/--db-file", args.db_file, "generation files are kept under DB_DIR/generations"),
+        ("-s/--static-content-dir", args.static_content_dir, "the web UI's assets are built in"),
+        ("-t/--templates-dir", args.templates_dir, "the web UI's templates are built in"),
+    ):
+        if value is not None:
+            log.info(
+                "{flag} {value} is accepted and ignored: {meaning}",
+                flag=flag,
+                value=value,
+                meaning=meaning,
+            )
     from qasino.frontends.tls import TLSConfigError
 
     try:

@@ -8,11 +8,11 @@ first, then the store, then the ZeroMQ sockets.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -25,14 +25,31 @@ from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFA
 from qasino.engine import Engine, EngineService, ThreadRunner, ViewsSource
 from qasino.frontends.http import DEFAULT_MAX_BODY_BYTES, make_site
 from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory
-from qasino.frontends.tls import HtpasswdChecker, HtpasswdStore, load_tls_options, protect
+from qasino.frontends.redirect import RedirectSite
+from qasino.frontends.tls import (
+    HtpasswdChecker,
+    HtpasswdStore,
+    TLSConfigError,
+    load_tls_options,
+    protect,
+)
 from qasino.frontends.zmq import ZmqServices
+from qasino.identity import default_identity
 from qasino.ops import Dispatcher
 from qasino.store.lock import DataDirLock
 from qasino.store.query import QueryLimits
 from qasino.store.store import Store, StoreConfig
 
 log = Logger(namespace="qasino.server")
+
+# Where the original server looked for its HTTPS set-up.
+DEFAULT_KEYS_DIR = "/opt/qasino/etc/keys/"
+DEFAULT_HTPASSWD_FILE = "/opt/qasino/etc/htpasswd"
+KEY_FILE = "server.key"
+CERT_FILE = "server.crt"
+# --redirect-port auto: port 80 when HTTPS comes from the keys dir, else off.
+REDIRECT_AUTO = -2
+ORIGINAL_REDIRECT_PORT = 80
 
 # Twisted's default backlog of 50 drops SYNs when a fleet connects at once.
 LISTEN_BACKLOG = 1024
@@ -68,6 +85,8 @@ class ServerConfig:
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     htpasswd_file: Optional[str] = None
+    keys_dir: Optional[str] = DEFAULT_KEYS_DIR
+    redirect_port: Optional[int] = REDIRECT_AUTO
     http_loopback_only: bool = False
     max_table_rows: int = DEFAULT_MAX_ROWS
     max_table_columns: int = DEFAULT_MAX_COLUMNS
@@ -78,11 +97,25 @@ class ServerConfig:
         """Fill the defaults that depend on the machine."""
         from dataclasses import replace
 
+        htpasswd = self.htpasswd_file
+        if htpasswd is None and os.path.isfile(DEFAULT_HTPASSWD_FILE):
+            htpasswd = DEFAULT_HTPASSWD_FILE
         return replace(
             self,
-            identity=self.identity or socket.gethostname(),
+            identity=self.identity or default_identity(),
             db_dir=self.db_dir or default_db_dir(),
+            htpasswd_file=htpasswd,
         )
+
+    def keys_dir_files(self) -> Optional[tuple[str, str]]:
+        """(cert, key) of the original's HTTPS set-up, if both files exist."""
+        if not self.keys_dir:
+            return None
+        cert = os.path.join(self.keys_dir, CERT_FILE)
+        key = os.path.join(self.keys_dir, KEY_FILE)
+        if os.path.isfile(cert) and os.path.isfile(key):
+            return cert, key
+        return None
 
 
 class HalfCloseableWrapper(ProtocolWrapper):
@@ -140,8 +173,10 @@ class TCPListenService(Service):
         bind: str,
         tls_options: Any = None,
         max_connections: int = 0,
+        optional: bool = False,
     ):
         self.setName(name)
+        self.optional = optional
         self.reactor = reactor
         self.port = port
         self.factory = factory
@@ -157,9 +192,23 @@ class TCPListenService(Service):
             factory = TLSMemoryBIOFactory(self.tls_options, False, factory)
         if self.max_connections:
             factory = ConnectionLimitFactory(factory, self.max_connections, self.name)
-        self.listening = self.reactor.listenTCP(
-            self.port, factory, backlog=LISTEN_BACKLOG, interface=self.bind
-        )
+        try:
+            self.listening = self.reactor.listenTCP(
+                self.port, factory, backlog=LISTEN_BACKLOG, interface=self.bind
+            )
+        except CannotListenError as e:
+            if not self.optional:
+                raise
+            # As the original server did for its HTTPS and redirect ports.
+            log.warn(
+                "{name}: cannot listen on {bind}:{port}, going on without it: {error}",
+                name=self.name,
+                bind=self.bind,
+                port=self.port,
+                error=e.socketError,
+            )
+            super().startService()
+            return
         self.port = self.listening.getHost().port
         log.info(
             "{name} listening on {bind}:{port}", name=self.name, bind=self.bind, port=self.port
@@ -235,9 +284,11 @@ class QasinoServer(MultiService):
         # After the ZeroMQ sockets, so the PUB socket is bound when the
         # engine announces its first snapshot.
         EngineService(self.engine, config.generation_duration_s).setServiceParent(self)
+        # The signal names the generation that starts filling, as the
+        # original's did: publishers key their sends on it.
         self.engine.on_generation(
             lambda info: self.zmq.publish_generation(
-                info.generation_number, info.generation_duration_s
+                info.filling_number, info.generation_duration_s
             )
         )
         self.http: Optional[TCPListenService] = None
@@ -255,15 +306,15 @@ class QasinoServer(MultiService):
             )
             self.http.setServiceParent(self)
         self.https: Optional[TCPListenService] = None
-        if config.tls_cert and config.tls_key and config.https_port is not None:
-            self.https = self._https_service(config, reactor)
-            self.https.setServiceParent(self)
-        elif config.htpasswd_file:
+        self.redirect: Optional[TCPListenService] = None
+        if config.https_port is not None:
+            self._setup_https(config, reactor)
+        if self.https is None and config.htpasswd_file:
             # Not an error: the original's start lines pass -p without keys.
             log.warn(
                 "-p/--htpasswd-file {path} protects nothing: there is no HTTPS listener "
-                "(it needs --tls-cert and --tls-key, and --https-port not off); "
-                "plain HTTP stays open to anyone who can reach it",
+                "(it needs --tls-cert and --tls-key or the keys in --keys-dir, and "
+                "--https-port not off); plain HTTP stays open to anyone who can reach it",
                 path=config.htpasswd_file,
             )
         if config.line_port is not None:
@@ -278,16 +329,66 @@ class QasinoServer(MultiService):
             )
             self.line.setServiceParent(self)
 
-    def _https_service(self, config: ServerConfig, reactor: Any) -> TCPListenService:
+    def _setup_https(self, config: ServerConfig, reactor: Any) -> None:
+        """HTTPS from --tls-cert/--tls-key, or, as the original server did,
+        from server.crt + server.key in --keys-dir together with an htpasswd
+        file (then a failure to load or listen is logged, not fatal), and
+        the port that redirects to it."""
+        from_keys_dir = False
+        if config.tls_cert and config.tls_key:
+            cert, key = config.tls_cert, config.tls_key
+        else:
+            files = config.keys_dir_files()
+            if files is None:
+                return
+            if not config.htpasswd_file or not os.path.isfile(config.htpasswd_file):
+                log.info(
+                    "HTTPS off: {keys} has server.crt and server.key but there is no htpasswd "
+                    "file ({htpasswd}); the original server needed both",
+                    keys=config.keys_dir,
+                    htpasswd=config.htpasswd_file or DEFAULT_HTPASSWD_FILE,
+                )
+                return
+            (cert, key), from_keys_dir = files, True
+        try:
+            self.https = self._https_service(config, reactor, cert, key, optional=from_keys_dir)
+        except TLSConfigError as e:
+            if not from_keys_dir:
+                raise
+            log.error("HTTPS off: {error}", error=e)
+            return
+        self.https.setServiceParent(self)
+        port = config.redirect_port
+        if port == REDIRECT_AUTO:
+            port = ORIGINAL_REDIRECT_PORT if from_keys_dir else None
+        # (Never on the plain HTTP port itself: the original skipped port 80
+        # when that was its HTTP port.)
+        if port is not None and (port == 0 or port != config.http_port):
+            https = self.https
+            self.redirect = TCPListenService(
+                "HTTP->HTTPS redirect",
+                reactor,
+                port,
+                RedirectSite(lambda: https.port if https.listening is not None else None),
+                config.bind,
+                max_connections=config.max_connections,
+                optional=True,
+            )
+            self.redirect.setServiceParent(self)
+
+    def _https_service(
+        self, config: ServerConfig, reactor: Any, cert: str, key: str, optional: bool = False
+    ) -> TCPListenService:
         """HTTPS on --https-port: the same API and UI, behind basic auth when
         an htpasswd file is given. Raises TLSConfigError on bad files."""
-        assert config.tls_cert and config.tls_key and config.https_port is not None
-        options = load_tls_options(config.tls_cert, config.tls_key)
+        assert config.https_port is not None
+        options = load_tls_options(cert, key)
         site = make_site(self.dispatcher, config.max_body_bytes)
         if config.htpasswd_file:
+            checker_store = HtpasswdStore(config.htpasswd_file)
             pool = ThreadPoolService("qasino-auth", maxthreads=2)
             pool.setServiceParent(self)
-            checker = HtpasswdChecker(HtpasswdStore(config.htpasswd_file), reactor, pool.pool)
+            checker = HtpasswdChecker(checker_store, reactor, pool.pool)
             site.resource = protect(site.resource, checker)
         else:
             log.warn("HTTPS without --htpasswd-file: no authentication on the HTTPS listener")
@@ -299,6 +400,7 @@ class QasinoServer(MultiService):
             config.bind,
             tls_options=options,
             max_connections=config.max_connections,
+            optional=optional,
         )
 
     def ports(self) -> dict[str, Optional[int]]:
@@ -307,6 +409,7 @@ class QasinoServer(MultiService):
             "line": self.line.port if self.line else None,
             "http": self.http.port if self.http else None,
             "https": self.https.port if self.https else None,
+            "redirect": self.redirect.port if self.redirect else None,
             "zmq": self.zmq.rpc_port,
             "pubsub": self.zmq.pub_port,
         }

@@ -275,7 +275,7 @@ def test_failed_query_errbacks(engine: Engine) -> None:
 
 def test_name_value_update_through_the_engine(engine: Engine, clock: Clock) -> None:
     assert fired(engine.name_value_update("nv", "load", "0.25", "host1")) == [None]
-    assert query(engine, "SELECT identity, load FROM nv", use_write_db=True) == [("host1", 0.25)]
+    assert query(engine, "SELECT identity, load FROM nv", use_write_db=True) == [("host1", "0.25")]
 
 
 def test_table_list_and_error_counts_through_the_engine(engine: Engine) -> None:

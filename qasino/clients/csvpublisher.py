@@ -43,7 +43,6 @@ import os
 import random
 import re
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -67,6 +66,7 @@ from qasino.core import identifiers
 from qasino.core.errors import InvalidInput
 from qasino.core.model import Cell, Publish
 from qasino.core.tables import parse_csv_publish
+from qasino.identity import default_identity
 
 log = logging.getLogger("qasino.csvpublisher")
 
@@ -276,17 +276,12 @@ def read_table(entry: IndexEntry, identity: str, clock: Clock = time.time) -> Ta
             report.error = f"tablename {tablename!r} in the index is reserved for the server"
             return report
         try:
-            publish = parse_csv_publish(data, identity)
+            # The index names the table; the file's second line is not read
+            # (old files keep a description there), as the original agent did.
+            publish = parse_csv_publish(data, identity, tablename=tablename)
         except InvalidInput as e:
             report.error = f"invalid CSV: {e.message}"
             return report
-        if publish.table.tablename != tablename:
-            log.debug(
-                "%s: file names table %r, publishing it as %r (the index's name)",
-                entry.filepath,
-                publish.table.tablename,
-                tablename,
-            )
         report.publish = publish
         report.nr_rows = len(publish.table.rows)
         return report
@@ -641,7 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
         "user name and password when -u/-w are not given.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("-I", "--identity", default=None, help="identity (default: the hostname)")
+    p.add_argument(
+        "-I", "--identity", default=None, help="identity (default: IP or MAC, as the original)"
+    )
     p.add_argument("-H", "--hostname", default="localhost", help="server (default %(default)s)")
     p.add_argument(
         "-p",
@@ -797,7 +794,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
-    identity = args.identity or socket.gethostname()
+    identity = args.identity or default_identity()
     settings = RoundSettings(
         identity=identity,
         indexes=list(args.indexes),

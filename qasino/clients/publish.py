@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -21,6 +20,7 @@ from qasino.clients.transport import (
 )
 from qasino.core.errors import InvalidInput
 from qasino.core.tables import parse_csv_publish, parse_json_publish
+from qasino.identity import default_identity
 
 USER_ENV = "QASINO_CLIENT_USERNAME"
 PASSWORD_ENV = "QASINO_CLIENT_PASSWORD"
@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="server port (default: 443 for HTTPS, 15597 for HTTP, 15598 for ZeroMQ)",
     )
     p.add_argument(
-        "-I", "--identity", default=None, help="publisher identity (default: the hostname)"
+        "-I",
+        "--identity",
+        default=None,
+        help="publisher identity (default: IP or MAC, as the original)",
     )
     p.add_argument(
         "-u",
@@ -112,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="json",
         help="input format (default %(default)s)",
     )
-    p.add_argument("-f", "--file", default="-", help="input file (default: stdin)")
+    p.add_argument(
+        "-f", "--file", "--filename", dest="file", default="-", help="input file (default: stdin)"
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -127,7 +132,7 @@ def build_request(data: bytes, args: argparse.Namespace) -> dict[str, Any]:
 
     Raises InvalidInput with the same message the server would give.
     """
-    identity = args.identity or socket.gethostname()
+    identity = args.identity or default_identity()
     if args.data_format == "csv":
         publish = parse_csv_publish(data, identity)
         table = publish.table

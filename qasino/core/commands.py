@@ -48,22 +48,27 @@ WRITE_KEYWORDS = frozenset(
 
 REFUSED_MESSAGE = "Only SELECT statements (and SHOW/DESC) are allowed"
 
+# The original server's columns, in its order, and its datetime format
+# ("2013-10-18 14:04:53.123 UTC": SQLite's %f is seconds with milliseconds).
+DATETIME_FORMAT = "%Y-%m-%d %H:%M:%f UTC"
+
 SHOW_TABLES_SQL = (
-    "SELECT tablename, nr_rows, nr_updates, last_update_epoch,"
-    " datetime(last_update_epoch, 'unixepoch') AS last_update_datetime, static"
+    "SELECT tablename, nr_rows, nr_updates, last_update_epoch, static,"
+    f" strftime('{DATETIME_FORMAT}', last_update_epoch, 'unixepoch') AS last_update_datetime"
     " FROM qasino_server_tables{where} ORDER BY tablename"
 )
 SHOW_TABLES_LIKE_WHERE = " WHERE tablename LIKE ?"
 
 SHOW_CONNECTIONS_SQL = (
     "SELECT identity, nr_tables, last_update_epoch,"
-    " datetime(last_update_epoch, 'unixepoch') AS last_update_datetime"
+    f" strftime('{DATETIME_FORMAT}', last_update_epoch, 'unixepoch') AS last_update_datetime"
     " FROM qasino_server_connections ORDER BY identity"
 )
 
 SHOW_INFO_SQL = (
     "SELECT generation_number, generation_duration_s, generation_start_epoch,"
-    " datetime(generation_start_epoch, 'unixepoch') AS generation_start_datetime"
+    f" strftime('{DATETIME_FORMAT}', generation_start_epoch, 'unixepoch')"
+    " AS generation_start_datetime"
     " FROM qasino_server_info"
 )
 

@@ -1,4 +1,4 @@
-"""The telnet line protocol: SQL in, the text rendering out.
+"""The telnet line protocol: SQL in, the text rendering out (CRLF line ends).
 
 Lines collect until the statement ends in ``;``; each statement is answered
 in order. A statement may not grow past ``max_statement_bytes``: the client
@@ -42,6 +42,12 @@ Only reading statements run; anything that would change state is refused.
 """
 # Ctrl-C / Ctrl-D as typed, and the telnet IAC sequences a client sends for them.
 _BREAK_BYTES = frozenset(b"\x03\x04\xff\xf4\xfd\x06\xec")
+
+
+def crlf(text: str) -> bytes:
+    """A reply as sent: every line ends in CRLF, as the original's (Twisted
+    LineReceiver's) sendLine wrote it."""
+    return text.replace("\n", "\r\n").encode("utf-8")
 
 
 def is_break_line(line: bytes) -> bool:
@@ -107,7 +113,7 @@ class LineSQLProtocol(LineReceiver):
 
         def write(text: str) -> None:
             if self.transport is not None and not self._lost:
-                self.transport.write(text.encode("utf-8"))
+                self.transport.write(crlf(text))
 
         # Chain on the previous statement so answers come back in order.
         d = self._tail.addCallback(run)
@@ -120,14 +126,14 @@ class LineSQLProtocol(LineReceiver):
 
         def write(_: object) -> None:
             if self.transport is not None and not self._lost:
-                self.transport.write(text.encode("utf-8"))
+                self.transport.write(crlf(text))
 
         self._tail.addCallback(write)
 
     def _bye(self) -> None:
         def bye(_: object) -> None:
             if self.transport is not None and not self._lost:
-                self.transport.write(b"Bye!\n")
+                self.transport.write(b"Bye!\r\n")
                 self.transport.loseConnection()
 
         self._closing = True
@@ -138,7 +144,7 @@ class LineSQLProtocol(LineReceiver):
         self._parts, self._size = [], 0
         if self.transport is not None:
             self.transport.write(
-                f"SQL error: statement longer than {self.max_statement_bytes} bytes\n".encode()
+                crlf(f"SQL error: statement longer than {self.max_statement_bytes} bytes\n")
             )
             self.transport.loseConnection()
         self._closing = True

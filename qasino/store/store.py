@@ -17,9 +17,7 @@ Threading contract (see docs/concurrency.md):
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import re
 import shutil
 import threading
 import time
@@ -39,15 +37,13 @@ from qasino.core.errors import (
     StoreError,
 )
 from qasino.core.identifiers import (
-    INTEGER,
     INTERNAL_PREFIX,
-    REAL,
     TEXT,
     check_identifier,
     is_identifier,
     quote_ident,
 )
-from qasino.core.model import Cell, Publish, PublishOptions, Result, Table, ViewDef
+from qasino.core.model import Publish, PublishOptions, Result, Table, ViewDef
 from qasino.core.persist import PersistRegistry
 from qasino.core.tables import explain_cells
 from qasino.store.internal import (
@@ -69,7 +65,10 @@ from qasino.store.sqlite import (
 )
 from qasino.store.views import build_views, create_temp_view
 
-STATIC_FILE = "static.sqlite"
+# The original Qasino's name for the static DB, so an existing data dir is
+# served as it is; our first release called it static.sqlite (migrated).
+STATIC_FILE = "qasino_table_store_static.db"
+FIRST_RELEASE_STATIC_FILE = "static.sqlite"
 GENERATIONS_DIR = "generations"
 # The static DB's own bookkeeping table (not an identifier: never a user table).
 STATIC_META = "_qasino_static_updates"
@@ -87,9 +86,13 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class SnapshotInfo:
+    """A snapshot being served; ``filling_number`` is the number of the writer
+    generation opened with it (what the generation signal announces)."""
+
     generation_number: int
     generation_duration_s: float
     generation_start_epoch: float
+    filling_number: int = 0
 
 
 class Counters:
@@ -261,6 +264,12 @@ class StaticDB:
                 self.last_update[name.lower()] = float(epoch or 0.0)
 
     def apply(self, publish: Publish, now: float) -> None:
+        """Replace (or, with ``update``, upsert into) a static table.
+
+        As the original server did, the table keeps the union of the columns
+        of every publish: a re-publish without a column empties that column
+        (its rows are gone) but keeps it in the schema.
+        """
         table, opts = publish.table, publish.options
         lower = table.tablename.lower()
         current = self.schemas.get(lower)
@@ -271,15 +280,49 @@ class StaticDB:
                 insert_rows(self.conn, table, "replace", target=schema.name)
             else:
                 if current is not None:
-                    self.conn.execute(f"DROP TABLE {quote_ident(current.name)}")
-                schema = ensure_table(self.conn, None, table, opts.keycols or None)
-                insert_rows(self.conn, table, "insert")
+                    # Rows first, so a new key index is built on an empty table.
+                    self.conn.execute(f"DELETE FROM {quote_ident(current.name)}")
+                schema = ensure_table(self.conn, current, table, opts.keycols or None)
+                insert_rows(self.conn, table, "insert", target=schema.name)
             self.conn.execute(f"INSERT OR REPLACE INTO {STATIC_META} VALUES (?, ?)", (lower, now))
         self.schemas[lower] = schema
         self.last_update[lower] = now
 
     def close(self) -> None:
         self.conn.close()
+
+
+def static_db_path(db_dir: str) -> str:
+    """The static DB of ``db_dir``: ``qasino_table_store_static.db``.
+
+    A ``static.sqlite`` left by our first release is moved to that name
+    (after folding its WAL in) when the new name does not exist yet; if both
+    exist the original's name wins and the other file is left alone.
+    """
+    path = os.path.join(db_dir, STATIC_FILE)
+    old = os.path.join(db_dir, FIRST_RELEASE_STATIC_FILE)
+    if os.path.exists(path):
+        if os.path.exists(old):
+            log.warn(
+                "both {path} and {old} exist: serving {path}, ignoring {old}",
+                path=path,
+                old=old,
+            )
+        return path
+    if os.path.exists(old):
+        conn = apsw.Connection(old)
+        try:
+            conn.pragma("wal_checkpoint", "TRUNCATE")
+        finally:
+            conn.close()
+        os.rename(old, path)
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.unlink(old + suffix)
+            except FileNotFoundError:
+                pass
+        log.info("moved the static DB {old} to {path}", old=old, path=path)
+    return path
 
 
 class Store:
@@ -312,7 +355,7 @@ class Store:
             os.makedirs(self.gen_dir)
             if config.archive_dir:
                 os.makedirs(config.archive_dir, exist_ok=True)
-            self.static = StaticDB(os.path.join(config.db_dir, STATIC_FILE))
+            self.static = StaticDB(static_db_path(config.db_dir))
         except (OSError, apsw.Error) as e:
             self.dir_lock.release()
             raise StoreError(f"cannot open the db dir {config.db_dir!r}: {e}") from None
@@ -459,8 +502,9 @@ class Store:
     ) -> None:
         """Upsert (identity, column=value) into a persisted table keyed by identity.
 
-        The value is stored as INTEGER or REAL when it reads as one, else TEXT.
-        Other columns of the identity's row keep their values.
+        The value is stored exactly as sent, as TEXT (the original's columns
+        were varchar): "01000" stays "01000". Other columns of the identity's
+        row keep their values.
         """
         _check_tablename(check_identifier(tablename, "table name"))
         check_identifier(column, "column name")
@@ -473,8 +517,7 @@ class Store:
             raise InvalidInput("identity must be non-empty, without control characters")
         if column.lower() == "identity":
             raise InvalidInput("the column name 'identity' is reserved for the key")
-        cell, type_ = _typed_value(value)
-        table = Table(tablename, ("identity", column), (TEXT, type_), [[identity, cell]])
+        table = Table(tablename, ("identity", column), (TEXT, TEXT), [[identity, value]])
         opts = PublishOptions(identity=identity, persist=True, update=True, keycols=("identity",))
         publish = Publish(table, opts)
         self.counters.add(updates_received=1, inserts_received=1)
@@ -710,14 +753,22 @@ class Store:
             finally:
                 checker.close()
             report.views = [
-                (v.viewname, int(status[v.viewname] is None), status[v.viewname] or "", v.view)
+                (
+                    v.viewname,
+                    int(status[v.viewname] is None),
+                    status[v.viewname] or v.warning or "",
+                    v.view,
+                )
                 for v in views
             ]
             write_views_table(gen.conn, report.views)
             gen.conn.pragma("wal_checkpoint", "PASSIVE")
         except apsw.Error as e:
             raise _failed_write(e, gen.conn, always_reclaim=True) from None
-        info = SnapshotInfo(gen.file.number, self.config.generation_duration_s, now)
+        new_gen = self._open_generation(now)
+        info = SnapshotInfo(
+            gen.file.number, self.config.generation_duration_s, now, new_gen.file.number
+        )
         gen.file.info = info
         gen.file.table_list = {
             t.tablename: {
@@ -729,7 +780,6 @@ class Store:
         }
         loaded = [v for v in views if status.get(v.viewname) is None]
         gen.file.set_views(loaded)
-        new_gen = self._open_generation(now)
         return info, new_gen
 
     def _table_entries(self, gen: WriterGeneration) -> list[TableEntry]:
@@ -853,26 +903,6 @@ class Store:
                 os.unlink(gen_file.path + suffix)
             except FileNotFoundError:
                 pass
-
-
-_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
-_REAL_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
-_INT64 = range(-(2**63), 2**63)
-
-
-def _typed_value(value: str) -> tuple[Cell, str]:
-    """INTEGER or REAL for a plain decimal number (ASCII digits), else TEXT.
-
-    Python's int()/float() alone would also take "1_000", " 12", "nan",
-    "inf" and non-ASCII digits, and an int beyond 64 bits cannot be bound.
-    """
-    if _INT_RE.match(value) and len(value) <= 20 and int(value) in _INT64:
-        return int(value), INTEGER
-    if _REAL_RE.match(value):
-        number = float(value)
-        if math.isfinite(number):
-            return number, REAL
-    return value, TEXT
 
 
 def _check_tablename(tablename: str) -> None:

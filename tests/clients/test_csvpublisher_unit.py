@@ -210,6 +210,37 @@ def test_index_names_the_table(tmp_path: Path) -> None:
     assert not bad.ok and "invalid tablename" in (bad.error or "")
 
 
+@pytest.mark.parametrize(
+    "second_line",
+    [
+        "Disk usage per host, by mount",
+        '"An unclosed quote, then commas',
+        "",
+        "qasino_server_tables",
+    ],
+)
+def test_an_old_file_with_free_text_on_its_second_line_is_published(
+    tmp_path: Path, second_line: str
+) -> None:
+    """The original agent never read that line: the index names the table."""
+    (tmp_path / "disk.csv").write_text(
+        f"1\n{second_line}\nhost,pct\nstring,int\nHost,Percent\nh1,91\nh2,15\n"
+    )
+    (tmp_path / "index").write_text("1\ndisk.csv,disk_usage\n")
+    (report,) = cp.read_tables([str(tmp_path / "index")], None, "agent1")
+    assert report.ok, report.error
+    message = cp.publish_message(report.publish, report.tablename)
+    assert message["table"]["tablename"] == "disk_usage"
+    assert message["table"]["rows"] == [["h1", 91], ["h2", 15]]
+
+
+def test_a_broken_data_line_is_reported_with_its_file_line_number(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("1\nfree text\nx\nint\nX\n1\nnope\n")
+    (tmp_path / "index").write_text("1\nt\n")
+    (report,) = cp.read_tables([str(tmp_path / "index")], None, "agent1")
+    assert not report.ok and "line 7" in (report.error or "")
+
+
 def test_files_are_reread_every_round(tree: Path) -> None:
     index = str(tree / "index.txt")
     (first,) = cp.read_tables([index], {"tbl_a"}, "agent1")

@@ -162,13 +162,13 @@ def test_show_tables_returns_documented_columns_ordered_by_tablename() -> None:
         "nr_rows",
         "nr_updates",
         "last_update_epoch",
-        "last_update_datetime",
         "static",
+        "last_update_datetime",
     ]
     tablenames = [str(row[0]) for row in rows]
     assert tablenames == sorted(tablenames)
-    assert ("alpha", 10, 2, 1382105090.5, "2013-10-18 14:04:50", 0) in rows
-    assert ("settings", 4, 1, 1000000000, "2001-09-09 01:46:40", 1) in rows
+    assert ("alpha", 10, 2, 1382105090.5, 0, "2013-10-18 14:04:50.500 UTC") in rows
+    assert ("settings", 4, 1, 1000000000, 1, "2001-09-09 01:46:40.000 UTC") in rows
 
 
 @pytest.mark.parametrize(
@@ -219,8 +219,8 @@ def test_show_connections_returns_documented_columns_ordered_by_identity(text: s
     names, rows = run(command)
     assert names == ["identity", "nr_tables", "last_update_epoch", "last_update_datetime"]
     assert rows == [
-        ("host1", 1, 1382105080, "2013-10-18 14:04:40"),
-        ("host2", 2, 1382105090, "2013-10-18 14:04:50"),
+        ("host1", 1, 1382105080, "2013-10-18 14:04:40.000 UTC"),
+        ("host2", 2, 1382105090, "2013-10-18 14:04:50.000 UTC"),
     ]
 
 
@@ -235,7 +235,7 @@ def test_show_info_returns_documented_columns(text: str) -> None:
         "generation_start_epoch",
         "generation_start_datetime",
     ]
-    assert rows == [(1382105093, 30, 1382105093, "2013-10-18 14:04:53")]
+    assert rows == [(1382105093, 30, 1382105093, "2013-10-18 14:04:53.000 UTC")]
 
 
 @pytest.mark.parametrize("text", ["SHOW views", "show VIEWS;", "SHOW\tviews ;"])
