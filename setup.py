@@ -30,6 +30,8 @@ setup(
         "libpass>=1.9",
         "bcrypt>=4",
         "orjson>=3.9",
+        "prometheus_client>=0.17",
+        "tomli>=1.1; python_version < '3.11'",
     ],
     extras_require={
         "test": [
@@ -37,6 +39,7 @@ setup(
             "hypothesis>=6",
             "ruff>=0.6",
             "mypy>=1.10",
+            "mypy-zope>=1.0",
             "types-PyYAML",
             "types-requests",
             "pexpect>=4.8",

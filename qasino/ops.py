@@ -9,6 +9,8 @@ shape, so no request can be left without a reply.
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -82,6 +84,45 @@ def decode_body(data: bytes | str) -> tuple[Any, Optional[int]]:
         raise ValueError("JSON nested too deeply") from None
 
 
+PUBLISH_OPS = frozenset({"add_table_data", "add_csv_table_data", "name_value_update"})
+
+
+class RequestStats:
+    """Publishes and queries answered, by transport (``http``, ``https``,
+    ``zmq``, ``line``) and outcome (``ok``, ``error``): plain counts that
+    ``/metrics`` reads when it is scraped. Reactor thread only."""
+
+    def __init__(self) -> None:
+        self.publishes: Counter[tuple[str, str]] = Counter()
+        self.queries: Counter[tuple[str, str]] = Counter()
+        # Called with (transport, seconds) for each query answered.
+        self.query_timers: list[Callable[[str, float], None]] = []
+
+    def publish_done(self, transport: str, ok: bool) -> None:
+        self.publishes[(transport, "ok" if ok else "error")] += 1
+
+    def query_done(self, transport: str, ok: bool, seconds: float) -> None:
+        self.queries[(transport, "ok" if ok else "error")] += 1
+        for timer in self.query_timers:
+            timer(transport, seconds)
+
+    def count(self, op: object, transport: str, started: float, reply: object) -> object:
+        """A callback: count ``reply`` (a reply dict, text or a Failure) of ``op``."""
+        if isinstance(reply, Failure):
+            ok = False
+        elif isinstance(reply, dict):
+            ok = reply.get("response_op") != "error"
+        elif isinstance(reply, str):
+            ok = not reply.startswith("SQL error: ")
+        else:
+            ok = True
+        if op == "query":
+            self.query_done(transport, ok, time.perf_counter() - started)
+        elif op in PUBLISH_OPS:
+            self.publish_done(transport, ok)
+        return reply
+
+
 class Dispatcher:
     """Turns protocol requests into engine calls and engine results into replies."""
 
@@ -104,6 +145,7 @@ class Dispatcher:
             "get_table_list": self.get_table_list,
             "name_value_update": self.name_value_update,
         }
+        self.stats = RequestStats()
 
     @property
     def identity(self) -> str:
@@ -123,6 +165,12 @@ class Dispatcher:
         ``body_bytes``: ``request`` was decoded by orjson from a body that
         long (see :func:`decode_body`); it lets a publish leave the checks
         of its cells to SQLite."""
+        op = request.get("op") if isinstance(request, dict) else None
+        started = time.perf_counter()
+        d = self._dispatch(request, source, body_bytes)
+        return d.addCallback(lambda reply: self.stats.count(op, source, started, reply))
+
+    def _dispatch(self, request: object, source: str, body_bytes: Optional[int]) -> Deferred[Reply]:
         if not isinstance(request, dict):
             return succeed(self.error("Request must be a JSON object"))
         op = request.get("op")
@@ -168,8 +216,14 @@ class Dispatcher:
             raise
         return self.engine.publish(publish).addCallback(lambda _: self.ok())
 
-    def add_csv_table_data(self, body: bytes, identity: Optional[str] = None) -> Deferred[Reply]:
+    def add_csv_table_data(
+        self, body: bytes, identity: Optional[str] = None, transport: str = "http"
+    ) -> Deferred[Reply]:
         """The CSV publish format (HTTP op add_csv_table_data)."""
+        d = self._add_csv_table_data(body, identity)
+        return d.addCallback(lambda r: self.stats.count("add_csv_table_data", transport, 0, r))
+
+    def _add_csv_table_data(self, body: bytes, identity: Optional[str]) -> Deferred[Reply]:
         try:
             publish = parse_csv_publish(body, identity, **self.limits)
         except InvalidInput as e:
@@ -211,17 +265,26 @@ class Dispatcher:
             sql, use_write_db, lambda result: result_shape(result, identity)
         )
 
-    def query_text(self, sql: Optional[str], use_write_db: bool = False) -> Deferred[str]:
+    def query_text(
+        self, sql: Optional[str], use_write_db: bool = False, transport: str = "http"
+    ) -> Deferred[str]:
         """The text rendering of a query, or ``SQL error: ...`` (never errbacks)."""
+        started = time.perf_counter()
         if not isinstance(sql, str) or not sql.strip():
-            return succeed(render_error_text(MISSING_SQL))
-        d = self.engine.query_then(sql, use_write_db, render_result_text)
+            d = succeed(render_error_text(MISSING_SQL))
+        else:
+            d = self.engine.query_then(sql, use_write_db, render_result_text)
 
-        def failed(failure: Failure) -> str:
-            return render_error_text(self._failed(failure, "query")["error_message"])
+            def failed(failure: Failure) -> str:
+                return render_error_text(self._failed(failure, "query")["error_message"])
 
-        return d.addErrback(failed)
+            d.addErrback(failed)
+        return d.addCallback(lambda text: self.stats.count("query", transport, started, text))
 
-    def query_result(self, sql: str, use_write_db: bool = False) -> Deferred[Result]:
+    def query_result(
+        self, sql: str, use_write_db: bool = False, transport: str = "http"
+    ) -> Deferred[Result]:
         """The raw Result (errbacks with QasinoError); for the web UI."""
-        return self.engine.query(sql, use_write_db)
+        started = time.perf_counter()
+        d = self.engine.query(sql, use_write_db)
+        return d.addBoth(lambda r: self.stats.count("query", transport, started, r))

@@ -6,17 +6,12 @@ import argparse
 import gc
 import sys
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
-
+from qasino.config import parse_args as parse_config_args
+from qasino.config import render as render_config
 from qasino.core.errors import StoreError
+from qasino.logs import add_logging_arguments, start_logging
 from qasino.service import ServerConfig, default_db_dir
 
 # gc.set_threshold: young collections every 50,000 net allocations instead
@@ -138,10 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="concurrent connections per TCP listener; 0 = no limit (default %(default)s)",
     )
     p.add_argument("--reader-threads", type=int, default=d.reader_threads)
+    add_logging_arguments(p)
     p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warn", "error", "critical"],
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="TOML file of settings: keys are the long flags with _ for - "
+        "(http_port = 15597); env QASINO_<FLAG> overrides it, a flag overrides both",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings (secrets masked) and exit",
     )
     return p
 
@@ -180,16 +183,18 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     ).resolved()
 
 
-def start_logging(level: str) -> None:
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [predicate])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse_config_args(parser, argv)
+    if args.print_config:
+        sys.stdout.write(render_config(parser, args))
+        return 0
     config = config_from_args(args)
-    start_logging(args.log_level)
+    try:
+        start_logging(args.log_level, args.log_format, args.log_file)
+    except OSError as e:
+        sys.stderr.write(f"qasino_server: cannot open the log file: {e}\n")
+        return 1
     # Reader threads hand the GIL back and forth with the busy reactor; a
     # shorter switch interval keeps query latency down under ingest.
     sys.setswitchinterval(0.001)
@@ -238,12 +243,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         reactor.run(installSignalHandlers=False)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    install_sighup(reactor, server)
     # What start-up built lives as long as the process: keep it out of the
     # cyclic GC's full collections.
     gc.freeze()
     reactor.run()
     log.info("qasino_server stopped")
     return 0
+
+
+def install_sighup(reactor: Any, server: Any) -> None:
+    """SIGHUP reloads (``server.reload``) instead of ending the process."""
+    import signal
+
+    if not hasattr(signal, "SIGHUP"):
+        return
+
+    def on_hup(signum: int, frame: object) -> None:
+        reactor.callFromThread(server.reload)
+
+    signal.signal(signal.SIGHUP, on_hup)
 
 
 if __name__ == "__main__":

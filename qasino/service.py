@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -24,8 +26,15 @@ from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFA
 from qasino.engine import Engine, EngineService, ThreadRunner, ViewsSource
 from qasino.frontends.http import DEFAULT_MAX_BODY_BYTES, make_site
 from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory
-from qasino.frontends.tls import HtpasswdChecker, HtpasswdStore, load_tls_options, protect
+from qasino.frontends.tls import (
+    HtpasswdChecker,
+    HtpasswdStore,
+    ReloadableTLSOptions,
+    TLSConfigError,
+    protect,
+)
 from qasino.frontends.zmq import ZmqServices
+from qasino.metrics import ServerMetrics, install_ops_pages
 from qasino.ops import Dispatcher
 from qasino.store.query import QueryLimits
 from qasino.store.store import Store, StoreConfig
@@ -178,6 +187,11 @@ class QasinoServer(MultiService):
         super().__init__()
         self.config = config = config.resolved()
         self.reactor = reactor
+        self.tls: Optional[ReloadableTLSOptions] = None
+        self.htpasswd: Optional[HtpasswdStore] = None
+        # Called by reload() (SIGHUP) after the built-in reloads; e.g. the
+        # alerts file watcher's reload.
+        self.reload_hooks: list[Callable[[], object]] = []
         views = ViewsSource(config.views_file)
         views.poll()  # the first snapshot, served at once, has the views
         store = Store(
@@ -201,6 +215,7 @@ class QasinoServer(MultiService):
             max_table_columns=config.max_table_columns,
             max_cell_bytes=config.max_cell_bytes,
         )
+        self.metrics = ServerMetrics(self.engine, self.dispatcher)
         self.zmq = ZmqServices(
             self.dispatcher,
             reactor,
@@ -222,6 +237,7 @@ class QasinoServer(MultiService):
         self.line: Optional[TCPListenService] = None
         if config.http_port is not None:
             site = make_site(self.dispatcher, config.max_body_bytes)
+            install_ops_pages(site.resource, self.metrics)
             bind = "127.0.0.1" if config.http_loopback_only else config.bind
             self.http = TCPListenService(
                 "HTTP",
@@ -252,12 +268,14 @@ class QasinoServer(MultiService):
         """HTTPS on --https-port: the same API and UI, behind basic auth when
         an htpasswd file is given. Raises TLSConfigError on bad files."""
         assert config.tls_cert and config.tls_key and config.https_port is not None
-        options = load_tls_options(config.tls_cert, config.tls_key)
-        site = make_site(self.dispatcher, config.max_body_bytes)
+        options = self.tls = ReloadableTLSOptions(config.tls_cert, config.tls_key)
+        site = make_site(self.dispatcher, config.max_body_bytes, transport="https")
+        install_ops_pages(site.resource, self.metrics)
         if config.htpasswd_file:
             pool = ThreadPoolService("qasino-auth", maxthreads=2)
             pool.setServiceParent(self)
-            checker = HtpasswdChecker(HtpasswdStore(config.htpasswd_file), reactor, pool.pool)
+            self.htpasswd = HtpasswdStore(config.htpasswd_file)
+            checker = HtpasswdChecker(self.htpasswd, reactor, pool.pool)
             site.resource = protect(site.resource, checker)
         else:
             log.warn("HTTPS without --htpasswd-file: no authentication on the HTTPS listener")
@@ -270,6 +288,41 @@ class QasinoServer(MultiService):
             tls_options=options,
             max_connections=config.max_connections,
         )
+
+    def reload(self) -> Deferred[None]:
+        """SIGHUP: read the TLS certificate and key, the htpasswd file and
+        the views again, then run ``reload_hooks``. Nothing stops listening
+        and no connection is dropped; a file that fails to load is logged and
+        the last good one kept. Reactor thread."""
+        log.info("reloading (SIGHUP)")
+        for what, thing in (("TLS certificate and key", self.tls), ("htpasswd", self.htpasswd)):
+            if thing is None:
+                continue
+            try:
+                thing.reload()
+            except TLSConfigError as e:
+                log.error(
+                    "{what} not reloaded, keeping the last good one: {error}", what=what, error=e
+                )
+            else:
+                log.info("reloaded the {what}", what=what)
+        for hook in list(self.reload_hooks):
+            try:
+                hook()
+            except Exception:
+                log.failure("a reload hook failed")
+        d = self.engine.reload_views()
+
+        def done(changed: bool) -> None:
+            log.info(
+                "views file {path} {how}",
+                path=self.config.views_file,
+                how="reloaded" if changed else "unchanged",
+            )
+
+        d.addCallback(done)
+        d.addErrback(lambda f: log.failure("reloading the views failed", f))
+        return d
 
     def ports(self) -> dict[str, Optional[int]]:
         """The real ports, once started."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
@@ -164,9 +165,10 @@ class RequestResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, transport: str = "http") -> None:
         super().__init__()
         self.dispatcher = dispatcher
+        self.transport = transport  # the label of the requests in /metrics
 
     def render_GET(self, request: server.Request) -> Any:
         args = query_args(request)
@@ -174,20 +176,22 @@ class RequestResource(Resource):
             return self._text_query(request, args.get("sql"), is_true(args.get("use_write_db")))
         if args.get("op") == "query" and args.get("format") == "csv":
             return self._csv_query(request, args.get("sql"), is_true(args.get("use_write_db")))
-        return self._reply(request, self.dispatcher.dispatch(args, "http"))
+        return self._reply(request, self.dispatcher.dispatch(args, self.transport))
 
     def render_POST(self, request: server.Request) -> Any:
         args = query_args(request)
         body = request.content.read() if request.content is not None else b""
         if args.get("op") == "add_csv_table_data":
             return self._reply(
-                request, self.dispatcher.add_csv_table_data(body, args.get("identity"))
+                request,
+                self.dispatcher.add_csv_table_data(body, args.get("identity"), self.transport),
             )
         try:
             payload, plain_bytes = decode_body(body) if body.strip() else ({}, None)
         except (ValueError, UnicodeDecodeError) as e:
             if args.get("op") == "add_table_data":
                 self.dispatcher.engine.count_publish_error()
+                self.dispatcher.stats.publish_done(self.transport, False)
             return self._send(
                 request, encode_json(self.dispatcher.error(f"Could not parse POST body: {e}"))
             )
@@ -202,10 +206,12 @@ class RequestResource(Resource):
             return self._text_query(
                 request, payload.get("sql"), is_true(payload.get("use_write_db"))
             )
-        return self._reply(request, self.dispatcher.dispatch(payload, "http", plain_bytes))
+        return self._reply(request, self.dispatcher.dispatch(payload, self.transport, plain_bytes))
 
     def _text_query(self, request: server.Request, sql: object, use_write_db: bool) -> Any:
-        d = self.dispatcher.query_text(sql if isinstance(sql, str) else None, use_write_db)
+        d = self.dispatcher.query_text(
+            sql if isinstance(sql, str) else None, use_write_db, self.transport
+        )
         d.addCallback(lambda text: text.encode("utf-8"))
         return self._reply(request, d, TEXT_TYPE)
 
@@ -214,8 +220,10 @@ class RequestResource(Resource):
         if not sql or not sql.strip():
             return self._send(request, render_error_text(MISSING_SQL).encode("utf-8"), TEXT_TYPE)
         d = self.dispatcher.engine.query_then(sql, use_write_db, result_csv)
+        stats, started = self.dispatcher.stats, time.perf_counter()
 
         def attach(body: bytes) -> bytes:
+            stats.query_done(self.transport, True, time.perf_counter() - started)
             request.setHeader(b"Content-Type", CSV_TYPE)
             request.setHeader(b"Content-Disposition", CSV_DISPOSITION)
             return body
@@ -224,6 +232,7 @@ class RequestResource(Resource):
             failure.trap(QasinoError)  # anything else: _reply logs it and answers 500
             error = failure.value
             assert isinstance(error, QasinoError)
+            stats.query_done(self.transport, False, time.perf_counter() - started)
             request.setHeader(b"Content-Type", TEXT_TYPE)
             return render_error_text(error.message).encode("utf-8")
 
@@ -294,9 +303,9 @@ class RootResource(Resource):
     """``/request`` (the API) and the web UI (``/``, ``/tables``, ``/desc``,
     ``/query``, ``/connections``, ``/views``, ``/static/``); anything else 404."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, transport: str = "http") -> None:
         super().__init__()
-        self.putChild(b"request", RequestResource(dispatcher))
+        self.putChild(b"request", RequestResource(dispatcher, transport))
         self.not_found = install_web_ui(self, dispatcher)
 
     def getChild(self, path: bytes, request: server.Request) -> Resource:
@@ -320,8 +329,10 @@ class QuietSite(server.Site):
         pass
 
 
-def make_site(dispatcher: Dispatcher, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> server.Site:
-    site = QuietSite(RootResource(dispatcher), parsePOSTFormSubmission=False)
+def make_site(
+    dispatcher: Dispatcher, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, transport: str = "http"
+) -> server.Site:
+    site = QuietSite(RootResource(dispatcher, transport), parsePOSTFormSubmission=False)
     site.requestFactory = LimitedRequest
     site.max_body_bytes = max_body_bytes  # type: ignore[attr-defined]
     site.identity = dispatcher.identity  # type: ignore[attr-defined]

@@ -75,7 +75,7 @@ class LineSQLProtocol(LineReceiver):
 
     def _run(self, statement: str) -> None:
         def run(_: object) -> Deferred[str]:
-            return self.dispatcher.query_text(statement)
+            return self.dispatcher.query_text(statement, transport="line")
 
         def write(text: str) -> None:
             if self.transport is not None and not self._lost:

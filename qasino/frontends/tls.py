@@ -24,6 +24,7 @@ from twisted.cred import credentials, error, portal
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -66,6 +67,24 @@ def load_tls_options(cert_path: str, key_path: str) -> ssl.CertificateOptions:
         raise TLSConfigError(f"bad TLS certificate or key: {e}") from None
 
 
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableTLSOptions:
+    """The TLS settings of a listener, swappable while it listens (SIGHUP):
+    each new connection uses the certificate loaded last; open ones keep theirs."""
+
+    def __init__(self, cert_path: str, key_path: str) -> None:
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self.current = load_tls_options(cert_path, key_path)
+
+    def reload(self) -> None:
+        """Load the files again; raises TLSConfigError (keeping the old ones) if bad."""
+        self.current = load_tls_options(self.cert_path, self.key_path)
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        return self.current.serverConnectionForTLS(tlsProtocol)
+
+
 class HtpasswdStore:
     """An htpasswd file, reloaded when it changes, with a short positive cache."""
 
@@ -96,6 +115,17 @@ class HtpasswdStore:
             raise TLSConfigError(f"cannot load htpasswd file {self.path}: {e}") from None
         self._stamp = stamp
         self._cache.clear()
+
+    def reload(self) -> None:
+        """Read the file again now (SIGHUP); raises TLSConfigError, keeping the
+        users loaded before, if it cannot be read."""
+        with self._lock:
+            stamp, self._stamp = self._stamp, None
+            try:
+                self._load()
+            except TLSConfigError:
+                self._stamp = stamp
+                raise
 
     def _digest(self, password: bytes) -> bytes:
         return hashlib.sha256(self._salt + password).digest()

@@ -1,0 +1,137 @@
+"""Logging for every command: one spelling of levels, stderr by default,
+``--log-file``, ``--log-format text|json``.
+
+Levels are ``debug``, ``info``, ``warning``, ``error``, ``critical`` in all
+four commands; ``warn`` (the server's old spelling) is accepted too.
+
+The server logs through :mod:`twisted.logger`; the JSON format writes one
+object per line: ``time`` (ISO 8601, UTC), ``level``, ``namespace``,
+``message`` (the formatted text), then the event's own fields (the format
+keys), and ``traceback`` for a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import IO, Any, Optional
+
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+ALIASES = {"warn": "warning", "fatal": "critical"}
+FORMATS = ("text", "json")
+
+
+def level_name(text: str) -> str:
+    """The one spelling of a level name; ArgumentTypeError if unknown."""
+    name = text.strip().lower()
+    name = ALIASES.get(name, name)
+    if name not in LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {text!r} (choose from {', '.join(LEVELS)})"
+        )
+    return name
+
+
+def add_log_level_argument(parser: argparse.ArgumentParser, default: str = "info") -> None:
+    parser.add_argument(
+        "--log-level",
+        type=level_name,
+        default=default,
+        metavar="{" + ",".join(LEVELS) + "}",
+        help="least severe messages logged (default %(default)s)",
+    )
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """--log-level, --log-file and --log-format (the server's)."""
+    add_log_level_argument(parser)
+    parser.add_argument(
+        "--log-file",
+        default=None,
+        help="append log lines to this file instead of stderr",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text lines, or one JSON object per line (default %(default)s)",
+    )
+
+
+def twisted_level(name: str) -> LogLevel:
+    return LogLevel.levelWithName("warn" if name == "warning" else name)
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return str(value)
+
+
+def event_as_json(event: dict[str, Any]) -> str:
+    """One Twisted log event as one JSON line."""
+    level = event.get("log_level")
+    name = "info" if level is None else level.name
+    record: dict[str, Any] = {
+        "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc).isoformat(
+            timespec="milliseconds"
+        ),
+        "level": "warning" if name == "warn" else name,
+        "namespace": event.get("log_namespace", ""),
+        "message": formatEvent(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in record or key in ("format", "message"):
+            continue
+        record[key] = _json_safe(value)
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            record["traceback"] = failure.getTraceback()
+        except Exception:
+            record["traceback"] = str(failure)
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def json_file_observer(out: IO[str]) -> FileLogObserver:
+    return FileLogObserver(out, event_as_json)
+
+
+def open_log_file(path: Optional[str]) -> IO[str]:
+    """The stream log lines go to: the file (appended, line-buffered) or stderr."""
+    if not path:
+        return sys.stderr
+    return open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives with the process
+
+
+def start_logging(level: str, fmt: str = "text", path: Optional[str] = None) -> IO[str]:
+    """Send Twisted's log to stderr or ``path``, filtered by ``level``."""
+    out = open_log_file(path)
+    observer: ILogObserver = json_file_observer(out) if fmt == "json" else textFileLogObserver(out)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=twisted_level(level_name(level)))
+    filtered: ILogObserver = FilteringLogObserver(observer, [predicate])
+    globalLogBeginner.beginLoggingTo([filtered], redirectStandardIO=False)
+    return out
+
+
+def start_stdlib_logging(level: str, fmt: str = "%(asctime)s %(levelname)s %(message)s") -> None:
+    """The clients: the standard library's logging, to stderr."""
+    logging.basicConfig(format=fmt, level=getattr(logging, level_name(level).upper()))
