@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Optional
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Histogram,
     PlatformCollector,
@@ -31,6 +30,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from twisted.logger import Logger
 from twisted.web import server
@@ -167,6 +167,8 @@ class ServerMetrics:
             buckets=QUERY_BUCKETS,
             registry=self.registry,
         )
+        for transport in TRANSPORTS:
+            self.query_seconds.labels(transport)  # every series from the start
         engine.on_rotation_timed(self.rotation_seconds.observe)
         dispatcher.stats.query_timers.append(
             lambda transport, seconds: self.query_seconds.labels(transport).observe(seconds)
@@ -180,8 +182,13 @@ class ServerMetrics:
         """``provider()`` -> ``[(alertname, state, count), ...]``, called at each scrape."""
         self.collector.alerts_provider = provider
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, accept: Optional[str] = None) -> tuple[bytes, str]:
+        """The registry rendered for an Accept header: OpenMetrics when asked
+        for (as Prometheus does), else the classic text format."""
+        if accept is None:
+            return generate_latest(self.registry), "text/plain; version=0.0.4; charset=utf-8"
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason): a snapshot taken since start, and young enough."""
@@ -213,12 +220,13 @@ class MetricsPage(Resource):
         self.metrics = metrics
 
     def render_GET(self, request: server.Request) -> bytes:
+        accept = request.getHeader(b"accept")
         try:
-            body = self.metrics.exposition()
+            body, content_type = self.metrics.exposition(accept.decode("latin-1") if accept else "")
         except Exception:
             log.failure("rendering /metrics failed")
             return _plain(request, 500, "metrics could not be rendered")
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        request.setHeader(b"Content-Type", content_type.encode())
         request.setHeader(b"Content-Length", str(len(body)).encode())
         return body
 

@@ -108,6 +108,8 @@ class RequestStats:
 
     def count(self, op: object, transport: str, started: float, reply: object) -> object:
         """A callback: count ``reply`` (a reply dict, text or a Failure) of ``op``."""
+        if not isinstance(op, str):
+            return reply
         if isinstance(reply, Failure):
             ok = False
         elif isinstance(reply, dict):

@@ -209,6 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from qasino.service import make_service
 
+    stop_on_early_sigterm(reactor)
     log = Logger(namespace="qasino.server")
     log.info(
         "qasino_server {identity} starting: db dir {db_dir}, generation {duration}s",
@@ -250,6 +251,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     reactor.run()
     log.info("qasino_server stopped")
     return 0
+
+
+def stop_on_early_sigterm(reactor: Any) -> None:
+    """A SIGTERM that comes between start-up and reactor.run (which installs
+    Twisted's own handler) still stops cleanly, exit 0."""
+    import signal
+
+    def on_term(signum: int, frame: object) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def install_sighup(reactor: Any, server: Any) -> None:

@@ -64,6 +64,7 @@ from qasino.core import identifiers
 from qasino.core.errors import InvalidInput
 from qasino.core.model import Cell, Publish
 from qasino.core.tables import parse_csv_publish
+from qasino.logs import add_log_level_argument, start_stdlib_logging
 
 log = logging.getLogger("qasino.csvpublisher")
 
@@ -676,11 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT_S,
         help="seconds to wait for each reply (default %(default)g)",
     )
-    p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error", "critical"],
-    )
+    add_log_level_argument(p)
     return p
 
 
@@ -717,10 +714,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("-d/--send-delay-max must not be negative")
     if args.gen_signal_timeout <= 0:
         parser.error("-g/--gen-signal-timeout must be positive")
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(message)s",
-        level=getattr(logging, args.log_level.upper()),
-    )
+    start_stdlib_logging(args.log_level)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
     identity = args.identity or socket.gethostname()

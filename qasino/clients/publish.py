@@ -19,6 +19,7 @@ from qasino.clients.transport import (
 )
 from qasino.core.errors import InvalidInput
 from qasino.core.tables import parse_csv_publish, parse_json_publish
+from qasino.logs import add_log_level_argument, start_stdlib_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--data-format", choices=["json", "csv"], default="json")
     p.add_argument("-f", "--file", default="-", help="input file (default stdin)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+    add_log_level_argument(p, default="warning")
     return p
 
 
@@ -96,6 +98,7 @@ def make_transport(args: argparse.Namespace) -> Any:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    start_stdlib_logging(args.log_level)
     try:
         if args.file == "-":
             data = sys.stdin.buffer.read()

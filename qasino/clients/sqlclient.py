@@ -20,6 +20,7 @@ from qasino.clients.transport import (
     env_default,
 )
 from qasino.core.render import render_text
+from qasino.logs import add_log_level_argument, start_stdlib_logging
 
 PROMPT = "qasino> "
 CONTINUATION = "      > "
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "csv", "json"], default="text")
     p.add_argument("--use-write-db", action="store_true", help="query the generation being written")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request")
+    add_log_level_argument(p, default="warning")
     return p
 
 
@@ -192,6 +194,7 @@ def interactive(session: Session) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    start_stdlib_logging(args.log_level)
     transport = make_transport(args)
     session = Session(transport, args.format, args.use_write_db, args.identity)
     try:
