@@ -12,7 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import orjson
 from twisted.internet.defer import Deferred, succeed
@@ -34,6 +34,7 @@ from qasino.engine import Engine
 log = Logger(namespace="qasino.ops")
 
 Reply = dict[str, Any]
+T = TypeVar("T")
 
 # The texts old clients know; the ZeroMQ one names the op.
 NO_OP = "No op specified"
@@ -106,7 +107,7 @@ class RequestStats:
         for timer in self.query_timers:
             timer(transport, seconds)
 
-    def count(self, op: object, transport: str, started: float, reply: object) -> object:
+    def count(self, op: object, transport: str, started: float, reply: T) -> T:
         """A callback: count ``reply`` (a reply dict, text or a Failure) of ``op``."""
         if not isinstance(op, str):
             return reply
@@ -194,13 +195,14 @@ class Dispatcher:
         return d
 
     def _failed(self, failure: Failure, op: object) -> Reply:
-        if failure.check(InvalidInput):
-            message = "Invalid input format: " + failure.value.message
+        error = failure.value
+        if isinstance(error, InvalidInput):
+            message = "Invalid input format: " + error.message
             log.info("refused {op}: {message}", op=op, message=message)
             return self.error(message)
-        if failure.check(QasinoError):
-            log.info("{op} failed: {message}", op=op, message=failure.value.message)
-            return self.error(failure.value.message)
+        if isinstance(error, QasinoError):
+            log.info("{op} failed: {message}", op=op, message=error.message)
+            return self.error(error.message)
         log.failure("unexpected error in {op}", failure, op=op)
         return self.error(f"Internal error: {failure.getErrorMessage()}")
 

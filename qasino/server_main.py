@@ -241,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             d.addBoth(lambda _: reactor.stop())
 
         reactor.callWhenRunning(shut_down)
-        reactor.run(installSignalHandlers=False)
+        reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     install_sighup(reactor, server)

@@ -126,7 +126,7 @@ class TCPListenService(Service):
         name: str,
         reactor: Any,
         port: int,
-        factory: Factory,
+        factory: Any,
         bind: str,
         tls_options: Any = None,
         max_connections: int = 0,
@@ -146,11 +146,11 @@ class TCPListenService(Service):
             # TLS inside the connection limit: the limit counts raw sockets.
             factory = TLSMemoryBIOFactory(self.tls_options, False, factory)
         if self.max_connections:
-            factory = ConnectionLimitFactory(factory, self.max_connections, self.name)
+            factory = ConnectionLimitFactory(factory, self.max_connections, str(self.name))
         self.listening = self.reactor.listenTCP(
             self.port, factory, backlog=LISTEN_BACKLOG, interface=self.bind
         )
-        self.port = self.listening.getHost().port
+        self.port = int(getattr(self.listening.getHost(), "port", self.port))
         log.info(
             "{name} listening on {bind}:{port}", name=self.name, bind=self.bind, port=self.port
         )
@@ -320,9 +320,9 @@ class QasinoServer(MultiService):
                 how="reloaded" if changed else "unchanged",
             )
 
-        d.addCallback(done)
-        d.addErrback(lambda f: log.failure("reloading the views failed", f))
-        return d
+        reloaded: Deferred[None] = d.addCallback(done)
+        reloaded.addErrback(lambda f: log.failure("reloading the views failed", f))
+        return reloaded
 
     def ports(self) -> dict[str, Optional[int]]:
         """The real ports, once started."""

@@ -231,8 +231,8 @@ def test_the_images_entry_command_and_health_check_work_in_a_venv(
     installed: Installed, tmp_path: Path
 ) -> None:
     """The image's command with its volumes under tmp_path (and the default
-    ports moved to free ones): the health check
-    snapshot, then passes; SIGTERM exits 0."""
+    ports moved to free ones): the health check passes once a snapshot was
+    taken; SIGTERM exits 0."""
     image = dockerfile()
     (tmp_path / "config").mkdir()
     (tmp_path / "data").mkdir()

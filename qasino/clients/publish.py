@@ -9,12 +9,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from qasino.client import Publisher
 from qasino.clients.transport import (
     DEFAULT_TIMEOUT_S,
-    HttpTransport,
     ServerError,
     TransportError,
-    ZmqTransport,
     env_default,
 )
 from qasino.core.errors import InvalidInput
@@ -81,14 +80,13 @@ def build_request(data: bytes, args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
-def make_transport(args: argparse.Namespace) -> Any:
-    if args.use_zmq:
-        return ZmqTransport(args.hostname, args.port or 15598, args.timeout)
-    https = not args.use_http
-    return HttpTransport(
-        args.hostname,
-        args.port or (443 if https else 15597),
-        https=https,
+def make_transport(args: argparse.Namespace) -> Publisher:
+    """A :class:`qasino.client.Publisher` for the flags."""
+    scheme = "tcp" if args.use_zmq else ("http" if args.use_http else "https")
+    port = args.port or {"tcp": 15598, "http": 15597, "https": 443}[scheme]
+    return Publisher(
+        f"{scheme}://{args.hostname}:{port}",
+        identity=args.identity,
         username=args.username,
         password=args.password,
         verify=not args.skip_ssl_verify,
@@ -115,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     transport = make_transport(args)
     table = request["table"]
-    where = getattr(transport, "url", None) or getattr(transport, "address", "")
+    where = transport.endpoint
     try:
         transport.request(request)
     except ServerError as e:

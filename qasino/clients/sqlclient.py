@@ -11,12 +11,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Optional, TextIO
 
+from qasino.client import Publisher
 from qasino.clients.transport import (
     DEFAULT_TIMEOUT_S,
-    HttpTransport,
     ServerError,
     TransportError,
-    ZmqTransport,
     env_default,
 )
 from qasino.core.render import render_text
@@ -48,18 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_transport(args: argparse.Namespace) -> Any:
+    """A :class:`qasino.client.Publisher` for the flags (its ``request``
+    sends one protocol message)."""
     if args.use_https or args.use_http:
+        scheme = "https" if args.use_https else "http"
         port = args.port or (443 if args.use_https else 15597)
-        return HttpTransport(
-            args.hostname,
-            port,
-            https=args.use_https,
+        return Publisher(
+            f"{scheme}://{args.hostname}:{port}",
+            identity=args.identity,
             username=args.username,
             password=args.password,
             verify=not args.skip_ssl_verify,
             timeout_s=args.timeout,
         )
-    return ZmqTransport(args.hostname, args.port or 15598, args.timeout)
+    return Publisher(
+        f"tcp://{args.hostname}:{args.port or 15598}", args.identity, timeout_s=args.timeout
+    )
 
 
 def format_reply(reply: dict[str, Any], fmt: str) -> str:

@@ -69,8 +69,11 @@ class LimitedRequest(server.Request):
     _refused = False
     _received = 0
 
+    def _site_setting(self, name: str, default: Any) -> Any:
+        return getattr(getattr(self.channel, "site", None), name, default)
+
     def _limit(self) -> int:
-        return int(getattr(self.channel.site, "max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+        return int(self._site_setting("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
 
     def gotLength(self, length: Optional[int]) -> None:
         if length is not None and length > self._limit():
@@ -125,7 +128,7 @@ class LimitedRequest(server.Request):
         if self._storage_error is None:
             super().process()
             return
-        identity = getattr(self.channel.site, "identity", "")
+        identity = self._site_setting("identity", "")
         body = encode_json(
             {"response_op": "error", "identity": identity, "error_message": self._storage_error}
         )
@@ -148,9 +151,10 @@ class LimitedRequest(server.Request):
                 old.close()
             except OSError:
                 pass
-        identity = getattr(self.channel.site, "identity", "")
+        identity = self._site_setting("identity", "")
         body = encode_json({"response_op": "error", "identity": identity, "error_message": message})
         transport = self.channel.transport
+        assert transport is not None
         transport.write(
             b"HTTP/1.1 " + status + b"\r\n"
             b"Content-Type: application/json\r\n"
@@ -325,7 +329,7 @@ class QuietSite(server.Site):
     """A Site without the per-request access log line: at thousands of
     publishes a second it cost a sixth of the reactor's time (bench/)."""
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: Any) -> None:
         pass
 
 

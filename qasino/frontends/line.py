@@ -82,8 +82,7 @@ class LineSQLProtocol(LineReceiver):
                 self.transport.write(text.encode("utf-8"))
 
         # Chain on the previous statement so answers come back in order.
-        d = self._tail.addCallback(run)
-        d.addCallback(write)
+        d: Deferred[None] = self._tail.addCallback(run).addCallback(write)
         d.addErrback(lambda f: log.failure("line protocol reply failed", f))
         self._tail = d
 

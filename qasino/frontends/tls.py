@@ -164,7 +164,7 @@ class HtpasswdChecker:
         self.reactor = reactor
         self.pool = pool
 
-    def requestAvatarId(self, creds: Any) -> Deferred[bytes]:
+    def requestAvatarId(self, creds: Any) -> Deferred[bytes | tuple[()]]:
         username = creds.username.decode("utf-8", "replace")
         password = creds.password
 
@@ -175,7 +175,8 @@ class HtpasswdChecker:
             return bytes(creds.username)
 
         d = deferToThreadPool(self.reactor, self.pool, self.store.check, username, password)
-        return d.addCallback(verdict)
+        result: Deferred[bytes | tuple[()]] = d.addCallback(verdict)
+        return result
 
 
 @implementer(portal.IRealm)
@@ -183,7 +184,7 @@ class _ResourceRealm:
     def __init__(self, resource: Resource) -> None:
         self.resource = resource
 
-    def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> Any:
+    def requestAvatar(self, avatarId: bytes | tuple[()], mind: Any, *interfaces: Any) -> Any:
         if IResource in interfaces:
             return (IResource, self.resource, lambda: None)
         raise NotImplementedError()
