@@ -278,3 +278,28 @@ def test_the_images_entry_command_and_health_check_work_in_a_venv(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------- systemd
+
+
+def test_the_systemd_unit_is_valid_and_reloads_with_sighup(
+    installed: Installed, tmp_path: Path
+) -> None:
+    text = (REPO_ROOT / "contrib" / "systemd" / "qasino.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#"
+    )
+    assert settings["User"] == "qasino" and settings["Restart"] == "on-failure"
+    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert "--config /etc/qasino/qasino.toml" in settings["ExecStart"]
+    assert settings["NoNewPrivileges"] == "yes" and settings["ProtectSystem"] == "strict"
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "qasino.service"
+    unit.write_text(
+        text.replace("/usr/local/bin/qasino_server", str(installed.bin / "qasino_server"))
+    )
+    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
