@@ -115,21 +115,43 @@ def json_file_observer(out: IO[str]) -> FileLogObserver:
     return FileLogObserver(out, event_as_json)
 
 
-def open_log_file(path: Optional[str]) -> IO[str]:
-    """The stream log lines go to: the file (appended, line-buffered) or stderr."""
-    if not path:
-        return sys.stderr
-    return open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives with the process
+class LogFile:
+    """A log file opened for appending, line by line, that :meth:`reopen`
+    opens again by name (after logrotate moved it: SIGHUP)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file: IO[str] = self._open()
+
+    def _open(self) -> IO[str]:
+        return open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+    def write(self, text: str) -> int:
+        return self.file.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def reopen(self) -> None:
+        """Open the path again; keep the old file if that fails."""
+        try:
+            new = self._open()
+        except OSError:
+            return
+        old, self.file = self.file, new
+        old.close()
 
 
-def start_logging(level: str, fmt: str = "text", path: Optional[str] = None) -> IO[str]:
-    """Send Twisted's log to stderr or ``path``, filtered by ``level``."""
-    out = open_log_file(path)
+def start_logging(level: str, fmt: str = "text", path: Optional[str] = None) -> Optional[LogFile]:
+    """Send Twisted's log to stderr or ``path``, filtered by ``level``;
+    returns the LogFile (None for stderr). Raises OSError if it cannot be opened."""
+    log_file = LogFile(path) if path else None
+    out: Any = log_file if log_file is not None else sys.stderr
     observer: ILogObserver = json_file_observer(out) if fmt == "json" else textFileLogObserver(out)
     predicate = LogLevelFilterPredicate(defaultLogLevel=twisted_level(level_name(level)))
     filtered: ILogObserver = FilteringLogObserver(observer, [predicate])
     globalLogBeginner.beginLoggingTo([filtered], redirectStandardIO=False)
-    return out
+    return log_file
 
 
 def start_stdlib_logging(level: str, fmt: str = "%(asctime)s %(levelname)s %(message)s") -> None:

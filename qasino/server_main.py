@@ -191,7 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     config = config_from_args(args)
     try:
-        start_logging(args.log_level, args.log_format, args.log_file)
+        log_file = start_logging(args.log_level, args.log_format, args.log_file)
     except OSError as e:
         sys.stderr.write(f"qasino_server: cannot open the log file: {e}\n")
         return 1
@@ -244,6 +244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    if log_file is not None:
+        server.reload_hooks.append(log_file.reopen)  # logrotate: move, then SIGHUP
     install_sighup(reactor, server)
     # What start-up built lives as long as the process: keep it out of the
     # cyclic GC's full collections.

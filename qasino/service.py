@@ -317,7 +317,7 @@ class QasinoServer(MultiService):
             log.info(
                 "views file {path} {how}",
                 path=self.config.views_file,
-                how="reloaded" if changed else "unchanged",
+                how="reloaded" if changed else "not reloaded, the last good views stay",
             )
 
         reloaded: Deferred[None] = d.addCallback(done)

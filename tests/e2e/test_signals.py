@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.conftest import HOST, LineClient, http_query, new_server, rows_of
+from tests.e2e.conftest import HOST, LineClient, http_query, new_server, poll_until, rows_of
 from tests.e2e.test_https import USERS, write_htpasswd
 from tests.tls_helpers import make_cert
 
@@ -110,5 +110,23 @@ def test_sighup_with_a_broken_certificate_keeps_the_old_one(tmp_path: Path) -> N
         proc.wait_log("TLS certificate and key not reloaded, keeping the last good one")
         assert served_cert(proc.ports["https"]) == good
         assert proc.stop(signal.SIGTERM) == 0
+    finally:
+        proc.close()
+
+
+def test_sighup_reopens_the_log_file_after_logrotate_moved_it(tmp_path: Path) -> None:
+    proc = new_server(tmp_path / "rotate", generation_s=600)
+    try:
+        proc.start()
+        assert proc.log_path is not None and proc.proc is not None
+        moved = proc.log_path.with_suffix(".log.1")
+        proc.log_path.rename(moved)
+        proc.proc.send_signal(signal.SIGHUP)
+        poll_until(proc.log_path.exists, 10, "a new log file")
+        proc.wait_log(r"views file .* reloaded")
+        assert "reloading (SIGHUP)" in moved.read_text()
+        assert "listening on" not in proc.log_text()
+        assert proc.stop() == 0
+        assert "qasino_server stopped" in proc.log_text()
     finally:
         proc.close()
