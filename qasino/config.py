@@ -38,12 +38,15 @@ class ConfigError(Exception):
 
 
 def setting_key(action: argparse.Action) -> Optional[str]:
-    """The file key of a flag (``--http-port`` -> ``http_port``); None for
-    positionals, help, version and the config flags themselves."""
-    longs = [o for o in action.option_strings if o.startswith("--")]
-    if not longs or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+    """The file key of a flag (``--http-port`` -> ``http_port``; a flag with
+    only a short spelling goes by its ``dest``); None for positionals, help,
+    version and the config flags themselves."""
+    if not action.option_strings or action.dest == argparse.SUPPRESS:
         return None
-    key = longs[0][2:].replace("-", "_")
+    if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+        return None
+    longs = [o for o in action.option_strings if o.startswith("--")]
+    key = longs[0][2:].replace("-", "_") if longs else action.dest
     return None if key in NOT_SETTINGS else key
 
 

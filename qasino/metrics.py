@@ -14,7 +14,8 @@ Other features plug into two provider hooks:
   ``[(alertname, state, count), ...]`` for ``qasino_alerts{alertname,state}``.
 
 The pages render on the reactor thread (the collector reads reactor-thread
-state); a scrape costs well under a millisecond.
+state); a scrape takes a few milliseconds (about 7 ms measured with 200
+publishers on a loaded 2-core machine).
 """
 
 from __future__ import annotations

@@ -151,3 +151,12 @@ def test_print_config_of_the_real_command_exits_0(tmp_path: Path) -> None:
     assert settings_["zmq_port"] == 1234 and settings_["http_port"] == 0
     assert "line_port" not in settings_  # off: no value
     assert "# line_port =  (not set; env QASINO_LINE_PORT)" in done.stdout
+
+
+def test_a_flag_with_only_a_short_spelling_goes_by_its_dest(tmp_path: Path) -> None:
+    parser = build_parser()
+    parser.add_argument("-K", dest="keys_dir", default=None)
+    path = write(tmp_path, 'keys_dir = "/etc/keys"\n')
+    assert parse_args(parser, ["--config", path], {}).keys_dir == "/etc/keys"
+    assert parse_args(parser, [], {"QASINO_KEYS_DIR": "/k"}).keys_dir == "/k"
+    assert parse_args(parser, ["-K", "/flag"], {"QASINO_KEYS_DIR": "/k"}).keys_dir == "/flag"
