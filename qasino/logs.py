@@ -17,18 +17,13 @@ import json
 import logging
 import sys
 from datetime import datetime, timezone
-from typing import IO, Any, Optional
+from typing import IO, TYPE_CHECKING, Any, Optional
 
-from twisted.logger import (
-    FileLogObserver,
-    FilteringLogObserver,
-    ILogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    formatEvent,
-    globalLogBeginner,
-    textFileLogObserver,
-)
+if TYPE_CHECKING:
+    from twisted.logger import FileLogObserver, LogLevel
+
+# Twisted is imported inside the server's functions only: the clients use
+# the level helpers and the standard library's logging.
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 ALIASES = {"warn": "warning", "fatal": "critical"}
@@ -73,6 +68,8 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def twisted_level(name: str) -> LogLevel:
+    from twisted.logger import LogLevel
+
     return LogLevel.levelWithName("warn" if name == "warning" else name)
 
 
@@ -88,6 +85,8 @@ def _json_safe(value: Any) -> Any:
 
 def event_as_json(event: dict[str, Any]) -> str:
     """One Twisted log event as one JSON line."""
+    from twisted.logger import formatEvent
+
     level = event.get("log_level")
     name = "info" if level is None else level.name
     record: dict[str, Any] = {
@@ -112,6 +111,8 @@ def event_as_json(event: dict[str, Any]) -> str:
 
 
 def json_file_observer(out: IO[str]) -> FileLogObserver:
+    from twisted.logger import FileLogObserver
+
     return FileLogObserver(out, event_as_json)
 
 
@@ -145,6 +146,14 @@ class LogFile:
 def start_logging(level: str, fmt: str = "text", path: Optional[str] = None) -> Optional[LogFile]:
     """Send Twisted's log to stderr or ``path``, filtered by ``level``;
     returns the LogFile (None for stderr). Raises OSError if it cannot be opened."""
+    from twisted.logger import (
+        FilteringLogObserver,
+        ILogObserver,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
     log_file = LogFile(path) if path else None
     out: Any = log_file if log_file is not None else sys.stderr
     observer: ILogObserver = json_file_observer(out) if fmt == "json" else textFileLogObserver(out)

@@ -220,6 +220,9 @@ class QasinoProcess:
             return True
 
         poll_until(ports_known, timeout, "the server's listening ports")
+        # Subscribe now: a SUB socket only gets signals some milliseconds
+        # after it connects, so one made at the first wait could miss it.
+        self._subscriber()
         if wait_first_generation:
             self.wait_log(SERVED_PATTERN, timeout=timeout)
         return self
