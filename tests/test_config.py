@@ -160,3 +160,24 @@ def test_a_flag_with_only_a_short_spelling_goes_by_its_dest(tmp_path: Path) -> N
     assert parse_args(parser, ["--config", path], {}).keys_dir == "/etc/keys"
     assert parse_args(parser, [], {"QASINO_KEYS_DIR": "/k"}).keys_dir == "/k"
     assert parse_args(parser, ["-K", "/flag"], {"QASINO_KEYS_DIR": "/k"}).keys_dir == "/flag"
+
+
+def test_the_example_file_names_every_setting_and_each_line_is_valid(tmp_path: Path) -> None:
+    """contrib/qasino.toml: every commented-out `key = value` line, once
+    uncommented, is a valid setting, and together they cover every flag."""
+    from tests.server_process import REPO_ROOT
+
+    example = (REPO_ROOT / "contrib" / "qasino.toml").read_text()
+    assert parse_args(build_parser(), ["--config", write(tmp_path, example)], {})
+    lines = [
+        line[2:].split("  #")[0]
+        for line in example.splitlines()
+        if line.startswith("# ") and " = " in line.split("#")[1]
+    ]
+    uncommented = write(tmp_path, "\n".join(lines) + "\n")
+    args = parse(["--config", uncommented])
+    keys = {line.split(" = ")[0] for line in lines}
+    missing = set(settings(build_parser())) - keys
+    assert not missing, f"add these flags to contrib/qasino.toml: {sorted(missing)}"
+    assert keys <= set(settings(build_parser()))
+    assert args.generation_duration == 30
