@@ -303,6 +303,21 @@ class RequestResource(Resource):
         return None
 
 
+class ListenerDispatcher:
+    """The dispatcher as the web UI of one listener uses it: its queries are
+    counted (``/metrics``) under that listener's transport."""
+
+    def __init__(self, dispatcher: Dispatcher, transport: str) -> None:
+        self._dispatcher = dispatcher
+        self._transport = transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dispatcher, name)
+
+    def query_result(self, sql: str, use_write_db: bool = False) -> Deferred[Result]:
+        return self._dispatcher.query_result(sql, use_write_db, self._transport)
+
+
 class RootResource(Resource):
     """``/request`` (the API) and the web UI (``/``, ``/tables``, ``/desc``,
     ``/query``, ``/connections``, ``/views``, ``/static/``); anything else 404."""
@@ -310,7 +325,8 @@ class RootResource(Resource):
     def __init__(self, dispatcher: Dispatcher, transport: str = "http") -> None:
         super().__init__()
         self.putChild(b"request", RequestResource(dispatcher, transport))
-        self.not_found = install_web_ui(self, dispatcher)
+        ui_dispatcher: Any = ListenerDispatcher(dispatcher, transport)
+        self.not_found = install_web_ui(self, ui_dispatcher)
 
     def getChild(self, path: bytes, request: server.Request) -> Resource:
         return self.not_found

@@ -123,13 +123,34 @@ def test_metrics_and_health_need_credentials_under_https(
             timeout=10,
         )
         assert allowed.status_code in ((503,) if path == "/-/ready" else (200,)), path
-    body = requests.get(
-        https_server.url("/metrics"),
-        auth=("bee", USERS["bee"]),
-        verify=str(https_server.cert),
-        timeout=10,
-    ).text
-    assert "qasino_generation_number" in body
+
+    def https_ok_queries() -> float:
+        body = requests.get(
+            https_server.url("/metrics"),
+            auth=("bee", USERS["bee"]),
+            verify=str(https_server.cert),
+            timeout=10,
+        ).text
+        assert "qasino_generation_number" in body
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                if sample.name == "qasino_queries_total" and sample.labels == {
+                    "transport": "https",
+                    "outcome": "ok",
+                }:
+                    return sample.value
+        raise AssertionError("no https series in qasino_queries_total")
+
+    before = https_ok_queries()
+    for path in ("/request?op=query&sql=SELECT+1", "/query?sql=SELECT+1"):
+        reply = requests.get(
+            https_server.url(path),
+            auth=("bee", USERS["bee"]),
+            verify=str(https_server.cert),
+            timeout=10,
+        )
+        assert reply.status_code == 200, path
+    assert https_ok_queries() - before == 2  # the API and the web UI
 
 
 # ---------------------------------------------------------------- a real Prometheus
