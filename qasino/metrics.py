@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from qasino import __version__
 from qasino.engine import Engine
 from qasino.ops import Dispatcher
 
@@ -78,6 +79,11 @@ class QasinoCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         engine = self.engine
         info = engine.snapshot_info()
+        build = GaugeMetricFamily(
+            "qasino_build_info", "The running Qasino's version (always 1).", labels=["version"]
+        )
+        build.add_metric([__version__], 1)
+        yield build
         yield GaugeMetricFamily(
             "qasino_generation_number",
             "Number of the generation being served (the epoch second it started).",

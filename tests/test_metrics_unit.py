@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
+from qasino import __version__
 from qasino.engine import Engine
 from qasino.metrics import READY_SLACK_S, ServerMetrics
 from qasino.ops import Dispatcher
@@ -45,6 +46,7 @@ def test_rotation_histogram_and_generation_gauge_follow_rotations(
     assert got["qasino_rotations_total[]"] == 2
     assert got["qasino_generation_number[]"] == engine.snapshot_info().generation_number
     assert got["qasino_snapshot_age_seconds[]"] == 0
+    assert got[f"qasino_build_info[('version', '{__version__}')]"] == 1
 
 
 def test_providers_fill_identities_and_alerts(engine: Engine) -> None:
