@@ -52,12 +52,11 @@ from typing import Any, Optional, Protocol
 
 import zmq
 
+from qasino.client import Publisher
 from qasino.clients.transport import (
     DEFAULT_TIMEOUT_S,
-    HttpTransport,
     ServerError,
     TransportError,
-    ZmqTransport,
     env_default,
 )
 from qasino.core import identifiers
@@ -681,24 +680,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_sender(args: argparse.Namespace) -> tuple[ZmqTransport | HttpTransport, str]:
-    """The transport the flags ask for, and a description for the log."""
+def make_sender(args: argparse.Namespace) -> tuple[Publisher, str]:
+    """A :class:`qasino.client.Publisher` for the flags, and where it sends (for the log)."""
     if args.use_https or args.use_http:
+        scheme = "https" if args.use_https else "http"
         port = args.port or (HTTPS_PORT if args.use_https else HTTP_PORT)
-        username = args.username or env_default("QASINO_CLIENT_USERNAME")
-        password = args.password or env_default("QASINO_CLIENT_PASSWORD")
-        http = HttpTransport(
-            args.hostname,
-            port,
-            https=bool(args.use_https),
-            username=username,
-            password=password,
+        publisher = Publisher(
+            f"{scheme}://{args.hostname}:{port}",
+            identity=args.identity,
+            username=args.username or env_default("QASINO_CLIENT_USERNAME"),
+            password=args.password or env_default("QASINO_CLIENT_PASSWORD"),
             verify=not args.skip_ssl_verify,
             timeout_s=args.timeout,
         )
-        return http, http.url
-    zmq_transport = ZmqTransport(args.hostname, args.port or ZMQ_RPC_PORT, args.timeout)
-    return zmq_transport, zmq_transport.address
+    else:
+        publisher = Publisher(
+            f"tcp://{args.hostname}:{args.port or ZMQ_RPC_PORT}",
+            identity=args.identity,
+            timeout_s=args.timeout,
+        )
+    return publisher, publisher.endpoint
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
