@@ -18,6 +18,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from qasino.core import shapes
+from qasino.core.model import Result
 from qasino.frontends.stream import DEFAULT_MAX_STREAM_ROWS, run_stream
 from qasino.frontends.web import install_web_ui, query_args
 from qasino.ops import MISSING_SQL, Dispatcher, decode_body, encode_json, is_true
@@ -67,8 +68,11 @@ class LimitedRequest(server.Request):
     _refused = False
     _received = 0
 
+    def _site_setting(self, name: str, default: Any) -> Any:
+        return getattr(getattr(self.channel, "site", None), name, default)
+
     def _limit(self) -> int:
-        return int(getattr(self.channel.site, "max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+        return int(self._site_setting("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
 
     def gotLength(self, length: Optional[int]) -> None:
         if length is not None and length > self._limit():
@@ -123,7 +127,7 @@ class LimitedRequest(server.Request):
         if self._storage_error is None:
             super().process()
             return
-        identity = getattr(self.channel.site, "identity", "")
+        identity = self._site_setting("identity", "")
         body = encode_json(
             {"response_op": "error", "identity": identity, "error_message": self._storage_error}
         )
@@ -146,9 +150,10 @@ class LimitedRequest(server.Request):
                 old.close()
             except OSError:
                 pass
-        identity = getattr(self.channel.site, "identity", "")
+        identity = self._site_setting("identity", "")
         body = encode_json({"response_op": "error", "identity": identity, "error_message": message})
         transport = self.channel.transport
+        assert transport is not None
         transport.write(
             b"HTTP/1.1 " + status + b"\r\n"
             b"Content-Type: application/json\r\n"
@@ -166,11 +171,13 @@ class RequestResource(Resource):
     def __init__(
         self,
         dispatcher: Dispatcher,
+        transport: str = "http",
         max_stream_rows: int = DEFAULT_MAX_STREAM_ROWS,
         call_in_reactor: Optional[Callable[..., Any]] = None,
     ) -> None:
         super().__init__()
         self.dispatcher = dispatcher
+        self.transport = transport  # the label of the requests in /metrics
         self.max_stream_rows = max_stream_rows
         # How a reader thread hands streamed rows to the reactor (None: a
         # plain call, for tests whose store calls run on the reactor thread).
@@ -180,20 +187,22 @@ class RequestResource(Resource):
         args = query_args(request)
         if args.get("op") == "query":
             return self._query(request, args)
-        return self._reply(request, self.dispatcher.dispatch(args, "http"))
+        return self._reply(request, self.dispatcher.dispatch(args, self.transport))
 
     def render_POST(self, request: server.Request) -> Any:
         args = query_args(request)
         body = request.content.read() if request.content is not None else b""
         if args.get("op") == "add_csv_table_data":
             return self._reply(
-                request, self.dispatcher.add_csv_table_data(body, args.get("identity"))
+                request,
+                self.dispatcher.add_csv_table_data(body, args.get("identity"), self.transport),
             )
         try:
             payload, plain_bytes = decode_body(body) if body.strip() else ({}, None)
         except (ValueError, UnicodeDecodeError) as e:
             if args.get("op") == "add_table_data":
                 self.dispatcher.engine.count_publish_error()
+                self.dispatcher.stats.publish_done(self.transport, False)
             return self._send(
                 request, encode_json(self.dispatcher.error(f"Could not parse POST body: {e}"))
             )
@@ -206,7 +215,7 @@ class RequestResource(Resource):
             payload.setdefault(key, value)
         if payload.get("op") == "query":
             return self._query(request, payload)
-        return self._reply(request, self.dispatcher.dispatch(payload, "http", plain_bytes))
+        return self._reply(request, self.dispatcher.dispatch(payload, self.transport, plain_bytes))
 
     def _query(self, request: server.Request, args: dict[str, Any]) -> Any:
         """``op=query`` with a ``format``: the legacy ``json`` and ``text``,
@@ -230,7 +239,7 @@ class RequestResource(Resource):
             return self._text_query(request, sql, use_write_db)
         if fmt == "json":
             legacy = {key: value for key, value in args.items() if key != "format"}
-            return self._reply(request, self.dispatcher.query_encoded(legacy))
+            return self._reply(request, self.dispatcher.query_encoded(legacy, self.transport))
         if streaming:
             if not isinstance(sql, str) or not sql.strip():
                 self.dispatcher.engine.count_query_error()
@@ -246,7 +255,7 @@ class RequestResource(Resource):
                 self.call_in_reactor,
             )
             return server.NOT_DONE_YET
-        d = self.dispatcher.query_shaped(sql, use_write_db, fmt)
+        d = self.dispatcher.query_shaped(sql, use_write_db, fmt, self.transport)
         content_type = shapes.CONTENT_TYPES[fmt]
 
         def shaped(status_body: tuple[int, bytes]) -> bytes:
@@ -263,7 +272,9 @@ class RequestResource(Resource):
         return self._reply(request, d.addCallback(shaped), content_type=None)
 
     def _text_query(self, request: server.Request, sql: object, use_write_db: bool) -> Any:
-        d = self.dispatcher.query_text(sql if isinstance(sql, str) else None, use_write_db)
+        d = self.dispatcher.query_text(
+            sql if isinstance(sql, str) else None, use_write_db, self.transport
+        )
         d.addCallback(lambda text: text.encode("utf-8"))
         return self._reply(request, d, TEXT_TYPE)
 
@@ -327,6 +338,21 @@ class RequestResource(Resource):
         return None
 
 
+class ListenerDispatcher:
+    """The dispatcher as the web UI of one listener uses it: its queries are
+    counted (``/metrics``) under that listener's transport."""
+
+    def __init__(self, dispatcher: Dispatcher, transport: str) -> None:
+        self._dispatcher = dispatcher
+        self._transport = transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dispatcher, name)
+
+    def query_result(self, sql: str, use_write_db: bool = False) -> Deferred[Result]:
+        return self._dispatcher.query_result(sql, use_write_db, self._transport)
+
+
 class RootResource(Resource):
     """``/request`` (the API) and the web UI (``/``, ``/tables``, ``/desc``,
     ``/query``, ``/connections``, ``/views``, ``/static/``); anything else 404."""
@@ -334,12 +360,16 @@ class RootResource(Resource):
     def __init__(
         self,
         dispatcher: Dispatcher,
+        transport: str = "http",
         max_stream_rows: int = DEFAULT_MAX_STREAM_ROWS,
         call_in_reactor: Optional[Callable[..., Any]] = None,
     ) -> None:
         super().__init__()
-        self.putChild(b"request", RequestResource(dispatcher, max_stream_rows, call_in_reactor))
-        self.not_found = install_web_ui(self, dispatcher)
+        self.putChild(
+            b"request", RequestResource(dispatcher, transport, max_stream_rows, call_in_reactor)
+        )
+        ui_dispatcher: Any = ListenerDispatcher(dispatcher, transport)
+        self.not_found = install_web_ui(self, ui_dispatcher)
 
     def getChild(self, path: bytes, request: server.Request) -> Resource:
         return self.not_found
@@ -349,13 +379,14 @@ class QuietSite(server.Site):
     """A Site without the per-request access log line: at thousands of
     publishes a second it cost a sixth of the reactor's time (bench/)."""
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: Any) -> None:
         pass
 
 
 def make_site(
     dispatcher: Dispatcher,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    transport: str = "http",
     max_stream_rows: int = DEFAULT_MAX_STREAM_ROWS,
     reactor: Any = None,
 ) -> server.Site:
@@ -363,7 +394,9 @@ def make_site(
     the reader threads (``callFromThread``); None only where store calls run
     on the reactor thread (tests)."""
     call = reactor.callFromThread if reactor is not None else None
-    site = QuietSite(RootResource(dispatcher, max_stream_rows, call), parsePOSTFormSubmission=False)
+    site = QuietSite(
+        RootResource(dispatcher, transport, max_stream_rows, call), parsePOSTFormSubmission=False
+    )
     site.requestFactory = LimitedRequest
     site.max_body_bytes = max_body_bytes  # type: ignore[attr-defined]
     site.identity = dispatcher.identity  # type: ignore[attr-defined]
