@@ -91,7 +91,7 @@ class RPCConnection(ZmqREPConnection):
             self._send(messageId, self.dispatcher.error(f"Failed to parse JSON message: {e}"))
             return
         if isinstance(request, dict) and request.get("op") == "query":
-            d = self.dispatcher.query_encoded(request)
+            d = self.dispatcher.query_encoded(request, "zmq")
         else:
             d = self.dispatcher.dispatch(request, "zmq", plain_bytes)
         d.addCallback(lambda reply: self._send(messageId, reply))
