@@ -8,6 +8,7 @@ that went away is noticed so nothing is written to a closed request.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -245,6 +246,7 @@ class RequestResource(Resource):
                 self.dispatcher.engine.count_query_error()
                 request.setResponseCode(400)
                 return self._send(request, shapes.error_body(MISSING_SQL))
+            stats, started = self.dispatcher.stats, time.perf_counter()
             run_stream(
                 self.dispatcher.engine,
                 request,
@@ -253,6 +255,7 @@ class RequestResource(Resource):
                 use_write_db,
                 self.max_stream_rows,
                 self.call_in_reactor,
+                lambda ok: stats.query_done(self.transport, ok, time.perf_counter() - started),
             )
             return server.NOT_DONE_YET
         d = self.dispatcher.query_shaped(sql, use_write_db, fmt, self.transport)

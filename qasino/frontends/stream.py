@@ -245,11 +245,18 @@ def run_stream(
     use_write_db: bool,
     max_rows: int,
     call_in_reactor: Callable[..., Any],
+    on_done: Callable[[bool], None] = lambda ok: None,
 ) -> Deferred[None]:
     """Stream ``sql``'s rows into ``request``; fires once the request is
-    ended (never errbacks)."""
+    ended (never errbacks). ``on_done(ok)`` is called then (for metrics)."""
     streamer = ResultStreamer(request, fmt, call_in_reactor)
     d = engine.stream(sql, use_write_db, max_rows, streamer.consume, streamer.cancelled)
+
+    def done(result: StreamDone | Failure) -> StreamDone | Failure:
+        on_done(isinstance(result, StreamDone))
+        return result
+
+    d.addBoth(done)
     d.addBoth(streamer.finish, sql)
     d.addErrback(lambda f: log.failure("could not end a stream", f))
     return d

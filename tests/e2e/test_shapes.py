@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import (
     HOST,
@@ -416,3 +417,22 @@ def test_a_stream_past_the_time_limit_ends_with_the_error_and_no_final_chunk(
     }
     assert [json.loads(row)["x"] for row in rows[:3]] == [1, 2, 3]
     server.proc.wait_log("stream failed: Query exceeded the time limit")
+
+
+def test_typed_and_streamed_queries_are_counted_in_metrics(server: Server) -> None:
+    def counts() -> dict[str, float]:
+        text = requests.get(f"http://{HOST}:{server.http}/metrics", timeout=10).text
+        out = {"ok": 0.0, "error": 0.0}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "qasino_queries_total" and sample.labels["transport"] == "http":
+                    out[sample.labels["outcome"]] += sample.value
+        return out
+
+    before = counts()
+    assert server.query("SELECT 1 AS a", "arrays").status_code == 200
+    assert server.query("SELECT 1 AS a", "ndjson", stream="1").status_code == 200
+    assert server.query("SELECT nope", "csv").status_code == 400
+    after = counts()
+    assert after["ok"] - before["ok"] == 2
+    assert after["error"] - before["error"] == 1
