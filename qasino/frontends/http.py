@@ -396,7 +396,7 @@ def make_site(
     """The API and web UI. ``reactor``: where streamed rows are handed from
     the reader threads (``callFromThread``); None only where store calls run
     on the reactor thread (tests)."""
-    call = reactor.callFromThread if reactor is not None else None
+    call = getattr(reactor, "callFromThread", None)
     site = QuietSite(
         RootResource(dispatcher, transport, max_stream_rows, call), parsePOSTFormSubmission=False
     )
