@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -115,8 +116,56 @@ def test_publish_over_https_lands_in_the_writer_generation(https_server: HttpsSe
     assert seen["table"]["rows"] == [["7"]]
 
 
-def test_plain_http_listener_can_be_kept_on_loopback(https_server: HttpsServer) -> None:
-    assert "HTTP listening on 127.0.0.1:" in https_server.proc.log_text()
+# Linux routes all of 127.0.0.0/8 to the loopback interface: a --bind
+# address that is not 127.0.0.1, without leaving the machine.
+OTHER_LOOPBACK = "127.0.0.2"
+
+
+def listening_on(log: str, words: str) -> tuple[str, int]:
+    """The address and port a listener logged ("WORDS on HOST:PORT")."""
+    match = re.search(re.escape(words) + r" on ([0-9.]+):(\d+)", log)
+    assert match, f"no {words!r} line in the log:\n{log}"
+    return match.group(1), int(match.group(2))
+
+
+def connects(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("loopback_only", [True, False], ids=["loopback-only", "without-flag"])
+def test_plain_http_listener_can_be_kept_on_loopback(tmp_path: Path, loopback_only: bool) -> None:
+    """With --bind 127.0.0.2, --http-loopback-only puts plain HTTP (only it)
+    on 127.0.0.1; without the flag it follows --bind like the others."""
+    cert, key = make_cert(tmp_path)
+    extra = ["--bind", OTHER_LOOPBACK, "--https-port", "0", "--tls-cert", str(cert)]
+    extra += ["--tls-key", str(key)] + (["--http-loopback-only"] if loopback_only else [])
+    proc = new_server(tmp_path / "server", generation_s=600, extra_args=extra)
+    try:
+        proc.start()
+        log = proc.log_text()
+        http_host, http_port = listening_on(log, "HTTP listening")
+        https_host, https_port = listening_on(log, "HTTPS listening")
+        line_host, _ = listening_on(log, "line protocol listening")
+        assert (https_host, line_host) == (OTHER_LOOPBACK, OTHER_LOOPBACK), log
+        expected = "127.0.0.1" if loopback_only else OTHER_LOOPBACK
+        other = OTHER_LOOPBACK if loopback_only else "127.0.0.1"
+        assert http_host == expected, f"HTTP listens on {http_host}, not {expected}:\n{log}"
+        # The sockets, not only the log line.
+        assert connects(expected, http_port)
+        assert not connects(other, http_port)
+        assert connects(OTHER_LOOPBACK, https_port) and not connects("127.0.0.1", https_port)
+        reply = requests.get(
+            f"http://{expected}:{http_port}/request",
+            params={"op": "query", "sql": "SELECT 1 AS one"},
+            timeout=10,
+        )
+        assert reply.json()["table"]["rows"] == [["1"]]
+    finally:
+        proc.close()
 
 
 def run_client(main: str, args: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
