@@ -310,6 +310,14 @@ def via_http_text(proc: QasinoProcess, sql: str) -> Answer:
 
 def via_http_csv(proc: QasinoProcess, sql: str) -> Answer:
     reply = _http(proc, "GET", sql_target(op="query", format="csv", sql=sql))
+    if reply.status == 400:
+        # The second release's error shape for format=csv: {"ok": false, "error": MSG}.
+        try:
+            error = json.loads(reply.body).get("error")
+        except (ValueError, AttributeError):
+            error = None
+        if isinstance(error, str):
+            return Answer(False, error, error.startswith("Internal error"))
     if reply.status != 200:
         return _status_answer(reply.status)
     if reply.content_type.startswith("text/csv"):
