@@ -335,10 +335,10 @@ class Dispatcher:
             outcome.append(False)
             return encode_json(self._failed(failure, "query"))
 
-        d = self.engine.query_into(
+        rendered = self.engine.query_into(
             sql, use_write_db, renderer.feed, lambda result, _ms: renderer.finish(result)
         )
-        return d.addErrback(failed)
+        return rendered.addErrback(failed)
 
     def query_shaped(
         self, sql: object, use_write_db: bool, fmt: str, transport: str = "http"

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import zmq
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from txzmq import ZmqEndpoint, ZmqEndpointType, ZmqFactory, ZmqPubConnection, ZmqREPConnection
 
@@ -90,6 +91,7 @@ class RPCConnection(ZmqREPConnection):
         except (ValueError, UnicodeDecodeError) as e:
             self._send(messageId, self.dispatcher.error(f"Failed to parse JSON message: {e}"))
             return
+        d: Deferred[Any]
         if isinstance(request, dict) and request.get("op") == "query":
             d = self.dispatcher.query_encoded(request, "zmq")
         else:
