@@ -116,13 +116,18 @@ class Dispatcher:
         return {"identity": self.identity, "response_op": "ok"}
 
     def dispatch(
-        self, request: object, source: str = "http", body_bytes: Optional[int] = None
+        self,
+        request: object,
+        source: str = "http",
+        body_bytes: Optional[int] = None,
+        remote_addr: Optional[str] = None,
     ) -> Deferred[Reply]:
         """Run one request dict; always fires with a reply dict, never errbacks.
 
         ``body_bytes``: ``request`` was decoded by orjson from a body that
         long (see :func:`decode_body`); it lets a publish leave the checks
-        of its cells to SQLite."""
+        of its cells to SQLite. ``remote_addr``: the sender's address, if
+        known (kept per identity, docs/fleet.md)."""
         if not isinstance(request, dict):
             return succeed(self.error("Request must be a JSON object"))
         op = request.get("op")
@@ -135,7 +140,7 @@ class Dispatcher:
             return succeed(self.error(UNKNOWN_OP_HTTP))
         try:
             if handler == self.add_table_data:
-                d = self.add_table_data(request, body_bytes)
+                d = self.add_table_data(request, body_bytes, remote_addr)
             else:
                 d = handler(request)
         except Exception:
@@ -157,7 +162,10 @@ class Dispatcher:
     # ------------------------------------------------------------------ ops
 
     def add_table_data(
-        self, request: dict[str, Any], body_bytes: Optional[int] = None
+        self,
+        request: dict[str, Any],
+        body_bytes: Optional[int] = None,
+        remote_addr: Optional[str] = None,
     ) -> Deferred[Reply]:
         try:
             publish = parse_json_publish(request, **self.limits, decoded_from_bytes=body_bytes)
@@ -166,16 +174,18 @@ class Dispatcher:
             rows = table.get("rows") if isinstance(table, dict) else None
             self.engine.count_publish_error(len(rows) if isinstance(rows, list) else 0)
             raise
-        return self.engine.publish(publish).addCallback(lambda _: self.ok())
+        return self.engine.publish(publish, remote_addr).addCallback(lambda _: self.ok())
 
-    def add_csv_table_data(self, body: bytes, identity: Optional[str] = None) -> Deferred[Reply]:
+    def add_csv_table_data(
+        self, body: bytes, identity: Optional[str] = None, remote_addr: Optional[str] = None
+    ) -> Deferred[Reply]:
         """The CSV publish format (HTTP op add_csv_table_data)."""
         try:
             publish = parse_csv_publish(body, identity, **self.limits)
         except InvalidInput as e:
             self.engine.count_publish_error()
             return succeed(self._failed(Failure(e), "add_csv_table_data"))
-        d = self.engine.publish(publish).addCallback(lambda _: self.ok())
+        d = self.engine.publish(publish, remote_addr).addCallback(lambda _: self.ok())
         d.addErrback(self._failed, "add_csv_table_data")
         return d
 

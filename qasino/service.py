@@ -71,6 +71,9 @@ class ServerConfig:
     max_table_columns: int = DEFAULT_MAX_COLUMNS
     max_cell_bytes: int = DEFAULT_MAX_CELL_BYTES
     max_connections: int = 1024
+    keep_stale: int = 0
+    persist_ttl: int = 0
+    history: int = 0
 
     def resolved(self) -> ServerConfig:
         """Fill the defaults that depend on the machine."""
@@ -188,6 +191,9 @@ class QasinoServer(MultiService):
                 limits=QueryLimits(
                     config.query_timeout_s, config.max_result_rows, config.max_result_bytes
                 ),
+                keep_stale=config.keep_stale,
+                persist_ttl=config.persist_ttl,
+                history=config.history,
             ),
             now=reactor.seconds(),
             views=views.views,

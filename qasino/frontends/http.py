@@ -159,6 +159,12 @@ class LimitedRequest(server.Request):
         transport.loseConnection()
 
 
+def _peer(request: server.Request) -> Optional[str]:
+    """The client's IP address (qasino_server_identities.remote_addr)."""
+    host = getattr(request.getClientAddress(), "host", None)
+    return host if isinstance(host, str) else None
+
+
 class RequestResource(Resource):
     """``/request?op=...``: every op of the protocol, GET and POST."""
 
@@ -174,14 +180,17 @@ class RequestResource(Resource):
             return self._text_query(request, args.get("sql"), is_true(args.get("use_write_db")))
         if args.get("op") == "query" and args.get("format") == "csv":
             return self._csv_query(request, args.get("sql"), is_true(args.get("use_write_db")))
-        return self._reply(request, self.dispatcher.dispatch(args, "http"))
+        return self._reply(
+            request, self.dispatcher.dispatch(args, "http", remote_addr=_peer(request))
+        )
 
     def render_POST(self, request: server.Request) -> Any:
         args = query_args(request)
         body = request.content.read() if request.content is not None else b""
         if args.get("op") == "add_csv_table_data":
             return self._reply(
-                request, self.dispatcher.add_csv_table_data(body, args.get("identity"))
+                request,
+                self.dispatcher.add_csv_table_data(body, args.get("identity"), _peer(request)),
             )
         try:
             payload, plain_bytes = decode_body(body) if body.strip() else ({}, None)
@@ -202,7 +211,10 @@ class RequestResource(Resource):
             return self._text_query(
                 request, payload.get("sql"), is_true(payload.get("use_write_db"))
             )
-        return self._reply(request, self.dispatcher.dispatch(payload, "http", plain_bytes))
+        return self._reply(
+            request,
+            self.dispatcher.dispatch(payload, "http", plain_bytes, remote_addr=_peer(request)),
+        )
 
     def _text_query(self, request: server.Request, sql: object, use_write_db: bool) -> Any:
         d = self.dispatcher.query_text(sql if isinstance(sql, str) else None, use_write_db)

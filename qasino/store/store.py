@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import apsw
 from twisted.logger import Logger
@@ -36,6 +36,16 @@ from qasino.core.errors import (
     QasinoError,
     QueryError,
     StoreError,
+)
+from qasino.core.fleet import (
+    Contribution,
+    IdentitySeen,
+    identity_counts,
+    identity_rows,
+    keep_stale_age,
+    keep_stale_expired,
+    seen,
+    table_identity_rows,
 )
 from qasino.core.identifiers import (
     INTEGER,
@@ -49,6 +59,7 @@ from qasino.core.identifiers import (
 from qasino.core.model import Cell, Publish, PublishOptions, Result, Table, ViewDef
 from qasino.core.persist import PersistRegistry
 from qasino.core.tables import explain_cells
+from qasino.store.history import History
 from qasino.store.internal import (
     GenerationReport,
     TableEntry,
@@ -78,6 +89,12 @@ class StoreConfig:
     generation_duration_s: float = 30.0
     archive_dir: Optional[str] = None
     limits: QueryLimits = QueryLimits()
+    # docs/fleet.md: carry a silent identity's tables this many generations;
+    # drop persisted copies not re-published for this many (0 = forever);
+    # keep this many snapshots queryable as history.T (0 = off).
+    keep_stale: int = 0
+    persist_ttl: int = 0
+    history: int = 0
 
 
 @dataclass(frozen=True)
@@ -130,10 +147,13 @@ class GenFile:
     longer borrowed, the file is removed or archived.
     """
 
-    def __init__(self, path: str, number: int, static_path: str) -> None:
+    def __init__(
+        self, path: str, number: int, static_path: str, history_path: Optional[str] = None
+    ) -> None:
         self.path = path
         self.number = number
         self.static_path = static_path
+        self.history_path = history_path
         self.refs = 0
         self.retired = False
         self.views: tuple[ViewDef, ...] = ()
@@ -160,7 +180,7 @@ class GenFile:
                     return v, conn
                 conn.close()
         try:
-            conn = open_reader(self.path, self.static_path)
+            conn = open_reader(self.path, self.static_path, self.history_path)
         except apsw.Error as e:
             raise StoreError(f"cannot open generation {self.number}: {sqlite_message(e)}") from None
         for view in views:
@@ -195,6 +215,9 @@ class WriterGeneration:
     file: GenFile
     conn: apsw.Connection
     opened_at: float
+    seq: int = 0  # the generation's sequence number (0, 1, 2, ... since start)
+    # (lower tablename, identity) -> [tablename, nr_rows, age_generations]
+    contrib: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     schemas: dict[str, TableSchema] = field(default_factory=dict)
     published: set[tuple[str, str]] = field(default_factory=set)
     carried: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
@@ -272,6 +295,15 @@ class Store:
         self._views: tuple[ViewDef, ...] = tuple(views)
         self._last_number = 0
         self._closed = False
+        self._seq = -1
+        # docs/fleet.md: every identity heard from since start; the
+        # non-static, non-persisted publishes of each identity's last
+        # generation (for --keep-stale); who last published each static table.
+        self.identities: dict[str, IdentitySeen] = {}
+        self._last_publishes: dict[str, tuple[int, list[Publish]]] = {}
+        self._static_by: dict[str, tuple[str, str, int]] = {}
+        self._identity_counts: dict[str, int] = {"live": 0, "stale": 0}
+        self.history: Optional[History] = None
         try:
             os.makedirs(config.db_dir, exist_ok=True)
             self.gen_dir = os.path.join(config.db_dir, GENERATIONS_DIR)
@@ -281,6 +313,8 @@ class Store:
             if config.archive_dir:
                 os.makedirs(config.archive_dir, exist_ok=True)
             self.static = StaticDB(os.path.join(config.db_dir, STATIC_FILE))
+            if config.history > 0:
+                self.history = History(self.gen_dir, config.history)
         except (OSError, apsw.Error) as e:
             raise StoreError(f"cannot open the db dir {config.db_dir!r}: {e}") from None
         self._snapshot: Optional[GenFile] = None
@@ -294,13 +328,25 @@ class Store:
     def _open_generation(self, now: float) -> WriterGeneration:
         number = max(int(now), self._last_number + 1)
         self._last_number = number
+        self._seq += 1
+        seq = self._seq
         path = os.path.join(self.gen_dir, f"gen-{number}.sqlite")
-        gen_file = GenFile(path, number, self.static.path)
+        history_path = self.history.path if self.history is not None else None
+        gen_file = GenFile(path, number, self.static.path, history_path)
         gen_file.set_views(self._views)
-        gen = WriterGeneration(gen_file, open_writer(path), now)
+        gen = WriterGeneration(gen_file, open_writer(path), now, seq)
+        for key in self.persisted.expire(seq, self.config.persist_ttl):
+            log.info(
+                "persisted table {table} of {identity} dropped: not re-published "
+                "for {ttl} generations (--persist-ttl)",
+                table=key[0],
+                identity=key[1],
+                ttl=self.config.persist_ttl,
+            )
         for carried in self.persisted.carried():
             try:
-                self._apply(gen, carried.publish, now, carried=True)
+                age = max(1, seq - carried.published_seq)
+                self._apply(gen, carried.publish, now, carried=True, age=age)
                 gen.note_carried(carried.publish.table.tablename, carried.published_at)
             except QasinoError as e:
                 log.error(
@@ -311,11 +357,12 @@ class Store:
                 )
         return gen
 
-    def publish(self, publish: Publish, now: float) -> None:
+    def publish(self, publish: Publish, now: float, remote_addr: Optional[str] = None) -> None:
         """Apply one table to the writer generation (or the static DB).
 
         Atomic: all its rows or none. Raises PublishRejected, InvalidInput
-        or StoreError; returns once the rows are committed.
+        or StoreError; returns once the rows are committed. ``remote_addr``:
+        the publisher's address, if the transport knows it.
         """
         nrows = len(publish.table.rows)
         self.counters.add(updates_received=1, inserts_received=nrows)
@@ -326,11 +373,52 @@ class Store:
                 self._apply_static(publish, now)
             else:
                 self._apply(self._writer, publish, now)
-                self.persisted.record(publish, now=now)
+                self.persisted.record(publish, now=now, seq=self._writer.seq)
         except QasinoError:
             self.counters.add(update_errors=1)
             raise
+        self._note_seen(publish, now, remote_addr)
         self.counters.add(updates_completed=1, inserts_completed=nrows)
+
+    def _note_seen(self, publish: Publish, now: float, remote_addr: Optional[str]) -> None:
+        """Fleet bookkeeping of an applied publish (docs/fleet.md)."""
+        gen = self._writer
+        identity = publish.options.identity
+        self.identities[identity] = seen(
+            self.identities.get(identity), identity, now, gen.seq, gen.file.number, remote_addr
+        )
+        if self.config.keep_stale <= 0:
+            return
+        last = self._last_publishes.get(identity)
+        if last is None or last[0] != gen.seq:
+            last = self._last_publishes[identity] = (gen.seq, [])
+        opts = publish.options
+        if not opts.static and not opts.persist:
+            last[1].append(publish)
+
+    def _carry_stale(self, gen: WriterGeneration, now: float) -> None:
+        """--keep-stale: put the last tables of identities that did not
+        publish in ``gen`` into it, or forget them once too old."""
+        keep = self.config.keep_stale
+        for identity, (_, publishes) in sorted(self._last_publishes.items()):
+            rec = self.identities[identity]
+            if keep_stale_expired(rec.last_seq, gen.seq, keep):
+                del self._last_publishes[identity]
+                continue
+            age = keep_stale_age(rec.last_seq, gen.seq, keep)
+            if age is None:
+                continue
+            for publish in publishes:
+                try:
+                    self._apply(gen, publish, now, carried=True, age=age)
+                    gen.note_carried(publish.table.tablename, rec.last_seen_epoch)
+                except QasinoError as e:
+                    log.error(
+                        "could not carry table {table} of stale {identity}: {error}",
+                        table=publish.table.tablename,
+                        identity=identity,
+                        error=e.message,
+                    )
 
     def _apply_static(self, publish: Publish, now: float) -> None:
         try:
@@ -340,6 +428,11 @@ class Store:
         except apsw.Error as e:
             raise _failed_write(e, self.static.conn) from None
         self._writer.note_publish(publish.table.tablename, publish.options.identity, now, True)
+        self._static_by[publish.table.tablename.lower()] = (
+            publish.table.tablename,
+            publish.options.identity,
+            self._writer.seq,
+        )
 
     def _apply(
         self,
@@ -348,6 +441,7 @@ class Store:
         now: float,
         carried: bool = False,
         merge_cells: bool = False,
+        age: int = 0,
     ) -> None:
         table, opts = publish.table, publish.options
         lower = table.tablename.lower()
@@ -391,10 +485,18 @@ class Store:
         except apsw.Error as e:
             raise _failed_write(e, conn) from None
         gen.schemas[lower] = schema
+        nrows = len(table.rows)
         if carried:
             if span is not None:
                 gen.carried[key] = span
+            gen.contrib[key] = [schema.name, nrows, age]
             return
+        contrib = gen.contrib.get(key)
+        if contrib is None or (contrib[2] > 0 and not opts.update):
+            gen.contrib[key] = [schema.name, nrows, 0]
+        else:
+            contrib[1] += nrows
+            contrib[2] = 0
         gen.carried.pop(key, None)
         if not opts.update:
             gen.published.add(key)
@@ -429,7 +531,8 @@ class Store:
         except QasinoError:
             self.counters.add(update_errors=1)
             raise
-        self.persisted.record(publish, merge_cells=True, now=now)
+        self.persisted.record(publish, merge_cells=True, now=now, seq=self._writer.seq)
+        self._note_seen(publish, now, None)
         self.counters.add(updates_completed=1, inserts_completed=1)
 
     def set_views(self, views: Sequence[ViewDef]) -> None:
@@ -451,7 +554,19 @@ class Store:
             generation_duration_s=self.config.generation_duration_s,
             generation_start_epoch=now,
         )
+        if self.config.keep_stale > 0:
+            self._carry_stale(gen, now)
         report.tables = self._table_entries(gen)
+        contributions = [Contribution(c[0], key[1], c[1], c[2]) for key, c in gen.contrib.items()]
+        static_rows = {t.tablename.lower(): t.nr_rows for t in report.tables if t.static}
+        for lower, (name, identity, seq) in self._static_by.items():
+            if lower in static_rows:
+                contributions.append(
+                    Contribution(name, identity, static_rows[lower], gen.seq - seq)
+                )
+        report.identities = identity_rows(self.identities, contributions, gen.seq)
+        report.table_identities = table_identity_rows(contributions)
+        counts_now = identity_counts(self.identities, gen.seq)
         report.connections = sorted(
             (ident, int(s[0]), s[1]) for ident, s in gen.identity_stats.items()
         )
@@ -467,6 +582,7 @@ class Store:
             old = self._snapshot
             self._snapshot = gen.file
             self._writer = new_gen
+            self._identity_counts = counts_now
             dispose = old is not None and self._retire_locked(old)
         if dispose:
             assert old is not None
@@ -497,7 +613,7 @@ class Store:
             # check the views on a reader of the finished generation and
             # record their verdicts.
             write_internal_tables(gen.conn, report)
-            checker = open_reader(gen.file.path, self.static.path)
+            checker = open_reader(gen.file.path, self.static.path, gen.file.history_path)
             try:
                 status = build_views(checker, views)
             finally:
@@ -510,6 +626,16 @@ class Store:
             gen.conn.pragma("wal_checkpoint", "PASSIVE")
         except apsw.Error as e:
             raise _failed_write(e, gen.conn, always_reclaim=True) from None
+        if self.history is not None:
+            try:
+                self.history.add(gen.file.path, gen.file.number, now)
+            except apsw.Error as e:
+                # History is a convenience: the snapshot is served anyway.
+                log.error(
+                    "could not add generation {number} to the history: {error}",
+                    number=gen.file.number,
+                    error=sqlite_message(e),
+                )
         info = SnapshotInfo(gen.file.number, self.config.generation_duration_s, now)
         gen.file.info = info
         gen.file.table_list = {
@@ -565,6 +691,8 @@ class Store:
         if snapshot is not None:
             snapshot.close_connections()
         self.static.close()
+        if self.history is not None:
+            self.history.close()
 
     # ------------------------------------------------------------------ readers
 
@@ -572,6 +700,11 @@ class Store:
         with self._lock:
             assert self._snapshot is not None and self._snapshot.info is not None
             return self._snapshot.info
+
+    def identity_counts(self) -> dict[str, int]:
+        """``{"live": n, "stale": m}`` as of the snapshot served (any thread);
+        what ``/metrics`` exposes as ``qasino_identities{state}``."""
+        return dict(self._identity_counts)
 
     def table_list(self) -> dict[str, dict[str, object]]:
         """get_table_list: the tables of the snapshot being served."""
@@ -602,9 +735,12 @@ class Store:
                 if command.kind == "desc_table":
                     assert command.name is not None
                     return describe_table(conn, command.name)
+                sql = command.sql
+                if command.kind == "show_tables" and self.history is not None:
+                    sql = command.history_sql or sql
                 result = run_select(
                     conn,
-                    command.sql,
+                    sql,
                     command.params,
                     self.config.limits,
                     self.monotonic,
