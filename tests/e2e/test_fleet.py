@@ -1,0 +1,182 @@
+"""Identities, --keep-stale and --history on the real server (docs/fleet.md):
+short generations, waits on the generation signal or a polled condition."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import (
+    HOST,
+    QasinoProcess,
+    assert_ok,
+    http_publish,
+    http_query,
+    http_request,
+    line_query,
+    make_table,
+    new_server,
+    poll_until,
+    rows_of,
+    zmq_call,
+)
+
+CPU = [("host", "text"), ("load", "int")]
+NET = [("host", "text"), ("bytes", "int")]
+
+
+@pytest.fixture(scope="module")
+def fleet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QasinoProcess]:
+    """One server for the module: 1 s generations, --keep-stale 2, --history 6."""
+    proc = new_server(
+        tmp_path_factory.mktemp("fleet"),
+        generation_s=1,
+        extra_args=["--keep-stale", "2", "--history", "6"],
+    )
+    try:
+        proc.start()
+        yield proc
+    finally:
+        proc.close()
+
+
+def query_rows(proc: QasinoProcess, sql: str) -> list[list[str]]:
+    return rows_of(http_query(proc.ports["http"], sql))
+
+
+def publish(proc: QasinoProcess, identity: str, tablename: str, columns: Any, rows: Any) -> None:
+    request = {"identity": identity, "table": make_table(tablename, columns, rows)}
+    assert_ok(http_publish(proc.ports["http"], request))
+
+
+def test_a_silent_host_goes_stale_is_carried_with_age_then_dropped(
+    fleet_server: QasinoProcess,
+) -> None:
+    proc = fleet_server
+    publish(proc, "quiet", "cpu", CPU, [["quiet", 1], ["quiet", 2]])
+    published_by_busy: set[str] = set()
+    seen: dict[str, list[str]] = {}
+    sql = (
+        "SELECT (SELECT generation_number FROM qasino_server_info), i.stale,"
+        " i.generations_missed, i.nr_tables, i.nr_rows, i.remote_addr,"
+        " (SELECT group_concat(age_generations) FROM qasino_server_table_identities"
+        "  WHERE identity = 'quiet'),"
+        " (SELECT count(*) FROM qasino_server_tables WHERE tablename = 'cpu')"
+        " FROM qasino_server_identities i WHERE identity = 'quiet'"
+    )
+
+    def observe() -> bool:
+        # "busy" publishes once per generation, so cpu always exists.
+        generation = query_rows(proc, "SELECT generation_number FROM qasino_server_info")[0][0]
+        if generation not in published_by_busy:
+            published_by_busy.add(generation)
+            http_publish(
+                proc.ports["http"],
+                {"identity": "busy", "table": make_table("cpu", CPU, [["busy", 9]])},
+                status=None,
+            )
+        for row in query_rows(proc, sql):
+            seen[row[0]] = row[1:]
+        return any(int(r[1]) >= 4 for r in seen.values())
+
+    poll_until(observe, timeout=30, what="the quiet host missing 4 generations", interval=0.1)
+    by_missed = {int(r[1]): r for r in seen.values()}
+    assert {0, 1, 2, 3}.issubset(by_missed), seen
+    # fresh, then carried twice with age 1 and 2, then dropped
+    assert by_missed[0] == ["0", "0", "1", "2", HOST, "0", "1"]
+    assert by_missed[1] == ["1", "1", "1", "2", HOST, "1", "1"]
+    assert by_missed[2] == ["1", "2", "1", "2", HOST, "2", "1"]
+    assert by_missed[3] == ["1", "3", "0", "0", HOST, "", "1"]
+    # SHOW identities puts the stale host first
+    shown = rows_of(http_query(proc.ports["http"], "SHOW identities;"))
+    assert shown[0][:2] == ["quiet", "1"]
+    assert ["busy", "0"] in [r[:2] for r in shown] or ["busy", "1"] in [r[:2] for r in shown]
+
+
+def wait_served(proc: QasinoProcess, host: str, value: int) -> str:
+    """The generation_number of the first snapshot that serves ``value``."""
+
+    def served() -> Any:
+        reply = http_query(
+            proc.ports["http"],
+            "SELECT (SELECT generation_number FROM qasino_server_info), bytes FROM net"
+            f" WHERE host = '{host}'",
+        )
+        if reply["response_op"] != "result_table":  # no net table yet
+            return None
+        rows = reply["table"]["rows"]
+        return rows[0][0] if rows and rows[0][1] == str(value) else None
+
+    return str(poll_until(served, timeout=15, what=f"{host} bytes={value} served"))
+
+
+def test_rates_with_lag_over_history_match_what_was_published(
+    fleet_server: QasinoProcess,
+) -> None:
+    proc = fleet_server
+    published = [1000, 1700, 3100, 3200]
+    generations = []
+    for value in published:
+        publish(proc, "router", "net", NET, [["router", value]])
+        generations.append(wait_served(proc, "router", value))
+    sql = (
+        "SELECT generation_number, bytes - LAG(bytes) OVER (ORDER BY generation_number)"
+        " FROM history.net WHERE host = 'router' ORDER BY generation_number"
+    )
+    got = [row for row in query_rows(proc, sql) if row[0] in generations]
+    # every published value is in the history, in its generation, each once
+    assert [row[0] for row in got][-len(published) :] == generations
+    deltas = [str(b - a) for a, b in zip(published, published[1:])]
+    assert [row[1] for row in got][-3:] == deltas
+
+    # the same from every query path
+    text = f"SELECT * FROM ({sql}) ORDER BY 1 DESC LIMIT 1"
+    zmq = rows_of(zmq_call(proc.ports["zmq"], {"op": "query", "sql": text}))
+    assert zmq[0][1] == deltas[-1]
+    assert deltas[-1] in line_query(proc.ports["line"], text + ";\n")
+    page = http_request(
+        proc.ports["http"], "GET", "/query?" + urllib.parse.urlencode({"sql": text})
+    )
+    assert page.status == 200 and f'<td class="num">{deltas[-1]}</td>' in page.body.decode()
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from qasino.cli import sqlclient_main; "
+            "sys.exit(sqlclient_main(sys.argv[1:]))",
+            "-H",
+            HOST,
+            "-p",
+            str(proc.ports["zmq"]),
+            "-q",
+            text,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert cli.returncode == 0 and deltas[-1] in cli.stdout, cli
+
+
+def test_history_is_listed_described_and_read_only(fleet_server: QasinoProcess) -> None:
+    proc = fleet_server
+    publish(proc, "router2", "net2", NET, [["router2", 5]])
+    poll_until(
+        lambda: query_rows(proc, "SHOW tables LIKE 'history.net2'"),
+        timeout=15,
+        what="history.net2 listed",
+    )
+    desc = query_rows(proc, "DESC history.net2")
+    assert desc == [["generation_number", "INTEGER"], ["host", "TEXT"], ["bytes", "INTEGER"]]
+    reply = http_query(proc.ports["http"], "DELETE FROM history.net2")
+    assert reply["response_op"] == "error"
+    assert "allowed" in reply["error_message"]
+    internal = query_rows(
+        proc, "SELECT count(DISTINCT generation_number) FROM history.qasino_server_info"
+    )
+    assert 1 <= int(internal[0][0]) <= 6
