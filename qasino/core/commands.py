@@ -52,7 +52,7 @@ SHOW_TABLES_HISTORY_SQL = (
     " (SELECT tablename, nr_rows, nr_updates, last_update_epoch, static"
     " FROM qasino_server_tables UNION ALL"
     " SELECT 'history.' || tablename, nr_rows, 0, last_update_epoch, 0"
-    " FROM history.qasino_server_history){where} ORDER BY tablename"
+    " FROM temp.qasino_history_tables){where} ORDER BY tablename"
 )
 
 HISTORY_PREFIX = "history."

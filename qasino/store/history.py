@@ -1,180 +1,146 @@
 """``--history N``: the last N snapshots, queryable as ``history.T``.
 
-One SQLite file (``history.sqlite`` next to the generation files), attached
-read-only as ``history`` to every reader connection. At each snapshot the
-finished generation's tables are appended to it, ``generation_number`` first,
-and the rows of the generation that fell out of the window are deleted.
+Nothing is copied. A snapshot is already an independent, finished SQLite
+file with its generation number; with ``--history N`` the store keeps the
+files of the last N snapshots (the one served and the N-1 before it) instead
+of removing each as soon as the next is served. A query connection of a
+snapshot has the N-1 older files attached read-only (``qasino_h<number>``);
+``history.T`` is a TEMP view made on that connection when a statement first
+names it::
 
-Why copy rows instead of attaching the N snapshot files: SQLite binds a
-view's table names to the view's own database, so a view ``history.T`` can
-only read tables of the ``history`` database (a TEMP view can read every
-attached file, but is then named ``temp.T``, not ``history.T``). The copy is
-a native ``INSERT ... SELECT`` (about 0.2-0.4 s per million rows here) done
-on the writer thread *before* the snapshot switch, so queries never wait for
-it; the old rows go by rowid range (rows are appended in generation order).
-Measured in bench/ (``history_*``) and explained in docs/fleet.md.
+    SELECT <number> AS generation_number, "a", NULL AS "b" FROM "qasino_h1".T
+    UNION ALL ...
+    SELECT <number> AS generation_number, "a", "b" FROM main.T
 
-The file lives as long as the process (it is removed with the other
-generation files at start-up): history is lost on restart.
+from the oldest generation to the newest, with the union of T's columns
+(a column a generation lacks is NULL there). SQLite binds a view's tables to
+the view's own database, so ``history`` cannot be an attached schema of such
+views; client SQL is therefore renamed first (:mod:`qasino.core.history_sql`).
+
+Why not copy rows into one history DB: bench/ measured that copying a
+million-row generation at each snapshot takes 0.7-1.4 s of the one writer
+thread (ingest with history fell to a third in the quick run); attaching
+costs nothing at the switch and a few milliseconds when a connection opens.
 """
 
 from __future__ import annotations
 
-import os
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import apsw
 
+from qasino.core.errors import InvalidInput, QueryError
+from qasino.core.history_sql import view_name
 from qasino.core.identifiers import is_identifier, quote_ident
-from qasino.store.sqlite import HISTORY_SCHEMA, file_uri, open_writer
 
-HISTORY_FILE = "history.sqlite"
-# The catalog: one row per history table (SHOW tables lists them).
-CATALOG = "qasino_server_history"
+# Attached schema of an older snapshot file.
+ALIAS_PREFIX = "qasino_h"
+# A table's own column named generation_number is shown under this name.
 GENERATION_COLUMN = "generation_number"
-# A table's own column named generation_number is kept under this name.
 RENAMED_GENERATION_COLUMN = "generation_number_"
+# The TEMP view SHOW tables lists history tables from.
+TABLES_VIEW = "qasino_history_tables"
+# SQLite's compiled limit in apsw's build is 125 attached databases per
+# connection; the static DB takes one.
+MAX_HISTORY = 100
 
-_SNAPSHOT = "qasino_snapshot"
-
-__all__ = ["HISTORY_SCHEMA", "History"]
+Generation = tuple[int, str]  # (generation_number, schema: an alias or "main")
 
 
-@dataclass
-class _HistoryTable:
-    name: str
-    columns: dict[str, tuple[str, str]] = field(default_factory=dict)  # lower -> (name, type)
-    # (generation_number, last rowid of that generation's rows, nr_rows), oldest first
-    spans: deque[tuple[int, int, int]] = field(default_factory=deque)
-    last_update_epoch: float = 0.0
+def alias(number: int) -> str:
+    return f"{ALIAS_PREFIX}{number}"
+
+
+def _view_ident(table: str) -> str:
+    return '"' + view_name(table) + '"'
 
 
 def history_column(name: str) -> str:
     return RENAMED_GENERATION_COLUMN if name.lower() == GENERATION_COLUMN else name
 
 
-class History:
-    """The history file and its writer connection (writer thread only)."""
-
-    def __init__(self, folder: str, keep: int) -> None:
-        self.keep = keep
-        self.path = os.path.join(folder, HISTORY_FILE)
-        self.conn = open_writer(self.path, uri=True)
-        self.conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 2)
-        self.tables: dict[str, _HistoryTable] = {}
-        self.generations: deque[int] = deque()
-        with self.conn:
-            self.conn.execute(
-                f"CREATE TABLE IF NOT EXISTS main.{CATALOG} (tablename TEXT, nr_rows INTEGER, "
-                "generations INTEGER, first_generation_number INTEGER, "
-                "last_generation_number INTEGER, last_update_epoch REAL)"
-            )
-
-    def add(self, snapshot_path: str, generation_number: int, now: float) -> None:
-        """Append every table of the finished snapshot; forget the oldest
-        generation beyond ``keep``. One transaction: readers see all or none."""
-        conn = self.conn
-        conn.execute(f"ATTACH DATABASE ? AS {_SNAPSHOT}", (file_uri(snapshot_path, mode="ro"),))
-        try:
-            with conn:
-                for name, columns in _snapshot_tables(conn):
-                    self._append(name, columns, generation_number, now)
-                self.generations.append(generation_number)
-                while len(self.generations) > self.keep:
-                    self._drop_generation(self.generations.popleft())
-                self._write_catalog()
-        finally:
-            conn.execute(f"DETACH DATABASE {_SNAPSHOT}")
-        conn.pragma("wal_checkpoint", "PASSIVE")
-
-    def _append(
-        self, name: str, columns: list[tuple[str, str]], generation_number: int, now: float
-    ) -> None:
-        conn = self.conn
-        entry = self.tables.get(name.lower())
-        target = quote_ident(entry.name if entry else name)
-        if entry is None:
-            entry = _HistoryTable(name)
-            cols = [(GENERATION_COLUMN, "INTEGER")] + [(history_column(c), t) for c, t in columns]
-            entry.columns = {c.lower(): (c, t) for c, t in cols}
-            defs = ", ".join(f"{quote_ident(c)} {t}" for c, t in cols)
-            conn.execute(f"DROP TABLE IF EXISTS main.{target}")
-            conn.execute(f"CREATE TABLE main.{target} ({defs})")
-            self.tables[name.lower()] = entry
-        else:
-            for c, t in columns:
-                hc = history_column(c)
-                if hc.lower() not in entry.columns:
-                    conn.execute(f"ALTER TABLE main.{target} ADD COLUMN {quote_ident(hc)} {t}")
-                    entry.columns[hc.lower()] = (hc, t)
-        into = ", ".join(
-            [quote_ident(GENERATION_COLUMN)] + [quote_ident(history_column(c)) for c, _ in columns]
-        )
-        select = ", ".join(["?"] + [quote_ident(c) for c, _ in columns])
-        conn.execute(
-            f"INSERT INTO main.{target} ({into}) "
-            f"SELECT {select} FROM {_SNAPSHOT}.{quote_ident(name)}",
-            (generation_number,),
-        )
-        nr_rows = conn.changes()
-        last = conn.last_insert_rowid() if nr_rows else _max_rowid(conn, target)
-        entry.spans.append((generation_number, last, nr_rows))
-        entry.last_update_epoch = now
-
-    def _drop_generation(self, generation_number: int) -> None:
-        for lower, entry in list(self.tables.items()):
-            last = None
-            while entry.spans and entry.spans[0][0] <= generation_number:
-                last = entry.spans.popleft()[1]
-            if not entry.spans:
-                self.conn.execute(f"DROP TABLE main.{quote_ident(entry.name)}")
-                del self.tables[lower]
-            elif last is not None:
-                self.conn.execute(
-                    f"DELETE FROM main.{quote_ident(entry.name)} WHERE rowid <= ?", (last,)
-                )
-
-    def _write_catalog(self) -> None:
-        rows = [
-            (
-                e.name,
-                sum(s[2] for s in e.spans),
-                len(e.spans),
-                e.spans[0][0],
-                e.spans[-1][0],
-                e.last_update_epoch,
-            )
-            for _, e in sorted(self.tables.items())
-        ]
-        self.conn.execute(f"DELETE FROM main.{CATALOG}")
-        if rows:
-            self.conn.executemany(f"INSERT INTO main.{CATALOG} VALUES (?, ?, ?, ?, ?, ?)", rows)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def _snapshot_tables(conn: apsw.Connection) -> list[tuple[str, list[tuple[str, str]]]]:
-    names = [
-        r[0]
-        for r in conn.execute(
-            f"SELECT name FROM {_SNAPSHOT}.sqlite_schema WHERE type = 'table' ORDER BY name"
-        )
+def create_tables_view(conn: apsw.Connection, generations: Sequence[Generation]) -> None:
+    """TEMP view ``qasino_history_tables(tablename, nr_rows, last_update_epoch,
+    generations)``: the tables of the window and their rows in it."""
+    parts = [
+        f"SELECT tablename, nr_rows, last_update_epoch FROM {schema}.qasino_server_tables"
+        " WHERE static = 0"
+        for _, schema in generations
     ]
-    out = []
-    for name in names:
-        if not is_identifier(name) or name.lower().startswith("sqlite_"):
+    conn.execute(
+        f"CREATE TEMP VIEW IF NOT EXISTS {TABLES_VIEW} AS SELECT min(tablename) AS tablename,"
+        " sum(nr_rows) AS nr_rows, max(last_update_epoch) AS last_update_epoch,"
+        " count(*) AS generations FROM (" + " UNION ALL ".join(parts) + ")"
+        " GROUP BY lower(tablename)"
+    )
+
+
+def ensure_views(
+    conn: apsw.Connection, generations: Sequence[Generation], tables: Sequence[str]
+) -> None:
+    """Make the TEMP view ``history.T`` for each of ``tables`` (lower-case
+    names) on ``conn`` unless it is there; QueryError for a table no
+    generation of the window has."""
+    for table in tables:
+        exists = conn.execute(
+            "SELECT 1 FROM temp.sqlite_schema WHERE name = ?", (view_name(table),)
+        ).fetchall()
+        if exists:
             continue
-        cols = [
-            (str(r[1]), str(r[2]) or "")
-            for r in conn.execute(f"PRAGMA {_SNAPSHOT}.table_info({quote_ident(name)})")
-        ]
-        out.append((name, cols))
-    return out
+        sql = _view_sql(conn, generations, table)
+        if sql is None:
+            raise QueryError(f"no such table: history.{table}")
+        conn.execute(sql)
 
 
-def _max_rowid(conn: apsw.Connection, target: str) -> int:
-    for (top,) in conn.execute(f"SELECT max(rowid) FROM main.{target}"):
-        return int(top) if isinstance(top, int) else 0
-    return 0
+def _columns(
+    conn: apsw.Connection, generations: Sequence[Generation], table: str
+) -> tuple[list[tuple[int, str, set[str]]], dict[str, tuple[str, str]]]:
+    """The generations that have ``table`` (with their lower column names),
+    and the union of its columns: lower -> (name, type), oldest first, the
+    type from the newest generation that has the column."""
+    found: list[tuple[int, str, set[str]]] = []
+    columns: dict[str, tuple[str, str]] = {}
+    if not is_identifier(table):
+        return found, columns
+    for number, schema in generations:
+        info = conn.execute(f"PRAGMA {schema}.table_info({quote_ident(table)})").fetchall()
+        names = [(str(r[1]), str(r[2] or "")) for r in info if is_identifier(r[1])]
+        for name, type_ in names:
+            lower = name.lower()
+            columns[lower] = (columns[lower][0] if lower in columns else name, type_)
+        if names:
+            found.append((number, schema, {n.lower() for n, _ in names}))
+    return found, columns
+
+
+def _view_sql(conn: apsw.Connection, generations: Sequence[Generation], table: str) -> str | None:
+    found, columns = _columns(conn, generations, table)
+    if not found:
+        return None
+    selects = []
+    try:
+        for number, schema, have in found:
+            cells = [f"{int(number)} AS {quote_ident(GENERATION_COLUMN)}"]
+            for lower, (name, _) in columns.items():
+                shown = quote_ident(history_column(name))
+                cells.append(
+                    f"{quote_ident(name)} AS {shown}" if lower in have else f"NULL AS {shown}"
+                )
+            selects.append(f"SELECT {', '.join(cells)} FROM {schema}.{quote_ident(table)}")
+    except InvalidInput:
+        return None
+    return f"CREATE TEMP VIEW {_view_ident(table)} AS " + " UNION ALL ".join(selects)
+
+
+def describe(
+    conn: apsw.Connection, generations: Sequence[Generation], table: str
+) -> list[tuple[str, str]]:
+    """(column_name, column_type) of ``history.T``; QueryError if no
+    generation of the window has T."""
+    found, columns = _columns(conn, generations, table)
+    if not found:
+        raise QueryError(f"No such table: history.{table}")
+    return [(GENERATION_COLUMN, "INTEGER")] + [
+        (history_column(name), type_) for name, type_ in columns.values()
+    ]

@@ -14,7 +14,7 @@ import orjson
 from qasino.core.errors import QueryError, QueryTimeout
 from qasino.core.identifiers import quote_ident
 from qasino.core.model import Result
-from qasino.store.sqlite import HISTORY_SCHEMA, STATIC_SCHEMA, prepare_guarded, sqlite_message
+from qasino.store.sqlite import STATIC_SCHEMA, prepare_guarded, sqlite_message
 
 # How many SQLite VM steps between two looks at the clock.
 PROGRESS_STEPS = 100_000
@@ -122,15 +122,10 @@ def run_select(
 
 
 def describe_table(conn: apsw.Connection, name: str) -> Result:
-    """DESC: (column_name, column_type) of a table or view, generation first;
-    ``history.T`` (--history) names T's history table."""
-    original = name
-    schemas: tuple[str, ...] = ("temp", "main", STATIC_SCHEMA)
-    if name.lower().startswith(HISTORY_SCHEMA + "."):
-        schemas, name = (HISTORY_SCHEMA,), name[len(HISTORY_SCHEMA) + 1 :]
+    """DESC: (column_name, column_type) of a table or view, generation first."""
     quoted = quote_ident(name)
-    for schema in schemas:
-        if schema in (STATIC_SCHEMA, HISTORY_SCHEMA) and schema not in conn.db_names():
+    for schema in ("temp", "main", STATIC_SCHEMA):
+        if schema == STATIC_SCHEMA and STATIC_SCHEMA not in conn.db_names():
             continue
         rows = list(conn.execute(f"PRAGMA {schema}.table_info({quoted})"))
         if rows:
@@ -138,7 +133,7 @@ def describe_table(conn: apsw.Connection, name: str) -> Result:
                 column_names=("column_name", "column_type"),
                 rows=[(r[1], r[2]) for r in rows],
             )
-    raise QueryError(f"No such table: {original}")
+    raise QueryError(f"No such table: {name}")
 
 
 def first_value(conn: apsw.Connection, sql: str, params: Sequence[object] = ()) -> Optional[object]:

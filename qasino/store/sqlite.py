@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Sequence
 from typing import Optional
 
 import apsw
@@ -16,7 +17,6 @@ import apsw.ext
 from qasino.core.errors import QueryError, QueryRefused
 
 STATIC_SCHEMA = "static"
-HISTORY_SCHEMA = "history"
 
 # Functions a query may not call even though the connection is read-only.
 DENIED_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer", "readfile", "writefile", "edit"})
@@ -46,16 +46,13 @@ def file_uri(path: str, **params: str) -> str:
     return "file:" + urllib.parse.quote(path) + ("?" + query if query else "")
 
 
-def open_writer(path: str, durable: bool = False, uri: bool = False) -> apsw.Connection:
+def open_writer(path: str, durable: bool = False) -> apsw.Connection:
     """A read-write connection in WAL mode (readers never block the writer).
 
     Generation files are transient, so they skip fsync; the static DB is
     opened ``durable`` (synchronous=FULL).
     """
-    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-    if uri:  # lets it ATTACH "file:...?mode=ro" URIs (the history writer)
-        flags |= apsw.SQLITE_OPEN_URI
-    conn = apsw.Connection(path, flags=flags)
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     conn.set_busy_timeout(5000)
     if not durable:
         # Only takes effect on a new file (generation files always are).
@@ -78,10 +75,11 @@ def reclaim_wal(conn: apsw.Connection) -> None:
 
 
 def open_reader(
-    path: str, static_path: Optional[str], history_path: Optional[str] = None
+    path: str, static_path: Optional[str], attach: Sequence[tuple[str, str]] = ()
 ) -> apsw.Connection:
     """A read-only connection on a generation file with the static DB (and
-    the history DB of ``--history``, as schema ``history``) attached."""
+    ``attach``: (schema, path) pairs, the older snapshots of ``--history``)
+    attached read-only."""
     conn = apsw.Connection(
         file_uri(path, mode="ro"),
         flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI,
@@ -89,8 +87,10 @@ def open_reader(
     conn.set_busy_timeout(2000)
     if static_path is not None:
         conn.execute(f"ATTACH DATABASE ? AS {STATIC_SCHEMA}", (file_uri(static_path, mode="ro"),))
-    if history_path is not None:
-        conn.execute(f"ATTACH DATABASE ? AS {HISTORY_SCHEMA}", (file_uri(history_path, mode="ro"),))
+    for schema, attached in attach:
+        conn.execute(f"ATTACH DATABASE ? AS {schema}", (file_uri(attached, mode="ro"),))
+        # Mostly scanned once: keep each one's page cache small (256 KiB).
+        conn.pragma(f"{schema}.cache_size", -256)
     conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
     conn.limit(apsw.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_LENGTH)
     conn.limit(apsw.SQLITE_LIMIT_LENGTH, MAX_VALUE_LENGTH)

@@ -22,6 +22,7 @@ import re
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -29,7 +30,7 @@ from typing import Any, Optional
 import apsw
 from twisted.logger import Logger
 
-from qasino.core.commands import Command, parse_command
+from qasino.core.commands import HISTORY_PREFIX, Command, parse_command
 from qasino.core.errors import (
     InvalidInput,
     PublishRejected,
@@ -47,6 +48,7 @@ from qasino.core.fleet import (
     seen,
     table_identity_rows,
 )
+from qasino.core.history_sql import rewrite_history
 from qasino.core.identifiers import (
     INTEGER,
     INTERNAL_PREFIX,
@@ -59,7 +61,7 @@ from qasino.core.identifiers import (
 from qasino.core.model import Cell, Publish, PublishOptions, Result, Table, ViewDef
 from qasino.core.persist import PersistRegistry
 from qasino.core.tables import explain_cells
-from qasino.store.history import History
+from qasino.store import history
 from qasino.store.internal import (
     GenerationReport,
     TableEntry,
@@ -147,13 +149,15 @@ class GenFile:
     longer borrowed, the file is removed or archived.
     """
 
-    def __init__(
-        self, path: str, number: int, static_path: str, history_path: Optional[str] = None
-    ) -> None:
+    def __init__(self, path: str, number: int, static_path: str, history_on: bool = False) -> None:
         self.path = path
         self.number = number
         self.static_path = static_path
-        self.history_path = history_path
+        # --history: the older snapshots in the window (number, path), oldest
+        # first, attached to this snapshot's query connections.
+        self.history_on = history_on
+        self.history: tuple[tuple[int, str], ...] = ()
+        self.kept = False  # in the history window: not removed when retired
         self.refs = 0
         self.retired = False
         self.views: tuple[ViewDef, ...] = ()
@@ -180,12 +184,20 @@ class GenFile:
                     return v, conn
                 conn.close()
         try:
-            conn = open_reader(self.path, self.static_path, self.history_path)
+            conn = open_reader(
+                self.path, self.static_path, [(history.alias(n), p) for n, p in self.history]
+            )
+            if self.history_on and self.info is not None:
+                history.create_tables_view(conn, self.generations())
         except apsw.Error as e:
             raise StoreError(f"cannot open generation {self.number}: {sqlite_message(e)}") from None
         for view in views:
             create_temp_view(conn, view)
         return version, conn
+
+    def generations(self) -> list[history.Generation]:
+        """The history window as seen from this snapshot, oldest first."""
+        return [(n, history.alias(n)) for n, _ in self.history] + [(self.number, "main")]
 
     def give_back(self, version: int, conn: apsw.Connection) -> None:
         with self._lock:
@@ -303,7 +315,8 @@ class Store:
         self._last_publishes: dict[str, tuple[int, list[Publish]]] = {}
         self._static_by: dict[str, tuple[str, str, int]] = {}
         self._identity_counts: dict[str, int] = {"live": 0, "stale": 0}
-        self.history: Optional[History] = None
+        # --history: the snapshots in the window, oldest first (the served one last).
+        self._window: deque[GenFile] = deque()
         try:
             os.makedirs(config.db_dir, exist_ok=True)
             self.gen_dir = os.path.join(config.db_dir, GENERATIONS_DIR)
@@ -313,8 +326,8 @@ class Store:
             if config.archive_dir:
                 os.makedirs(config.archive_dir, exist_ok=True)
             self.static = StaticDB(os.path.join(config.db_dir, STATIC_FILE))
-            if config.history > 0:
-                self.history = History(self.gen_dir, config.history)
+            if config.history > history.MAX_HISTORY:
+                raise StoreError(f"--history is at most {history.MAX_HISTORY}")
         except (OSError, apsw.Error) as e:
             raise StoreError(f"cannot open the db dir {config.db_dir!r}: {e}") from None
         self._snapshot: Optional[GenFile] = None
@@ -331,8 +344,7 @@ class Store:
         self._seq += 1
         seq = self._seq
         path = os.path.join(self.gen_dir, f"gen-{number}.sqlite")
-        history_path = self.history.path if self.history is not None else None
-        gen_file = GenFile(path, number, self.static.path, history_path)
+        gen_file = GenFile(path, number, self.static.path, self.config.history > 0)
         gen_file.set_views(self._views)
         gen = WriterGeneration(gen_file, open_writer(path), now, seq)
         for key in self.persisted.expire(seq, self.config.persist_ttl):
@@ -583,10 +595,22 @@ class Store:
             self._snapshot = gen.file
             self._writer = new_gen
             self._identity_counts = counts_now
-            dispose = old is not None and self._retire_locked(old)
-        if dispose:
-            assert old is not None
-            self._dispose(old)
+            retired = [old] if old is not None else []
+            if self.config.history > 0:
+                gen.file.kept = True
+                self._window.append(gen.file)
+                while len(self._window) > self.config.history:
+                    gone = self._window.popleft()
+                    gone.kept = False
+                    if gone is not old:
+                        retired.append(gone)
+            disposable = [f for f in retired if self._retire_locked(f)]
+        if old is not None:
+            # Its query connections are of no more use (history attaches
+            # the file again where it is needed).
+            old.close_connections()
+        for gen_file in disposable:
+            self._dispose(gen_file)
         return info
 
     def _finish_generation(
@@ -613,7 +637,7 @@ class Store:
             # check the views on a reader of the finished generation and
             # record their verdicts.
             write_internal_tables(gen.conn, report)
-            checker = open_reader(gen.file.path, self.static.path, gen.file.history_path)
+            checker = open_reader(gen.file.path, self.static.path)
             try:
                 status = build_views(checker, views)
             finally:
@@ -626,16 +650,10 @@ class Store:
             gen.conn.pragma("wal_checkpoint", "PASSIVE")
         except apsw.Error as e:
             raise _failed_write(e, gen.conn, always_reclaim=True) from None
-        if self.history is not None:
-            try:
-                self.history.add(gen.file.path, gen.file.number, now)
-            except apsw.Error as e:
-                # History is a convenience: the snapshot is served anyway.
-                log.error(
-                    "could not add generation {number} to the history: {error}",
-                    number=gen.file.number,
-                    error=sqlite_message(e),
-                )
+        keep = self.config.history
+        if keep > 1:
+            older = list(self._window)[-(keep - 1) :]
+            gen.file.history = tuple((f.number, f.path) for f in older)
         info = SnapshotInfo(gen.file.number, self.config.generation_duration_s, now)
         gen.file.info = info
         gen.file.table_list = {
@@ -691,8 +709,8 @@ class Store:
         if snapshot is not None:
             snapshot.close_connections()
         self.static.close()
-        if self.history is not None:
-            self.history.close()
+        for kept in list(self._window):
+            kept.close_connections()
 
     # ------------------------------------------------------------------ readers
 
@@ -734,10 +752,16 @@ class Store:
             try:
                 if command.kind == "desc_table":
                     assert command.name is not None
+                    if command.name.lower().startswith(HISTORY_PREFIX):
+                        table = command.name[len(HISTORY_PREFIX) :].lower()
+                        if not gen_file.history_on or gen_file.info is None:
+                            raise QueryError(f"No such table: {command.name}")
+                        rows = history.describe(conn, gen_file.generations(), table)
+                        return Result(("column_name", "column_type"), list(rows))
                     return describe_table(conn, command.name)
                 sql = command.sql
-                if command.kind == "show_tables" and self.history is not None:
-                    sql = command.history_sql or sql
+                if self.config.history > 0:
+                    sql = self._history_sql(command, gen_file, conn)
                 result = run_select(
                     conn,
                     sql,
@@ -754,13 +778,31 @@ class Store:
         finally:
             with self._lock:
                 gen_file.refs -= 1
-                dispose = gen_file.retired and gen_file.refs == 0
+                dispose = gen_file.retired and gen_file.refs == 0 and not gen_file.kept
             if dispose:
                 self._dispose(gen_file)
 
+    def _history_sql(self, command: Command, gen_file: GenFile, conn: apsw.Connection) -> str:
+        """--history: the statement with ``history.T`` renamed to the TEMP
+        views, made on ``conn`` if new (docs/fleet.md)."""
+        if command.kind == "show_tables":
+            return command.history_sql or command.sql
+        if command.kind != "select":
+            return command.sql
+        sql, tables = rewrite_history(command.sql)
+        if tables:
+            if not gen_file.history_on or gen_file.info is None:
+                raise QueryError("history tables are read from the snapshot, not use_write_db")
+            try:
+                history.ensure_views(conn, gen_file.generations(), tables)
+            except apsw.Error as e:
+                raise QueryError(sqlite_message(e)) from None
+        return sql
+
     def _retire_locked(self, gen_file: GenFile) -> bool:
+        """Mark a snapshot no longer served; True if it can go now."""
         gen_file.retired = True
-        return gen_file.refs == 0
+        return gen_file.refs == 0 and not gen_file.kept
 
     def _dispose(self, gen_file: GenFile) -> None:
         """Remove (or archive) a snapshot nobody reads any more."""

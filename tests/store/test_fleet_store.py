@@ -10,7 +10,7 @@ import pytest
 
 from qasino.core.errors import QueryError, QueryRefused
 from qasino.store.store import Store, StoreConfig
-from tests.store.test_store import NOW, publish, rows, table
+from tests.store.test_store import NOW, gen_files, publish, rows, table
 
 
 def make(tmp_path: Path, **options: int) -> Store:
@@ -239,3 +239,38 @@ def test_without_history_there_is_no_history_schema(tmp_path: Path, stores: list
     with pytest.raises(QueryError):
         s.query("SELECT * FROM history.t")
     assert all(not r[0].startswith("history.") for r in s.query("SHOW tables").rows)
+
+
+def test_history_keeps_exactly_the_window_s_snapshot_files(
+    tmp_path: Path, stores: list[Store]
+) -> None:
+    s = make(tmp_path, history=2)
+    stores.append(s)
+    for k in range(1, 6):
+        publish(s, table("t", "a INTEGER", [[k]]), identity="x")
+        s.rotate(NOW + 30 * k)
+    # the two snapshots of the window and the writer generation
+    assert len(gen_files(s.config)) == 3
+    assert rows(s, "SELECT a FROM history.t ORDER BY generation_number") == [(4,), (5,)]
+
+
+def test_a_history_view_follows_the_window_on_each_new_snapshot(
+    tmp_path: Path, stores: list[Store]
+) -> None:
+    s = make(tmp_path, history=3)
+    stores.append(s)
+    seen = []
+    for k in range(1, 5):
+        publish(s, table("t", "a INTEGER", [[k]]), identity="x")
+        s.rotate(NOW + 30 * k)
+        seen.append([r[0] for r in rows(s, "SELECT a FROM history.t ORDER BY 1")])
+    assert seen == [[1], [1, 2], [1, 2, 3], [2, 3, 4]]
+
+
+def test_history_needs_the_snapshot_not_the_writer(tmp_path: Path, stores: list[Store]) -> None:
+    s = make(tmp_path, history=2)
+    stores.append(s)
+    publish(s, table("t", "a INTEGER", [[1]]), identity="x")
+    s.rotate(NOW + 30)
+    with pytest.raises(QueryError, match="use_write_db"):
+        s.query("SELECT * FROM history.t", use_write_db=True)
