@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Sequence
 from typing import Optional
 
 import apsw
@@ -74,12 +73,8 @@ def reclaim_wal(conn: apsw.Connection) -> None:
         pass
 
 
-def open_reader(
-    path: str, static_path: Optional[str], attach: Sequence[tuple[str, str]] = ()
-) -> apsw.Connection:
-    """A read-only connection on a generation file with the static DB (and
-    ``attach``: (schema, path) pairs, the older snapshots of ``--history``)
-    attached read-only."""
+def open_reader(path: str, static_path: Optional[str]) -> apsw.Connection:
+    """A read-only connection on a generation file with the static DB attached."""
     conn = apsw.Connection(
         file_uri(path, mode="ro"),
         flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI,
@@ -87,10 +82,6 @@ def open_reader(
     conn.set_busy_timeout(2000)
     if static_path is not None:
         conn.execute(f"ATTACH DATABASE ? AS {STATIC_SCHEMA}", (file_uri(static_path, mode="ro"),))
-    for schema, attached in attach:
-        conn.execute(f"ATTACH DATABASE ? AS {schema}", (file_uri(attached, mode="ro"),))
-        # Mostly scanned once: keep each one's page cache small (256 KiB).
-        conn.pragma(f"{schema}.cache_size", -256)
     conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
     conn.limit(apsw.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_LENGTH)
     conn.limit(apsw.SQLITE_LIMIT_LENGTH, MAX_VALUE_LENGTH)

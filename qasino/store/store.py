@@ -184,11 +184,7 @@ class GenFile:
                     return v, conn
                 conn.close()
         try:
-            conn = open_reader(
-                self.path, self.static_path, [(history.alias(n), p) for n, p in self.history]
-            )
-            if self.history_on and self.info is not None:
-                history.create_tables_view(conn, self.generations())
+            conn = open_reader(self.path, self.static_path)
         except apsw.Error as e:
             raise StoreError(f"cannot open generation {self.number}: {sqlite_message(e)}") from None
         for view in views:
@@ -756,6 +752,7 @@ class Store:
                         table = command.name[len(HISTORY_PREFIX) :].lower()
                         if not gen_file.history_on or gen_file.info is None:
                             raise QueryError(f"No such table: {command.name}")
+                        history.attach_window(conn, gen_file.history)
                         rows = history.describe(conn, gen_file.generations(), table)
                         return Result(("column_name", "column_type"), list(rows))
                     return describe_table(conn, command.name)
@@ -785,19 +782,25 @@ class Store:
     def _history_sql(self, command: Command, gen_file: GenFile, conn: apsw.Connection) -> str:
         """--history: the statement with ``history.T`` renamed to the TEMP
         views, made on ``conn`` if new (docs/fleet.md)."""
-        if command.kind == "show_tables":
-            return command.history_sql or command.sql
-        if command.kind != "select":
-            return command.sql
-        sql, tables = rewrite_history(command.sql)
-        if tables:
-            if not gen_file.history_on or gen_file.info is None:
-                raise QueryError("history tables are read from the snapshot, not use_write_db")
-            try:
+        on_snapshot = gen_file.history_on and gen_file.info is not None
+        try:
+            if command.kind == "show_tables":
+                if not on_snapshot:
+                    return command.sql
+                history.attach_window(conn, gen_file.history)
+                history.create_tables_view(conn, gen_file.generations())
+                return command.history_sql or command.sql
+            if command.kind != "select":
+                return command.sql
+            sql, tables = rewrite_history(command.sql)
+            if tables:
+                if not on_snapshot:
+                    raise QueryError("history tables are read from the snapshot, not use_write_db")
+                history.attach_window(conn, gen_file.history)
                 history.ensure_views(conn, gen_file.generations(), tables)
-            except apsw.Error as e:
-                raise QueryError(sqlite_message(e)) from None
-        return sql
+            return sql
+        except apsw.Error as e:
+            raise QueryError(sqlite_message(e)) from None
 
     def _retire_locked(self, gen_file: GenFile) -> bool:
         """Mark a snapshot no longer served; True if it can go now."""
