@@ -54,7 +54,7 @@ from bench.rotation import (
 )
 
 HISTORY_N = 10
-BASELINE_ROUNDS = 3
+BASELINE_ROUNDS = 5
 
 
 def history_scenario(scale: Scale) -> Scenario:
