@@ -497,7 +497,11 @@ class Store:
         if carried:
             if span is not None:
                 gen.carried[key] = span
-            gen.contrib[key] = [schema.name, nrows, age]
+            have = gen.contrib.get(key)
+            if have is not None and have[2] == age:
+                have[1] += nrows  # several (update) publishes carried together
+            else:
+                gen.contrib[key] = [schema.name, nrows, age]
             return
         contrib = gen.contrib.get(key)
         if contrib is None or (contrib[2] > 0 and not opts.update):
