@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 
 from qasino.core.model import Publish, PublishOptions, Table
 from qasino.engine import Engine, EngineService, SyncRunner
+from qasino.server_main import build_parser, config_from_args
 from qasino.store.store import Store, StoreConfig
 
 DURATION = 10.0
@@ -86,3 +87,21 @@ def test_timer_driven_generations_count_missed_carry_once_and_expire_persist(
         (12,),
         (13,),
     ]
+
+
+@pytest.mark.parametrize("flag", ["--keep-stale", "--persist-ttl", "--history"])
+def test_fleet_flags_default_to_the_original_behaviour_and_refuse_negatives(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = build_parser().parse_args([])
+    config = config_from_args(args)
+    assert (config.keep_stale, config.persist_ttl, config.history) == (0, 0, 0)
+    assert (
+        getattr(
+            config_from_args(build_parser().parse_args([flag, "3"])), flag[2:].replace("-", "_")
+        )
+        == 3
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([flag, "-1"])
+    assert "must be 0 or more" in capsys.readouterr().err

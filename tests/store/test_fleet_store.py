@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qasino.core.errors import QueryError, QueryRefused
+from qasino.core.errors import QueryError, QueryRefused, StoreError
 from qasino.store.store import Store, StoreConfig
 from tests.store.test_store import NOW, gen_files, publish, rows, table
 
@@ -274,3 +274,8 @@ def test_history_needs_the_snapshot_not_the_writer(tmp_path: Path, stores: list[
     s.rotate(NOW + 30)
     with pytest.raises(QueryError, match="use_write_db"):
         s.query("SELECT * FROM history.t", use_write_db=True)
+
+
+def test_history_over_the_attach_limit_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="--history is at most 100"):
+        make(tmp_path, history=101)
