@@ -4,9 +4,10 @@ Nothing is copied. A snapshot is already an independent, finished SQLite
 file with its generation number; with ``--history N`` the store keeps the
 files of the last N snapshots (the one served and the N-1 before it) instead
 of removing each as soon as the next is served. A query connection of a
-snapshot attaches the N-1 older files read-only (``qasino_h<number>``) when
-a statement first names a ``history.T`` (or runs ``SHOW tables``), and
-``history.T`` is a TEMP view made on that connection then::
+snapshot attaches the N-1 older files read-only (``qasino_h<number>``) for
+the time of one statement that names a ``history.T`` (or runs ``SHOW
+tables``), and ``history.T`` is a TEMP view made on that connection for it
+(:class:`Window`)::
 
     SELECT <number> AS generation_number, "a", NULL AS "b" FROM "qasino_h1".T
     UNION ALL ...
@@ -20,8 +21,8 @@ views; client SQL is therefore renamed first (:mod:`qasino.core.history_sql`).
 Why not copy rows into one history DB: bench/ measured that copying a
 million-row generation at each snapshot takes 0.7-1.4 s of the one writer
 thread (ingest with history fell to a third in the quick run); attaching
-costs nothing at the switch, and about a millisecond for 9 files on the
-first history statement of a connection.
+costs nothing at the switch, and a few milliseconds per history statement
+(attaching 9 files takes about one).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import apsw
 from qasino.core.errors import InvalidInput, QueryError
 from qasino.core.history_sql import view_name
 from qasino.core.identifiers import is_identifier, quote_ident
-from qasino.store.sqlite import file_uri
+from qasino.store.sqlite import STATIC_SCHEMA, file_uri
 
 # Attached schema of an older snapshot file.
 ALIAS_PREFIX = "qasino_h"
@@ -62,57 +63,114 @@ def history_column(name: str) -> str:
     return RENAMED_GENERATION_COLUMN if name.lower() == GENERATION_COLUMN else name
 
 
-def attach_window(conn: apsw.Connection, older: Sequence[tuple[int, str]]) -> None:
-    """Attach the older snapshot files (number, path) read-only, once per
-    connection, when a statement first needs them (so queries that never
-    name ``history.T`` never pay for them). Reader connections refuse
-    ATTACH (limit 0); the server lifts that just for these."""
-    have = set(conn.db_names())
-    missing = [(alias(n), p) for n, p in older if alias(n) not in have]
-    if not missing:
-        return
-    conn.limit(apsw.SQLITE_LIMIT_ATTACHED, MAX_ATTACHED)
-    try:
-        for schema, path in missing:
-            conn.execute(f"ATTACH DATABASE ? AS {schema}", (file_uri(path, mode="ro"),))
-            # Mostly scanned once: keep each one's page cache small (256 KiB).
-            conn.pragma(f"{schema}.cache_size", -256)
-    finally:
-        conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
-
-
-def create_tables_view(conn: apsw.Connection, generations: Sequence[Generation]) -> None:
-    """TEMP view ``qasino_history_tables(tablename, nr_rows, last_update_epoch,
+def _tables_view_sql(generations: Sequence[Generation]) -> str:
+    """``qasino_history_tables(tablename, nr_rows, last_update_epoch,
     generations)``: the tables of the window and their rows in it."""
     parts = [
         f"SELECT tablename, nr_rows, last_update_epoch FROM {schema}.qasino_server_tables"
         " WHERE static = 0"
         for _, schema in generations
     ]
-    conn.execute(
-        f"CREATE TEMP VIEW IF NOT EXISTS {TABLES_VIEW} AS SELECT min(tablename) AS tablename,"
-        " sum(nr_rows) AS nr_rows, max(last_update_epoch) AS last_update_epoch,"
-        " count(*) AS generations FROM (" + " UNION ALL ".join(parts) + ")"
-        " GROUP BY lower(tablename)"
+    return (
+        "SELECT min(tablename) AS tablename, sum(nr_rows) AS nr_rows,"
+        " max(last_update_epoch) AS last_update_epoch, count(*) AS generations FROM ("
+        + " UNION ALL ".join(parts)
+        + ") GROUP BY lower(tablename)"
     )
 
 
-def ensure_views(
-    conn: apsw.Connection, generations: Sequence[Generation], tables: Sequence[str]
-) -> None:
-    """Make the TEMP view ``history.T`` for each of ``tables`` (lower-case
-    names) on ``conn`` unless it is there; QueryError for a table no
-    generation of the window has."""
-    for table in tables:
-        exists = conn.execute(
-            "SELECT 1 FROM temp.sqlite_schema WHERE name = ?", (view_name(table),)
-        ).fetchall()
-        if exists:
-            continue
-        sql = _view_sql(conn, generations, table)
-        if sql is None:
-            raise QueryError(f"no such table: history.{table}")
-        conn.execute(sql)
+class Window:
+    """The history window opened on one query connection for one statement.
+
+    ``open`` attaches the older snapshot files (read-only), makes the TEMP
+    views the statement needs, and hides every table that only an older
+    file has behind a TEMP view that fails ("no such table: main.T"), so an
+    unqualified name never silently reads an older generation. ``close``
+    drops those views and detaches the files again: a statement that does
+    not name ``history.T`` never sees them, and nothing stays behind on the
+    pooled connection. Reader connections refuse ATTACH (limit 0); the
+    server lifts that just here.
+    """
+
+    def __init__(
+        self,
+        conn: apsw.Connection,
+        older: Sequence[tuple[int, str]],
+        generations: Sequence[Generation],
+    ) -> None:
+        self.conn = conn
+        self.older = list(older)
+        self.generations = list(generations)
+        self._views: list[str] = []  # quoted TEMP view names made here
+        self._attached: list[str] = []
+
+    def open(self, tables: Sequence[str] = (), tables_view: bool = False) -> None:
+        try:
+            self._attach()
+            self._hide_older_only_tables()
+            if tables_view:
+                self._create(TABLES_VIEW, _tables_view_sql(self.generations))
+            for table in tables:
+                sql = _view_sql(self.conn, self.generations, table)
+                if sql is None:
+                    raise QueryError(f"no such table: history.{table}")
+                self._create(_view_ident(table), sql)
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self) -> None:
+        conn = self.conn
+        conn.limit(apsw.SQLITE_LIMIT_ATTACHED, MAX_ATTACHED)
+        try:
+            for number, path in self.older:
+                schema = alias(number)
+                conn.execute(f"ATTACH DATABASE ? AS {schema}", (file_uri(path, mode="ro"),))
+                self._attached.append(schema)
+                # Mostly scanned once: keep each one's page cache small (256 KiB).
+                conn.pragma(f"{schema}.cache_size", -256)
+        finally:
+            conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
+
+    def _hide_older_only_tables(self) -> None:
+        visible: set[str] = set()
+        for schema in ("temp", "main", STATIC_SCHEMA):
+            if schema in self.conn.db_names():
+                visible |= _names(self.conn, schema)
+        older: set[str] = set()
+        for schema in self._attached:
+            older |= _names(self.conn, schema)
+        for name in sorted(older - visible):
+            if is_identifier(name):
+                self._create(quote_ident(name), f"SELECT * FROM main.{quote_ident(name)}")
+
+    def _create(self, quoted: str, select: str) -> None:
+        self.conn.execute(f"CREATE TEMP VIEW {quoted} AS {select}")
+        self._views.append(quoted)
+
+    def close(self) -> None:
+        """Drop what ``open`` made and detach; never raises."""
+        views, self._views = self._views, []
+        attached, self._attached = self._attached, []
+        for quoted in views:
+            try:
+                self.conn.execute(f"DROP VIEW IF EXISTS temp.{quoted}")
+            except apsw.Error:
+                pass
+        for schema in attached:
+            try:
+                self.conn.execute(f"DETACH DATABASE {schema}")
+            except apsw.Error:
+                pass
+
+
+def _names(conn: apsw.Connection, schema: str) -> set[str]:
+    return {
+        str(r[0]).lower()
+        for r in conn.execute(
+            f"SELECT name FROM {schema}.sqlite_schema WHERE type IN ('table', 'view')"
+        )
+    }
 
 
 def _columns(
@@ -152,7 +210,7 @@ def _view_sql(conn: apsw.Connection, generations: Sequence[Generation], table: s
             selects.append(f"SELECT {', '.join(cells)} FROM {schema}.{quote_ident(table)}")
     except InvalidInput:
         return None
-    return f"CREATE TEMP VIEW {_view_ident(table)} AS " + " UNION ALL ".join(selects)
+    return " UNION ALL ".join(selects)
 
 
 def describe(

@@ -749,20 +749,18 @@ class Store:
             gen_file.refs += 1
         try:
             version, conn = gen_file.take()
+            window: Optional[history.Window] = None
             try:
-                if command.kind == "desc_table":
-                    assert command.name is not None
-                    if command.name.lower().startswith(HISTORY_PREFIX):
-                        table = command.name[len(HISTORY_PREFIX) :].lower()
-                        if not gen_file.history_on or gen_file.info is None:
-                            raise QueryError(f"No such table: {command.name}")
-                        history.attach_window(conn, gen_file.history)
-                        rows = history.describe(conn, gen_file.generations(), table)
-                        return Result(("column_name", "column_type"), list(rows))
-                    return describe_table(conn, command.name)
                 sql = command.sql
                 if self.config.history > 0:
-                    sql = self._history_sql(command, gen_file, conn)
+                    sql, window = self._open_history(command, gen_file, conn)
+                if command.kind == "desc_table":
+                    assert command.name is not None
+                    if window is not None:
+                        table = command.name[len(HISTORY_PREFIX) :].lower()
+                        rows = history.describe(conn, window.generations, table)
+                        return Result(("column_name", "column_type"), list(rows))
+                    return describe_table(conn, command.name)
                 result = run_select(
                     conn,
                     sql,
@@ -775,6 +773,8 @@ class Store:
                     raise QueryError(f"No such view: {command.name}")
                 return result
             finally:
+                if window is not None:
+                    window.close()
                 gen_file.give_back(version, conn)
         finally:
             with self._lock:
@@ -783,28 +783,42 @@ class Store:
             if dispose:
                 self._dispose(gen_file)
 
-    def _history_sql(self, command: Command, gen_file: GenFile, conn: apsw.Connection) -> str:
-        """--history: the statement with ``history.T`` renamed to the TEMP
-        views, made on ``conn`` if new (docs/fleet.md)."""
-        on_snapshot = gen_file.history_on and gen_file.info is not None
-        try:
-            if command.kind == "show_tables":
-                if not on_snapshot:
-                    return command.sql
-                history.attach_window(conn, gen_file.history)
-                history.create_tables_view(conn, gen_file.generations())
-                return command.history_sql or command.sql
-            if command.kind != "select":
-                return command.sql
+    def _open_history(
+        self, command: Command, gen_file: GenFile, conn: apsw.Connection
+    ) -> tuple[str, Optional[history.Window]]:
+        """--history: for a statement that needs them, the older snapshots
+        attached and the ``history.T`` views made on ``conn`` (a Window to
+        close after it), and the statement with ``history.T`` renamed to
+        those views (docs/fleet.md)."""
+        sql = command.sql
+        tables: tuple[str, ...] = ()
+        wants_tables_view = False
+        if command.kind == "select":
             sql, tables = rewrite_history(command.sql)
-            if tables:
-                if not on_snapshot:
-                    raise QueryError("history tables are read from the snapshot, not use_write_db")
-                history.attach_window(conn, gen_file.history)
-                history.ensure_views(conn, gen_file.generations(), tables)
-            return sql
+        elif command.kind == "desc_table" and (command.name or "").lower().startswith(
+            HISTORY_PREFIX
+        ):
+            tables = (str(command.name)[len(HISTORY_PREFIX) :].lower(),)
+        elif command.kind == "show_tables":
+            wants_tables_view = True
+        if not tables and not wants_tables_view:
+            return sql, None
+        if not gen_file.history_on or gen_file.info is None:
+            if wants_tables_view:
+                return command.sql, None
+            raise QueryError("history tables are read from the snapshot, not use_write_db")
+        window = history.Window(conn, gen_file.history, gen_file.generations())
+        try:
+            # DESC needs no view: history.describe reads the attached files.
+            window.open(
+                tables=() if command.kind == "desc_table" else tables,
+                tables_view=wants_tables_view,
+            )
         except apsw.Error as e:
             raise QueryError(sqlite_message(e)) from None
+        if wants_tables_view:
+            sql = command.history_sql or command.sql
+        return sql, window
 
     def _retire_locked(self, gen_file: GenFile) -> bool:
         """Mark a snapshot no longer served; True if it can go now."""

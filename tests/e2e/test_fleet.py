@@ -32,11 +32,12 @@ NET = [("host", "text"), ("bytes", "int")]
 
 @pytest.fixture(scope="module")
 def fleet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QasinoProcess]:
-    """One server for the module: 1 s generations, --keep-stale 2, --history 8."""
+    """One server for the module: 1 s generations, --keep-stale 2,
+    --persist-ttl 2, --history 8."""
     proc = new_server(
         tmp_path_factory.mktemp("fleet"),
         generation_s=1,
-        extra_args=["--keep-stale", "2", "--history", "8"],
+        extra_args=["--keep-stale", "2", "--persist-ttl", "2", "--history", "8"],
     )
     try:
         proc.start()
@@ -101,6 +102,35 @@ def test_a_silent_host_goes_stale_is_carried_with_age_then_dropped(
     shown = rows_of(http_query(proc.ports["http"], "SHOW identities;"))
     assert shown[0][:2] == ["quiet", "1"]
     assert ["busy", "0"] in [r[:2] for r in shown] or ["busy", "1"] in [r[:2] for r in shown]
+
+
+def test_a_persisted_table_not_republished_expires_after_the_ttl(
+    fleet_server: QasinoProcess,
+) -> None:
+    proc = fleet_server
+    request = {"identity": "pers", "persist": 1, "table": make_table("kept", CPU, [["pers", 1]])}
+    assert_ok(http_publish(proc.ports["http"], request))
+
+    def missed_four() -> bool:
+        missed = query_rows(
+            proc, "SELECT generations_missed FROM qasino_server_identities WHERE identity = 'pers'"
+        )
+        return bool(missed) and int(missed[0][0]) >= 4
+
+    poll_until(missed_four, timeout=30, what="pers missing 4 generations")
+    ages = query_rows(
+        proc,
+        "SELECT i.generations_missed, (SELECT group_concat(t.age_generations)"
+        " FROM history.qasino_server_table_identities t"
+        " WHERE t.generation_number = i.generation_number AND t.tablename = 'kept')"
+        " FROM history.qasino_server_identities i WHERE i.identity = 'pers'"
+        " ORDER BY i.generation_number",
+    )
+    by_missed = dict((int(m), age) for m, age in ages)
+    assert {0, 1, 2, 3}.issubset(by_missed), ages
+    assert [by_missed[m] for m in (0, 1, 2, 3)] == ["0", "1", "2", ""]
+    reply = http_query(proc.ports["http"], "SELECT * FROM kept")
+    assert "no such table" in reply.get("error_message", ""), reply
 
 
 def wait_served(proc: QasinoProcess, host: str, value: int) -> str:

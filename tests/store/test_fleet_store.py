@@ -279,3 +279,22 @@ def test_history_needs_the_snapshot_not_the_writer(tmp_path: Path, stores: list[
 def test_history_over_the_attach_limit_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="--history is at most 100"):
         make(tmp_path, history=101)
+
+
+def test_a_table_only_older_snapshots_have_is_not_read_by_its_plain_name(
+    tmp_path: Path, stores: list[Store]
+) -> None:
+    s = make(tmp_path, history=3)
+    stores.append(s)
+    publish(s, table("old", "a INTEGER", [[1]]), identity="x")
+    s.rotate(NOW + 30)
+    s.rotate(NOW + 60)  # "old" is only in the older snapshot now
+    assert rows(s, "SELECT a FROM history.old") == [(1,)]
+    for sql in ("SELECT * FROM old", "SELECT count(*) FROM history.old JOIN old USING (a)"):
+        with pytest.raises(QueryError, match="no such table"):
+            s.query(sql)
+    # and nothing of the window stays on the pooled connection
+    with pytest.raises(QueryError, match="no such table"):
+        s.query("SELECT * FROM old")
+    attached = "SELECT count(*) FROM pragma_database_list WHERE name LIKE 'qasino_h%'"
+    assert rows(s, attached) == [(0,)]
