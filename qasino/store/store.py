@@ -226,6 +226,9 @@ class WriterGeneration:
     seq: int = 0  # the generation's sequence number (0, 1, 2, ... since start)
     # (lower tablename, identity) -> [tablename, nr_rows, age_generations]
     contrib: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    # --keep-stale: rowid spans of each identity's plainly inserted rows, so
+    # the next generation can copy them from this one's snapshot file.
+    spans: dict[tuple[str, str], list[tuple[int, int]]] = field(default_factory=dict)
     schemas: dict[str, TableSchema] = field(default_factory=dict)
     published: set[tuple[str, str]] = field(default_factory=set)
     carried: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
@@ -309,6 +312,11 @@ class Store:
         # generation (for --keep-stale); who last published each static table.
         self.identities: dict[str, IdentitySeen] = {}
         self._last_publishes: dict[str, tuple[int, list[Publish]]] = {}
+        # The snapshot served now, for --keep-stale copies: its file, tables
+        # and rowid spans.
+        self._prev: Optional[
+            tuple[str, dict[str, TableSchema], dict[tuple[str, str], list[tuple[int, int]]]]
+        ] = None
         self._static_by: dict[str, tuple[str, str, int]] = {}
         self._identity_counts: dict[str, int] = {"live": 0, "stale": 0}
         # --history: the snapshots in the window, oldest first (the served one last).
@@ -401,25 +409,38 @@ class Store:
         if last is None or last[0] != gen.seq:
             last = self._last_publishes[identity] = (gen.seq, [])
         opts = publish.options
-        if not opts.static and not opts.persist:
+        if opts.update and not opts.static and not opts.persist:
+            # Upserts cannot be found again by rowid: keep them to replay.
+            # Plain tables are copied from the snapshot file (_carry_stale).
             last[1].append(publish)
 
     def _carry_stale(self, gen: WriterGeneration, now: float) -> None:
         """--keep-stale: put the last tables of identities that did not
-        publish in ``gen`` into it, or forget them once too old."""
+        publish in ``gen`` into it (``age_generations`` = generations
+        missed), or forget them once too old. Plain tables are copied from
+        the snapshot served now (which holds them, fresh or carried) by
+        rowid span, in SQLite; upserts are replayed from memory."""
         keep = self.config.keep_stale
-        for identity, (_, publishes) in sorted(self._last_publishes.items()):
-            rec = self.identities[identity]
+        ages: dict[str, int] = {}
+        for identity, rec in self.identities.items():
             if keep_stale_expired(rec.last_seq, gen.seq, keep):
-                del self._last_publishes[identity]
+                self._last_publishes.pop(identity, None)
                 continue
             age = keep_stale_age(rec.last_seq, gen.seq, keep)
-            if age is None:
-                continue
+            if age is not None:
+                ages[identity] = age
+        if not ages:
+            return
+        if self._prev is not None:
+            self._copy_stale_rows(gen, ages, now)
+        for identity, age in sorted(ages.items()):
+            _, publishes = self._last_publishes.get(identity, (0, []))
             for publish in publishes:
                 try:
                     self._apply(gen, publish, now, carried=True, age=age)
-                    gen.note_carried(publish.table.tablename, rec.last_seen_epoch)
+                    gen.note_carried(
+                        publish.table.tablename, self.identities[identity].last_seen_epoch
+                    )
                 except QasinoError as e:
                     log.error(
                         "could not carry table {table} of stale {identity}: {error}",
@@ -427,6 +448,71 @@ class Store:
                         identity=identity,
                         error=e.message,
                     )
+
+    def _copy_stale_rows(self, gen: WriterGeneration, ages: dict[str, int], now: float) -> None:
+        assert self._prev is not None
+        path, schemas, spans = self._prev
+        wanted = sorted(
+            (key, ranges) for key, ranges in spans.items() if key[1] in ages and key[0] in schemas
+        )
+        if not wanted:
+            return
+        conn = gen.conn
+        try:
+            conn.execute(f"ATTACH DATABASE ? AS {_PREV}", (path,))
+        except apsw.Error as e:
+            log.error(
+                "--keep-stale: cannot read the last snapshot: {error}", error=sqlite_message(e)
+            )
+            return
+        try:
+            for key, ranges in wanted:
+                identity = key[1]
+                try:
+                    self._copy_span(gen, schemas[key[0]], key, ranges, ages[identity])
+                    gen.note_carried(
+                        schemas[key[0]].name, self.identities[identity].last_seen_epoch
+                    )
+                except (apsw.Error, QasinoError) as e:
+                    log.error(
+                        "could not carry table {table} of stale {identity}: {error}",
+                        table=key[0],
+                        identity=identity,
+                        error=str(e),
+                    )
+        finally:
+            conn.execute(f"DETACH DATABASE {_PREV}")
+
+    def _copy_span(
+        self,
+        gen: WriterGeneration,
+        prev: TableSchema,
+        key: tuple[str, str],
+        ranges: list[tuple[int, int]],
+        age: int,
+    ) -> None:
+        conn = gen.conn
+        shape = Table(
+            prev.name, tuple(c for c, _ in prev.columns), tuple(t for _, t in prev.columns), []
+        )
+        cols = ", ".join(quote_ident(c) for c, _ in prev.columns)
+        with conn:
+            schema = ensure_table(conn, gen.schemas.get(key[0]), shape)
+            before = _max_rowid(conn, schema.name)
+            copied = 0
+            for lo, hi in ranges:
+                conn.execute(
+                    f"INSERT INTO main.{quote_ident(schema.name)} ({cols}) SELECT {cols} "
+                    f"FROM {_PREV}.{quote_ident(prev.name)} WHERE rowid BETWEEN ? AND ?",
+                    (lo, hi),
+                )
+                copied += conn.changes()
+            after = conn.last_insert_rowid() if copied else before
+        gen.schemas[key[0]] = schema
+        gen.spans[key] = [(before + 1, after)] if copied else []
+        if copied:
+            gen.carried[key] = (before + 1, after)
+        gen.contrib[key] = [schema.name, copied, age]
 
     def _apply_static(self, publish: Publish, now: float) -> None:
         try:
@@ -475,15 +561,12 @@ class Store:
                 if opts.update:
                     mode = "merge" if merge_cells else "replace"
                     insert_rows(conn, table, mode, keycols or (), target=schema.name)
-                elif carried and table.rows:
+                elif table.rows and (carried or self.config.keep_stale > 0):
                     # A carried copy's rows are replaced if its identity
-                    # publishes again: remember their rowids (contiguous,
-                    # as the one writer appends them). A bare max(rowid) is
-                    # O(log n); wrapped in another function it scans.
-                    top = conn.execute(
-                        f"SELECT max(rowid) FROM {quote_ident(schema.name)}"
-                    ).fetchall()[0][0]
-                    before = top if isinstance(top, int) else 0
+                    # publishes again, and --keep-stale copies an identity's
+                    # rows into the next generation: remember their rowids
+                    # (contiguous, as the one writer appends them).
+                    before = _max_rowid(conn, schema.name)
                     insert_rows(conn, table, "insert", target=schema.name)
                     span = (before + 1, conn.last_insert_rowid())
                 elif table.rows:
@@ -504,6 +587,11 @@ class Store:
                 gen.contrib[key] = [schema.name, nrows, age]
             return
         contrib = gen.contrib.get(key)
+        if contrib is not None and contrib[2] > 0 and not opts.update:
+            gen.spans.pop(key, None)  # the carried copy was deleted above
+        if span is not None and not opts.update and not opts.persist:
+            # (persisted tables are carried by the registry, not --keep-stale)
+            gen.spans.setdefault(key, []).append(span)
         if contrib is None or (contrib[2] > 0 and not opts.update):
             gen.contrib[key] = [schema.name, nrows, 0]
         else:
@@ -595,6 +683,8 @@ class Store:
             self._snapshot = gen.file
             self._writer = new_gen
             self._identity_counts = counts_now
+            if self.config.keep_stale > 0:
+                self._prev = (gen.file.path, dict(gen.schemas), gen.spans)
             retired = [old] if old is not None else []
             if self.config.history > 0:
                 gen.file.kept = True
@@ -844,6 +934,16 @@ class Store:
                 os.unlink(gen_file.path + suffix)
             except FileNotFoundError:
                 pass
+
+
+_PREV = "qasino_prev"
+
+
+def _max_rowid(conn: apsw.Connection, tablename: str) -> int:
+    """The table's largest rowid (0 if empty). A bare max(rowid) is O(log n);
+    wrapped in another function it scans."""
+    top = conn.execute(f"SELECT max(rowid) FROM main.{quote_ident(tablename)}").fetchall()[0][0]
+    return top if isinstance(top, int) else 0
 
 
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")

@@ -298,3 +298,49 @@ def test_a_table_only_older_snapshots_have_is_not_read_by_its_plain_name(
         s.query("SELECT * FROM old")
     attached = "SELECT count(*) FROM pragma_database_list WHERE name LIKE 'qasino_h%'"
     assert rows(s, attached) == [(0,)]
+
+
+def test_keep_stale_copies_plain_rows_from_the_snapshot_and_replays_upserts(
+    tmp_path: Path, stores: list[Store]
+) -> None:
+    s = make(tmp_path, keep_stale=2)
+    stores.append(s)
+    publish(s, cpu(3, "a"), identity="a")
+    kv = {"update": True, "keycols": ("k",)}
+    publish(s, table("kv", "k TEXT, v INTEGER", [["x", 1]]), identity="a", **kv)
+    publish(s, table("kv", "k TEXT, v INTEGER", [["x", 2], ["y", 3]]), identity="a", **kv)
+    # plain rows are not kept in memory (they are copied from the snapshot file)
+    assert [len(p) for _, p in s._last_publishes.values()] == [2]
+    s.rotate(NOW + 30)
+    for k in (2, 3):
+        s.rotate(NOW + 30 * k)
+        assert rows(s, "SELECT count(*) FROM cpu WHERE host = 'a'") == [(3,)]
+        assert rows(s, "SELECT k, v FROM kv ORDER BY k") == [("x", 2), ("y", 3)]
+    s.rotate(NOW + 120)
+    for name in ("cpu", "kv"):
+        with pytest.raises(QueryError):
+            s.query(f"SELECT * FROM {name}")
+
+
+def test_keep_stale_does_not_double_a_persisted_table(tmp_path: Path, stores: list[Store]) -> None:
+    s = make(tmp_path, keep_stale=2)
+    stores.append(s)
+    publish(s, cpu(2, "a"), identity="a", persist=True)
+    s.rotate(NOW + 30)
+    s.rotate(NOW + 60)
+    s.rotate(NOW + 90)
+    assert rows(s, "SELECT count(*) FROM cpu") == [(2,)]
+    assert rows(s, "SELECT age_generations FROM qasino_server_table_identities") == [(2,)]
+
+
+def test_keep_stale_copy_keeps_the_columns_others_added(
+    tmp_path: Path, stores: list[Store]
+) -> None:
+    s = make(tmp_path, keep_stale=1)
+    stores.append(s)
+    publish(s, table("t", "host TEXT", [["a"]]), identity="a")
+    publish(s, table("t", "host TEXT, extra INTEGER", [["b", 5]]), identity="b")
+    s.rotate(NOW + 30)
+    publish(s, table("t", "host TEXT, extra INTEGER", [["b", 6]]), identity="b")
+    s.rotate(NOW + 60)
+    assert rows(s, "SELECT host, extra FROM t ORDER BY host") == [("a", None), ("b", 6)]
