@@ -149,8 +149,7 @@ def run_server(
                 run.setdefault("skipped", []).append(f"round {round_}: {e}")
                 if failures > rounds // 2:
                     raise
-                ticks = math.ceil((time.monotonic() - daemon.ready_at) / scenario.generation_s)
-                boundary = daemon.ready_at + (ticks + 1) * scenario.generation_s
+                boundary = resync(daemon, scenario.generation_s)
                 continue
             size, files = generation_files(daemon)
             run["disk_mb"].append(round(size / 2**20, 1))
@@ -158,6 +157,16 @@ def run_server(
             run["rss_mb"].append(round(rss_mb(daemon.pid), 1))
             boundary += scenario.generation_s
     return run
+
+
+def resync(daemon: Daemon, generation_s: float) -> float:
+    """After a spoiled round: drop queued signals, wait for a fresh one, and
+    return the next boundary (a whole generation ahead)."""
+    while daemon.next_gensig(0) is not None:
+        pass
+    daemon.wait_gensig()
+    ticks = math.ceil((time.monotonic() - daemon.ready_at) / generation_s)
+    return daemon.ready_at + ticks * generation_s
 
 
 def one_round(
