@@ -157,6 +157,7 @@ class GenFile:
         # first, attached to this snapshot's query connections.
         self.history_on = history_on
         self.history: tuple[tuple[int, str], ...] = ()
+        self.older_files: tuple[GenFile, ...] = ()  # the same, as held while attached
         self.kept = False  # in the history window: not removed when retired
         self.refs = 0
         self.retired = False
@@ -744,6 +745,7 @@ class Store:
         if keep > 1:
             older = list(self._window)[-(keep - 1) :]
             gen.file.history = tuple((f.number, f.path) for f in older)
+            gen.file.older_files = tuple(older)
         info = SnapshotInfo(gen.file.number, self.config.generation_duration_s, now)
         gen.file.info = info
         gen.file.table_list = {
@@ -865,6 +867,7 @@ class Store:
             finally:
                 if window is not None:
                     window.close()
+                    self._hold(gen_file.older_files, -1)
                 gen_file.give_back(version, conn)
         finally:
             with self._lock:
@@ -898,17 +901,35 @@ class Store:
                 return command.sql, None
             raise QueryError("history tables are read from the snapshot, not use_write_db")
         window = history.Window(conn, gen_file.history, gen_file.generations())
+        # The older files must not be removed while attached here (a
+        # rotation may push the oldest out of the window meanwhile).
+        self._hold(gen_file.older_files, +1)
         try:
             # DESC needs no view: history.describe reads the attached files.
             window.open(
                 tables=() if command.kind == "desc_table" else tables,
                 tables_view=wants_tables_view,
             )
-        except apsw.Error as e:
-            raise QueryError(sqlite_message(e)) from None
+        except BaseException as e:
+            self._hold(gen_file.older_files, -1)
+            if isinstance(e, apsw.Error):
+                raise QueryError(sqlite_message(e)) from None
+            raise
         if wants_tables_view:
             sql = command.history_sql or command.sql
         return sql, window
+
+    def _hold(self, files: Sequence[GenFile], delta: int) -> None:
+        """Count (or stop counting) a reader of each of ``files``; remove
+        those no longer served, kept or read."""
+        with self._lock:
+            gone = []
+            for gen_file in files:
+                gen_file.refs += delta
+                if delta < 0 and gen_file.retired and gen_file.refs == 0 and not gen_file.kept:
+                    gone.append(gen_file)
+        for gen_file in gone:
+            self._dispose(gen_file)
 
     def _retire_locked(self, gen_file: GenFile) -> bool:
         """Mark a snapshot no longer served; True if it can go now."""

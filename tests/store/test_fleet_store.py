@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -344,3 +345,20 @@ def test_keep_stale_copy_keeps_the_columns_others_added(
     publish(s, table("t", "host TEXT, extra INTEGER", [["b", 6]]), identity="b")
     s.rotate(NOW + 60)
     assert rows(s, "SELECT host, extra FROM t ORDER BY host") == [("a", None), ("b", 6)]
+
+
+def test_an_older_file_in_use_by_a_history_statement_outlives_the_window(
+    tmp_path: Path, stores: list[Store]
+) -> None:
+    s = make(tmp_path, history=2)
+    stores.append(s)
+    s.rotate(NOW + 30)
+    served = s._snapshot
+    assert served is not None and len(served.older_files) == 1
+    older = served.older_files[0]
+    s._hold(served.older_files, +1)  # what a history statement on it does
+    s.rotate(NOW + 60)
+    s.rotate(NOW + 90)  # the older file has left the window
+    assert os.path.exists(older.path)
+    s._hold(served.older_files, -1)
+    assert not os.path.exists(older.path)
