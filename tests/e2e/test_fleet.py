@@ -216,3 +216,25 @@ def test_history_is_listed_described_and_read_only(fleet_server: QasinoProcess) 
         proc, "SELECT count(DISTINCT generation_number) FROM history.qasino_server_info"
     )
     assert 1 <= int(internal[0][0]) <= 8
+
+
+def test_metrics_count_live_and_stale_identities(fleet_server: QasinoProcess) -> None:
+    """The earlier tests' publishers have all gone quiet by now."""
+    proc = fleet_server
+    publish(proc, "fresh", "fresh_t", CPU, [["fresh", 1]])
+
+    def counts() -> Any:
+        stale = query_rows(proc, "SELECT sum(stale), sum(1 - stale) FROM qasino_server_identities")
+        body = http_request(proc.ports["http"], "GET", "/metrics").body.decode()
+        shown = {
+            state: line.split()[-1]
+            for line in body.splitlines()
+            for state in ("live", "stale")
+            if line.startswith(f'qasino_identities{{state="{state}"}}')
+        }
+        want = {"stale": stale[0][0], "live": stale[0][1]}
+        got = {k: str(int(float(v))) for k, v in shown.items()}
+        return got if got == want and want["live"] == "1" else None
+
+    got = poll_until(counts, timeout=15, what="/metrics matching qasino_server_identities")
+    assert int(got["stale"]) >= 3
