@@ -26,6 +26,8 @@ UNITS = {
     "_per_s": "/s",
     "_ms": "ms",
     "_mb_per_million_rows": "MB/1M rows",
+    "_mb_per_generation": "MB/gen",
+    "_mb": "MB",
     "_s": "s",
 }
 
@@ -189,6 +191,19 @@ def targets(big_rotation_case: str = "1x1000000") -> list[Target]:
             "< 20 ms",
             at_most=True,
         ),
+        Target(
+            "history_pause_at_1m_rows",
+            ("history_rotation_query_pause_ms", None),
+            20.0,
+            "< 20 ms (--history 10)",
+            at_most=True,
+        ),
+        Target(
+            "history_ingest_ratio",
+            ("history_ingest_ratio", None),
+            0.90,
+            "> 0.9 of ingest without history",
+        ),
         Target("query_p99_during_ingest", ("query_p99_ms", None), 50.0, "< 50 ms", at_most=True),
         Target(
             "query_json_rows_per_s",
@@ -240,7 +255,7 @@ def default_ceiling(ref: Ref) -> Optional[Ref]:
 def fmt(value: Optional[float], unit: str = "") -> str:
     if value is None:
         return "-"
-    if unit in ("ms", "s", "MB/1M rows") or abs(value) < 100:
+    if unit in ("ms", "s", "MB/1M rows", "MB/gen", "MB") or abs(value) < 100:
         return f"{value:,.1f}"
     return f"{value:,.0f}"
 

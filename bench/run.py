@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Optional
 
-from bench import ceilings, daemon, ingest, query, rotation
+from bench import ceilings, daemon, history, ingest, query, rotation
 from bench.harness import FULL, QUICK, Scale, Workers
 from bench.report import Results, render_table, summary_json
 
@@ -45,6 +45,12 @@ PHASE_KEYS = {
         "reactor_busy_gap_ms",
     ),
     "rotation": ("rotation_ms", "rotation_query_pause_ms", "rss_mb_per_million_rows"),
+    "history": (
+        "history_rotation_query_pause_ms",
+        "history_ingest_ratio",
+        "history_disk_mb_per_generation",
+        "history_rss_mb",
+    ),
 }
 ALL_KEYS = tuple(k for keys in PHASE_KEYS.values() for k in keys)
 # The ceilings a figure's ratio needs, run along with it.
@@ -155,6 +161,8 @@ def run_phases(run: Run) -> None:
     if run.wants(*PHASE_KEYS["rotation"]):
         rss = run.wants("rss_mb_per_million_rows")
         phase(run, "rotation", lambda: rotation.measure_rotation(w, s, r, rss))
+    if run.wants(*PHASE_KEYS["history"]):
+        phase(run, "history", lambda: history.measure_history(w, s, r))
     rounds = {key: len(r.figures[(key, None)].values) for key in before if before[key]}
     measure_ceilings(run, " (again)")
     r.details["ceiling_drift"] = {

@@ -204,7 +204,7 @@ class Engine:
         """The engine clock's time (an IReactorTime: the reactor or a Clock)."""
         return float(self.clock.seconds())
 
-    def publish(self, publish: Publish) -> Deferred[None]:
+    def publish(self, publish: Publish, remote_addr: Optional[str] = None) -> Deferred[None]:
         """Fires once the table is in the writer generation (or errbacks).
 
         Tables of at most ``inline_max_cells`` cells are written on the
@@ -213,7 +213,7 @@ class Engine:
         """
         table = publish.table
         inline = len(table.rows) * len(table.column_names) <= self.inline_max_cells
-        return self._write(inline, self.store.publish, publish, self._now())
+        return self._write(inline, self.store.publish, publish, self._now(), remote_addr)
 
     def _write(self, inline: bool, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run a writer method in order with every other write.
@@ -335,6 +335,10 @@ class Engine:
 
     def table_list(self) -> dict[str, dict[str, object]]:
         return self.store.table_list()
+
+    def identity_counts(self) -> dict[str, int]:
+        """Live and stale identities of the snapshot served (for /metrics)."""
+        return self.store.identity_counts()
 
     def snapshot_info(self) -> SnapshotInfo:
         return self.store.snapshot_info()

@@ -170,19 +170,30 @@ class Dispatcher:
         return {"identity": self.identity, "response_op": "ok"}
 
     def dispatch(
-        self, request: object, source: str = "http", body_bytes: Optional[int] = None
+        self,
+        request: object,
+        source: str = "http",
+        body_bytes: Optional[int] = None,
+        remote_addr: Optional[str] = None,
     ) -> Deferred[Reply]:
         """Run one request dict; always fires with a reply dict, never errbacks.
 
         ``body_bytes``: ``request`` was decoded by orjson from a body that
         long (see :func:`decode_body`); it lets a publish leave the checks
-        of its cells to SQLite."""
+        of its cells to SQLite. ``remote_addr``: the sender's address, if
+        known (kept per identity, docs/fleet.md)."""
         op = request.get("op") if isinstance(request, dict) else None
         started = time.perf_counter()
-        d = self._dispatch(request, source, body_bytes)
+        d = self._dispatch(request, source, body_bytes, remote_addr)
         return d.addCallback(lambda reply: self.stats.count(op, source, started, reply))
 
-    def _dispatch(self, request: object, source: str, body_bytes: Optional[int]) -> Deferred[Reply]:
+    def _dispatch(
+        self,
+        request: object,
+        source: str,
+        body_bytes: Optional[int],
+        remote_addr: Optional[str] = None,
+    ) -> Deferred[Reply]:
         if not isinstance(request, dict):
             return succeed(self.error("Request must be a JSON object"))
         op = request.get("op")
@@ -195,7 +206,7 @@ class Dispatcher:
             return succeed(self.error(UNKNOWN_OP_HTTP))
         try:
             if handler == self.add_table_data:
-                d = self.add_table_data(request, body_bytes)
+                d = self.add_table_data(request, body_bytes, remote_addr)
             else:
                 d = handler(request)
         except Exception:
@@ -218,7 +229,10 @@ class Dispatcher:
     # ------------------------------------------------------------------ ops
 
     def add_table_data(
-        self, request: dict[str, Any], body_bytes: Optional[int] = None
+        self,
+        request: dict[str, Any],
+        body_bytes: Optional[int] = None,
+        remote_addr: Optional[str] = None,
     ) -> Deferred[Reply]:
         try:
             publish = parse_json_publish(request, **self.limits, decoded_from_bytes=body_bytes)
@@ -227,16 +241,22 @@ class Dispatcher:
             rows = table.get("rows") if isinstance(table, dict) else None
             self.engine.count_publish_error(len(rows) if isinstance(rows, list) else 0)
             raise
-        return self.engine.publish(publish).addCallback(lambda _: self.ok())
+        return self.engine.publish(publish, remote_addr).addCallback(lambda _: self.ok())
 
     def add_csv_table_data(
-        self, body: bytes, identity: Optional[str] = None, transport: str = "http"
+        self,
+        body: bytes,
+        identity: Optional[str] = None,
+        transport: str = "http",
+        remote_addr: Optional[str] = None,
     ) -> Deferred[Reply]:
         """The CSV publish format (HTTP op add_csv_table_data)."""
-        d = self._add_csv_table_data(body, identity)
+        d = self._add_csv_table_data(body, identity, remote_addr)
         return d.addCallback(lambda r: self.stats.count("add_csv_table_data", transport, 0, r))
 
-    def _add_csv_table_data(self, body: bytes, identity: Optional[str]) -> Deferred[Reply]:
+    def _add_csv_table_data(
+        self, body: bytes, identity: Optional[str], remote_addr: Optional[str] = None
+    ) -> Deferred[Reply]:
         try:
             publish = parse_csv_publish(
                 body,
@@ -248,7 +268,7 @@ class Dispatcher:
         except InvalidInput as e:
             self.engine.count_publish_error()
             return succeed(self._failed(Failure(e), "add_csv_table_data"))
-        d = self.engine.publish(publish).addCallback(lambda _: self.ok())
+        d = self.engine.publish(publish, remote_addr).addCallback(lambda _: self.ok())
         d.addErrback(self._failed, "add_csv_table_data")
         return d
 

@@ -43,6 +43,16 @@ def _port(text: str) -> Optional[int]:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
 # argparse names a type function in its error ("invalid _port value"); this
 # name is what a user reads instead.
 _port.__name__ = "port"
@@ -126,6 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
         type=_port,
         default=d.zmq_port,
         help=_port_help("ZeroMQ REP JSON RPC", d.zmq_port),
+    )
+    fleet = p.add_argument_group("fleet and history (docs/fleet.md)")
+    fleet.add_argument(
+        "--keep-stale",
+        type=_non_negative,
+        default=d.keep_stale,
+        metavar="N",
+        help="carry the last tables of an identity that stopped publishing into the "
+        "next N snapshots, then drop them (default %(default)s: drop at once)",
+    )
+    fleet.add_argument(
+        "--persist-ttl",
+        type=_non_negative,
+        default=d.persist_ttl,
+        metavar="N",
+        help="drop a persisted table not re-published by its identity for N "
+        "generations (default %(default)s: keep forever)",
+    )
+    fleet.add_argument(
+        "--history",
+        type=_non_negative,
+        default=d.history,
+        metavar="N",
+        help="keep the last N snapshots queryable as history.TABLE, with a "
+        "generation_number column (default %(default)s: off)",
     )
     p.add_argument(
         "--https-port",
@@ -310,6 +345,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections=max(0, args.max_connections),
         max_result_bytes=args.max_result_bytes,
         max_stream_rows=max(0, args.max_stream_rows),
+        keep_stale=args.keep_stale,
+        persist_ttl=args.persist_ttl,
+        history=args.history,
     ).resolved()
 
 

@@ -97,6 +97,9 @@ class ServerConfig:
     max_cell_bytes: int = DEFAULT_MAX_CELL_BYTES
     max_connections: int = 1024
     max_stream_rows: int = DEFAULT_MAX_STREAM_ROWS
+    keep_stale: int = 0
+    persist_ttl: int = 0
+    history: int = 0
 
     def resolved(self) -> ServerConfig:
         """Fill the defaults that depend on the machine."""
@@ -268,6 +271,9 @@ class QasinoServer(MultiService):
                 limits=QueryLimits(
                     config.query_timeout_s, config.max_result_rows, config.max_result_bytes
                 ),
+                keep_stale=config.keep_stale,
+                persist_ttl=config.persist_ttl,
+                history=config.history,
             ),
             now=reactor.seconds(),
             views=views.views,
@@ -283,6 +289,8 @@ class QasinoServer(MultiService):
             max_cell_bytes=config.max_cell_bytes,
         )
         self.metrics = ServerMetrics(self.engine, self.dispatcher)
+        # qasino_identities{state}: live and stale identities (docs/fleet.md).
+        self.metrics.set_identities_provider(self.engine.identity_counts)
         self.zmq = ZmqServices(
             self.dispatcher,
             reactor,

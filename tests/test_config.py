@@ -127,8 +127,7 @@ def test_print_config_masks_secrets() -> None:
 
 
 def test_a_flag_added_later_gets_file_and_env_support(tmp_path: Path) -> None:
-    parser = build_parser()
-    parser.add_argument("--keep-stale", type=int, default=0)
+    parser = build_parser()  # --keep-stale is a real flag now (issue 15)
     parser.add_argument("--alertmanager-url", action="append", default=[])
     path = write(tmp_path, 'keep_stale = 3\nalertmanager_url = ["http://a", "http://b"]\n')
     args = parse_args(parser, ["--config", path], {"QASINO_KEEP_STALE": "4"})

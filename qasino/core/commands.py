@@ -72,6 +72,27 @@ SHOW_INFO_SQL = (
     " FROM qasino_server_info"
 )
 
+SHOW_IDENTITIES_SQL = (
+    "SELECT identity, stale, generations_missed, last_generation_number, nr_tables, nr_rows,"
+    " remote_addr, first_seen_epoch,"
+    f" strftime('{DATETIME_FORMAT}', first_seen_epoch, 'unixepoch') AS first_seen_datetime,"
+    " last_seen_epoch,"
+    f" strftime('{DATETIME_FORMAT}', last_seen_epoch, 'unixepoch') AS last_seen_datetime"
+    " FROM qasino_server_identities ORDER BY stale DESC, identity"
+)
+
+# SHOW tables with --history: the history tables too, as "history.T".
+SHOW_TABLES_HISTORY_SQL = (
+    "SELECT tablename, nr_rows, nr_updates, last_update_epoch, static,"
+    f" strftime('{DATETIME_FORMAT}', last_update_epoch, 'unixepoch') AS last_update_datetime"
+    " FROM (SELECT tablename, nr_rows, nr_updates, last_update_epoch, static"
+    " FROM qasino_server_tables UNION ALL"
+    " SELECT 'history.' || tablename, nr_rows, 0, last_update_epoch, 0"
+    " FROM temp.qasino_history_tables){where} ORDER BY tablename"
+)
+
+HISTORY_PREFIX = "history."
+
 SHOW_VIEWS_SQL = "SELECT viewname, loaded, errormsg FROM qasino_server_views ORDER BY viewname"
 
 DESC_VIEW_SQL = 'SELECT "view" FROM qasino_server_views WHERE viewname = ? COLLATE NOCASE'
@@ -90,7 +111,7 @@ class Command:
     """One classified client statement.
 
     ``kind`` is one of "select", "show_tables", "show_connections",
-    "show_info", "show_views", "desc_table", "desc_view". ``sql`` is what
+    "show_info", "show_views", "show_identities", "desc_table", "desc_view". ``sql`` is what
     the store runs (empty for "desc_table": the store answers it from its
     schema), with ``params`` bound to it. ``name`` is the checked target of
     DESC / DESC VIEW.
@@ -100,6 +121,7 @@ class Command:
     sql: str
     params: tuple[object, ...] = ()
     name: Optional[str] = None
+    history_sql: Optional[str] = None  # what to run instead when --history is on
 
 
 def strip_leading_comments(text: str) -> str:
@@ -161,12 +183,18 @@ def _parse_show(body: str) -> Command:
         return Command(kind="show_info", sql=SHOW_INFO_SQL)
     if what == "views":
         return Command(kind="show_views", sql=SHOW_VIEWS_SQL)
+    if what == "identities":
+        return Command(kind="show_identities", sql=SHOW_IDENTITIES_SQL)
     raise QueryError(_show_usage())
 
 
 def _show_tables(rest: str) -> Command:
     if not rest:
-        return Command(kind="show_tables", sql=SHOW_TABLES_SQL.format(where=""))
+        return Command(
+            kind="show_tables",
+            sql=SHOW_TABLES_SQL.format(where=""),
+            history_sql=SHOW_TABLES_HISTORY_SQL.format(where=""),
+        )
     like = _LIKE_RE.match(rest)
     if like is None:
         raise QueryError("SHOW tables LIKE needs one quoted pattern, e.g. SHOW tables LIKE 'abc%'")
@@ -175,12 +203,14 @@ def _show_tables(rest: str) -> Command:
         kind="show_tables",
         sql=SHOW_TABLES_SQL.format(where=SHOW_TABLES_LIKE_WHERE),
         params=(pattern,),
+        history_sql=SHOW_TABLES_HISTORY_SQL.format(where=SHOW_TABLES_LIKE_WHERE),
     )
 
 
 def _show_usage() -> str:
     return (
-        "Unrecognized SHOW statement: use SHOW tables [LIKE 'pattern'], connections, info or views"
+        "Unrecognized SHOW statement: use SHOW tables [LIKE 'pattern'], connections,"
+        " identities, info or views"
     )
 
 
@@ -201,6 +231,10 @@ def _parse_desc(body: str) -> Command:
 
 
 def _desc_table(raw_name: str) -> Command:
+    if raw_name.lower().startswith(HISTORY_PREFIX):
+        # DESC history.T (--history): the history table of T.
+        name = HISTORY_PREFIX + _checked(raw_name[len(HISTORY_PREFIX) :])
+        return Command(kind="desc_table", sql="", name=name)
     return Command(kind="desc_table", sql="", name=_checked(raw_name))
 
 

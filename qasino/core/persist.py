@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qasino.core.fleet import persist_expired
 from qasino.core.model import Cell, Publish, PublishOptions, Table
 
 Key = tuple[str, str]  # (lower tablename, identity)
@@ -55,6 +56,7 @@ class CarriedTable:
     publish: Publish
     merged: bool  # True: applied as an upsert; False: a plain copy (replaceable)
     published_at: float = 0.0  # when the identity last published it
+    published_seq: int = 0  # the generation (sequence number) it was published in
 
 
 class PersistRegistry:
@@ -64,20 +66,22 @@ class PersistRegistry:
         self._plain: dict[Key, Publish] = {}
         self._merged: dict[Key, _Merged] = {}
         self._times: dict[Key, float] = {}
+        self._seqs: dict[Key, int] = {}
 
     def __len__(self) -> int:
         return len(self._plain) + len(self._merged)
 
-    def record(self, publish: Publish, merge_cells: bool = False, now: float = 0.0) -> None:
+    def record(
+        self, publish: Publish, merge_cells: bool = False, now: float = 0.0, seq: int = 0
+    ) -> None:
         """Note an applied (non-static) publish: keep, merge or forget it."""
         opts = publish.options
         key = (publish.table.tablename.lower(), opts.identity)
         if not opts.persist:
-            self._plain.pop(key, None)
-            self._merged.pop(key, None)
-            self._times.pop(key, None)
+            self.forget(key)
             return
         self._times[key] = now
+        self._seqs[key] = seq
         if not opts.update:
             self._merged.pop(key, None)
             self._plain[key] = publish
@@ -90,10 +94,32 @@ class PersistRegistry:
             self._merged[key] = entry
         entry.merge(publish.table, merge_cells)
 
+    def forget(self, key: Key) -> None:
+        """Drop the entry of (lower tablename, identity), if any."""
+        self._plain.pop(key, None)
+        self._merged.pop(key, None)
+        self._times.pop(key, None)
+        self._seqs.pop(key, None)
+
+    def expire(self, seq: int, ttl: int) -> list[Key]:
+        """Forget the entries not re-published for more than ``ttl``
+        generations as of generation ``seq`` (``--persist-ttl``); their keys."""
+        if ttl <= 0:
+            return []
+        gone = [key for key, s in self._seqs.items() if persist_expired(s, seq, ttl)]
+        for key in gone:
+            self.forget(key)
+        return gone
+
     def carried(self) -> list[CarriedTable]:
         """Every entry, as publishes ready to re-apply to a fresh generation."""
         out = [
-            CarriedTable(p, merged=False, published_at=self._times.get(key, 0.0))
+            CarriedTable(
+                p,
+                merged=False,
+                published_at=self._times.get(key, 0.0),
+                published_seq=self._seqs.get(key, 0),
+            )
             for key, p in self._plain.items()
         ]
         for key, entry in self._merged.items():
@@ -103,6 +129,7 @@ class PersistRegistry:
                     Publish(entry.as_table(), opts),
                     merged=True,
                     published_at=self._times.get(key, 0.0),
+                    published_seq=self._seqs.get(key, 0),
                 )
             )
         return out

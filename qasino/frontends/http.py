@@ -164,6 +164,12 @@ class LimitedRequest(server.Request):
         transport.loseConnection()
 
 
+def _peer(request: server.Request) -> Optional[str]:
+    """The client's IP address (qasino_server_identities.remote_addr)."""
+    host = getattr(request.getClientAddress(), "host", None)
+    return host if isinstance(host, str) else None
+
+
 class RequestResource(Resource):
     """``/request?op=...``: every op of the protocol, GET and POST."""
 
@@ -188,7 +194,10 @@ class RequestResource(Resource):
         args = query_args(request)
         if args.get("op") == "query":
             return self._query(request, args)
-        return self._reply(request, self.dispatcher.dispatch(args, self.transport))
+        return self._reply(
+            request,
+            self.dispatcher.dispatch(args, self.transport, remote_addr=_peer(request)),
+        )
 
     def render_POST(self, request: server.Request) -> Any:
         args = query_args(request)
@@ -196,7 +205,9 @@ class RequestResource(Resource):
         if args.get("op") == "add_csv_table_data":
             return self._reply(
                 request,
-                self.dispatcher.add_csv_table_data(body, args.get("identity"), self.transport),
+                self.dispatcher.add_csv_table_data(
+                    body, args.get("identity"), self.transport, _peer(request)
+                ),
             )
         try:
             payload, plain_bytes = decode_body(body) if body.strip() else ({}, None)
@@ -216,7 +227,12 @@ class RequestResource(Resource):
             payload.setdefault(key, value)
         if payload.get("op") == "query":
             return self._query(request, payload)
-        return self._reply(request, self.dispatcher.dispatch(payload, self.transport, plain_bytes))
+        return self._reply(
+            request,
+            self.dispatcher.dispatch(
+                payload, self.transport, plain_bytes, remote_addr=_peer(request)
+            ),
+        )
 
     def _query(self, request: server.Request, args: dict[str, Any]) -> Any:
         """``op=query`` with a ``format``: the legacy ``json`` and ``text``,

@@ -44,6 +44,8 @@ PAGE_ROW_LIMIT = 1000
 
 SHOW_TABLES = "SHOW tables"
 SHOW_CONNECTIONS = "SHOW connections"
+SHOW_IDENTITIES = "SHOW identities"
+HISTORY_PREFIX = "history."
 VIEWS_SQL = 'SELECT viewname, loaded, errormsg, "view" FROM qasino_server_views ORDER BY viewname'
 
 SECURITY_HEADERS = {
@@ -291,6 +293,14 @@ class ConnectionsPage(FixedQueryPage):
     sql, key, title = SHOW_CONNECTIONS, "connections", "Connections"
 
 
+class IdentitiesPage(FixedQueryPage):
+    """Every identity heard from since start, stale ones first (docs/fleet.md)."""
+
+    template = "identities.html"
+    active = "identities"
+    sql, key, title = SHOW_IDENTITIES, "identities", "Identities"
+
+
 class ViewsPage(FixedQueryPage):
     """The views of views.conf: loaded or not, the error, the definition."""
 
@@ -312,8 +322,14 @@ class DescPage(Page):
             request.setResponseCode(400)
             page["error"] = "Give a table name: /desc?tablename=NAME"
             return page
+        # history.T (--history) names the history table of T.
+        schema = ""
+        if name.lower().startswith(HISTORY_PREFIX):
+            schema, bare = "history.", name[len(HISTORY_PREFIX) :]
+        else:
+            bare = name
         try:
-            check_identifier(name, "table name")
+            check_identifier(bare, "table name")
         except InvalidInput as e:
             request.setResponseCode(400)
             page["error"] = e.message
@@ -322,7 +338,7 @@ class DescPage(Page):
         def described(result: Result) -> Context:
             page["columns"] = [{"name": row[0], "type": row[1]} for row in result.rows]
             page["sample_url"] = "/query?" + urllib.parse.urlencode(
-                {"sql": f"SELECT * FROM {quote_ident(name)} LIMIT 100"}
+                {"sql": f"SELECT * FROM {schema}{quote_ident(bare)} LIMIT 100"}
             )
             return page
 
@@ -415,6 +431,7 @@ def install_web_ui(root: Resource, dispatcher: Dispatcher) -> Resource:
     root.putChild(b"desc", DescPage(ui))
     root.putChild(b"query", QueryPage(ui))
     root.putChild(b"connections", ConnectionsPage(ui))
+    root.putChild(b"identities", IdentitiesPage(ui))
     root.putChild(b"views", ViewsPage(ui))
     root.putChild(b"static", StaticFiles(static_dir()))
     return NotFoundPage(ui)

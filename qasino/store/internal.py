@@ -1,7 +1,8 @@
-"""The six internal tables, built into every generation at its snapshot."""
+"""The internal tables, built into every generation at its snapshot."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import apsw
@@ -45,6 +46,24 @@ INTERNAL_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("inserts_received", "int"),
         ("inserts_completed", "int"),
     ),
+    # docs/fleet.md
+    "qasino_server_identities": (
+        ("identity", "TEXT"),
+        ("first_seen_epoch", "REAL"),
+        ("last_seen_epoch", "REAL"),
+        ("last_generation_number", "INTEGER"),
+        ("generations_missed", "INTEGER"),
+        ("nr_tables", "INTEGER"),
+        ("nr_rows", "INTEGER"),
+        ("remote_addr", "TEXT"),
+        ("stale", "INTEGER"),
+    ),
+    "qasino_server_table_identities": (
+        ("tablename", "TEXT"),
+        ("identity", "TEXT"),
+        ("nr_rows", "INTEGER"),
+        ("age_generations", "INTEGER"),
+    ),
 }
 
 
@@ -69,6 +88,8 @@ class GenerationReport:
     views: list[tuple[str, int, str, str]] = field(default_factory=list)
     sql_stats: tuple[int, int, int] = (0, 0, 0)
     update_stats: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    identities: Sequence[tuple[object, ...]] = ()
+    table_identities: Sequence[tuple[object, ...]] = ()
 
 
 def _create(conn: apsw.Connection, name: str) -> None:
@@ -84,7 +105,7 @@ def _fill(conn: apsw.Connection, name: str, rows: list[tuple[object, ...]]) -> N
 
 
 def write_internal_tables(conn: apsw.Connection, report: GenerationReport) -> None:
-    """Write all six internal tables into ``conn`` in one transaction.
+    """Write all the internal tables into ``conn`` in one transaction.
 
     ``qasino_server_tables`` lists itself and the other internal tables too.
     """
@@ -98,6 +119,8 @@ def write_internal_tables(conn: apsw.Connection, report: GenerationReport) -> No
         "qasino_server_views": list(report.views),
         "qasino_server_sql_stats": [report.sql_stats],
         "qasino_server_update_stats": [report.update_stats],
+        "qasino_server_identities": list(report.identities),
+        "qasino_server_table_identities": list(report.table_identities),
     }
     entries: list[tuple[object, ...]] = [
         (t.tablename, t.nr_rows, t.nr_updates, t.last_update_epoch, int(t.static))

@@ -21,14 +21,15 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Any, Optional
 
 import apsw
 from twisted.logger import Logger
 
-from qasino.core.commands import Command, parse_command
+from qasino.core.commands import HISTORY_PREFIX, Command, parse_command
 from qasino.core.errors import (
     InvalidInput,
     PublishRejected,
@@ -36,6 +37,17 @@ from qasino.core.errors import (
     QueryError,
     StoreError,
 )
+from qasino.core.fleet import (
+    Contribution,
+    IdentitySeen,
+    identity_counts,
+    identity_rows,
+    keep_stale_age,
+    keep_stale_expired,
+    seen,
+    table_identity_rows,
+)
+from qasino.core.history_sql import rewrite_history
 from qasino.core.identifiers import (
     INTERNAL_PREFIX,
     TEXT,
@@ -46,6 +58,7 @@ from qasino.core.identifiers import (
 from qasino.core.model import Publish, PublishOptions, Result, Table, ViewDef
 from qasino.core.persist import PersistRegistry
 from qasino.core.tables import explain_cells
+from qasino.store import history
 from qasino.store.internal import (
     GenerationReport,
     TableEntry,
@@ -85,6 +98,12 @@ class StoreConfig:
     generation_duration_s: float = 30.0
     archive_dir: Optional[str] = None
     limits: QueryLimits = QueryLimits()
+    # docs/fleet.md: carry a silent identity's tables this many generations;
+    # drop persisted copies not re-published for this many (0 = forever);
+    # keep this many snapshots queryable as history.T (0 = off).
+    keep_stale: int = 0
+    persist_ttl: int = 0
+    history: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,10 +174,16 @@ class GenFile:
     longer borrowed, the file is removed or archived.
     """
 
-    def __init__(self, path: str, number: int, static_path: str) -> None:
+    def __init__(self, path: str, number: int, static_path: str, history_on: bool = False) -> None:
         self.path = path
         self.number = number
         self.static_path = static_path
+        # --history: the older snapshots in the window (number, path), oldest
+        # first, attached to this snapshot's query connections.
+        self.history_on = history_on
+        self.history: tuple[tuple[int, str], ...] = ()
+        self.older_files: tuple[GenFile, ...] = ()  # the same, as held while attached
+        self.kept = False  # in the history window: not removed when retired
         self.refs = 0
         self.retired = False
         self.views: tuple[ViewDef, ...] = ()
@@ -203,6 +228,10 @@ class GenFile:
             create_temp_view(conn, view)
         return version, conn
 
+    def generations(self) -> list[history.Generation]:
+        """The history window as seen from this snapshot, oldest first."""
+        return [(n, history.alias(n)) for n, _ in self.history] + [(self.number, "main")]
+
     def give_back(self, version: int, conn: apsw.Connection) -> None:
         with self._lock:
             if version == self.views_version and not self.retired:
@@ -231,6 +260,12 @@ class WriterGeneration:
     file: GenFile
     conn: apsw.Connection
     opened_at: float
+    seq: int = 0  # the generation's sequence number (0, 1, 2, ... since start)
+    # (lower tablename, identity) -> [tablename, nr_rows, age_generations]
+    contrib: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    # --keep-stale: rowid spans of each identity's plainly inserted rows, so
+    # the next generation can copy them from this one's snapshot file.
+    spans: dict[tuple[str, str], list[tuple[int, int]]] = field(default_factory=dict)
     schemas: dict[str, TableSchema] = field(default_factory=dict)
     published: set[tuple[str, str]] = field(default_factory=set)
     carried: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
@@ -362,6 +397,23 @@ class Store:
         self._views: tuple[ViewDef, ...] = tuple(views)
         self._last_number = 0
         self._closed = False
+        self._seq = -1
+        # docs/fleet.md: every identity heard from since start; the
+        # non-static, non-persisted publishes of each identity's last
+        # generation (for --keep-stale); who last published each static table.
+        self.identities: dict[str, IdentitySeen] = {}
+        self._last_publishes: dict[str, tuple[int, list[Publish]]] = {}
+        # The snapshot served now, for --keep-stale copies: its file, tables
+        # and rowid spans.
+        self._prev: Optional[
+            tuple[str, dict[str, TableSchema], dict[tuple[str, str], list[tuple[int, int]]]]
+        ] = None
+        self._static_by: dict[str, tuple[str, str, int]] = {}
+        self._identity_counts: dict[str, int] = {"live": 0, "stale": 0}
+        # --history: the snapshots in the window, oldest first (the served one last).
+        self._window: deque[GenFile] = deque()
+        if config.history > history.MAX_HISTORY:
+            raise StoreError(f"--history is at most {history.MAX_HISTORY}")
         self._file_seq = 0
         # One store per directory: the lock comes before anything else
         # touches it (raises DataDirBusy naming the holder's PID).
@@ -405,17 +457,28 @@ class Store:
     def _open_generation(self, now: float) -> WriterGeneration:
         number = max(int(now), self._last_number + 1)
         self._last_number = number
+        self._seq += 1
+        seq = self._seq
         try:
             path = self._new_gen_path(number)
         except OSError as e:
             raise StoreError(f"cannot make {self.gen_dir}: {e.strerror or e}") from None
-        gen_file = GenFile(path, number, self.static.path)
+        gen_file = GenFile(path, number, self.static.path, self.config.history > 0)
         gen_file.set_views(self._views)
-        gen = WriterGeneration(gen_file, open_writer(path), now)
+        gen = WriterGeneration(gen_file, open_writer(path), now, seq)
         gen_file.file_id = file_id(path)
+        for key in self.persisted.expire(seq, self.config.persist_ttl):
+            log.info(
+                "persisted table {table} of {identity} dropped: not re-published "
+                "for {ttl} generations (--persist-ttl)",
+                table=key[0],
+                identity=key[1],
+                ttl=self.config.persist_ttl,
+            )
         for carried in self.persisted.carried():
             try:
-                self._apply(gen, carried.publish, now, carried=True)
+                age = max(1, seq - carried.published_seq)
+                self._apply(gen, carried.publish, now, carried=True, age=age)
                 gen.note_carried(carried.publish.table.tablename, carried.published_at)
             except QasinoError as e:
                 log.error(
@@ -426,11 +489,12 @@ class Store:
                 )
         return gen
 
-    def publish(self, publish: Publish, now: float) -> None:
+    def publish(self, publish: Publish, now: float, remote_addr: Optional[str] = None) -> None:
         """Apply one table to the writer generation (or the static DB).
 
         Atomic: all its rows or none. Raises PublishRejected, InvalidInput
-        or StoreError; returns once the rows are committed.
+        or StoreError; returns once the rows are committed. ``remote_addr``:
+        the publisher's address, if the transport knows it.
         """
         nrows = len(publish.table.rows)
         self.counters.add(updates_received=1, inserts_received=nrows)
@@ -441,11 +505,130 @@ class Store:
                 self._apply_static(publish, now)
             else:
                 self._apply(self._writer, publish, now)
-                self.persisted.record(publish, now=now)
+                self.persisted.record(publish, now=now, seq=self._writer.seq)
         except QasinoError:
             self.counters.add(update_errors=1)
             raise
+        self._note_seen(publish, now, remote_addr)
         self.counters.add(updates_completed=1, inserts_completed=nrows)
+
+    def _note_seen(self, publish: Publish, now: float, remote_addr: Optional[str]) -> None:
+        """Fleet bookkeeping of an applied publish (docs/fleet.md)."""
+        gen = self._writer
+        identity = publish.options.identity
+        self.identities[identity] = seen(
+            self.identities.get(identity), identity, now, gen.seq, gen.file.number, remote_addr
+        )
+        if self.config.keep_stale <= 0:
+            return
+        last = self._last_publishes.get(identity)
+        if last is None or last[0] != gen.seq:
+            last = self._last_publishes[identity] = (gen.seq, [])
+        opts = publish.options
+        if opts.update and not opts.static and not opts.persist:
+            # Upserts cannot be found again by rowid: keep them to replay.
+            # Plain tables are copied from the snapshot file (_carry_stale).
+            last[1].append(publish)
+
+    def _carry_stale(self, gen: WriterGeneration, now: float) -> None:
+        """--keep-stale: put the last tables of identities that did not
+        publish in ``gen`` into it (``age_generations`` = generations
+        missed), or forget them once too old. Plain tables are copied from
+        the snapshot served now (which holds them, fresh or carried) by
+        rowid span, in SQLite; upserts are replayed from memory."""
+        keep = self.config.keep_stale
+        ages: dict[str, int] = {}
+        for identity, rec in self.identities.items():
+            if keep_stale_expired(rec.last_seq, gen.seq, keep):
+                self._last_publishes.pop(identity, None)
+                continue
+            age = keep_stale_age(rec.last_seq, gen.seq, keep)
+            if age is not None:
+                ages[identity] = age
+        if not ages:
+            return
+        if self._prev is not None:
+            self._copy_stale_rows(gen, ages, now)
+        for identity, age in sorted(ages.items()):
+            _, publishes = self._last_publishes.get(identity, (0, []))
+            for publish in publishes:
+                try:
+                    self._apply(gen, publish, now, carried=True, age=age)
+                    gen.note_carried(
+                        publish.table.tablename, self.identities[identity].last_seen_epoch
+                    )
+                except QasinoError as e:
+                    log.error(
+                        "could not carry table {table} of stale {identity}: {error}",
+                        table=publish.table.tablename,
+                        identity=identity,
+                        error=e.message,
+                    )
+
+    def _copy_stale_rows(self, gen: WriterGeneration, ages: dict[str, int], now: float) -> None:
+        assert self._prev is not None
+        path, schemas, spans = self._prev
+        wanted = sorted(
+            (key, ranges) for key, ranges in spans.items() if key[1] in ages and key[0] in schemas
+        )
+        if not wanted:
+            return
+        conn = gen.conn
+        try:
+            conn.execute(f"ATTACH DATABASE ? AS {_PREV}", (path,))
+        except apsw.Error as e:
+            log.error(
+                "--keep-stale: cannot read the last snapshot: {error}", error=sqlite_message(e)
+            )
+            return
+        try:
+            for key, ranges in wanted:
+                identity = key[1]
+                try:
+                    self._copy_span(gen, schemas[key[0]], key, ranges, ages[identity])
+                    gen.note_carried(
+                        schemas[key[0]].name, self.identities[identity].last_seen_epoch
+                    )
+                except (apsw.Error, QasinoError) as e:
+                    log.error(
+                        "could not carry table {table} of stale {identity}: {error}",
+                        table=key[0],
+                        identity=identity,
+                        error=str(e),
+                    )
+        finally:
+            conn.execute(f"DETACH DATABASE {_PREV}")
+
+    def _copy_span(
+        self,
+        gen: WriterGeneration,
+        prev: TableSchema,
+        key: tuple[str, str],
+        ranges: list[tuple[int, int]],
+        age: int,
+    ) -> None:
+        conn = gen.conn
+        shape = Table(
+            prev.name, tuple(c for c, _ in prev.columns), tuple(t for _, t in prev.columns), []
+        )
+        cols = ", ".join(quote_ident(c) for c, _ in prev.columns)
+        with conn:
+            schema = ensure_table(conn, gen.schemas.get(key[0]), shape)
+            before = _max_rowid(conn, schema.name)
+            copied = 0
+            for lo, hi in ranges:
+                conn.execute(
+                    f"INSERT INTO main.{quote_ident(schema.name)} ({cols}) SELECT {cols} "
+                    f"FROM {_PREV}.{quote_ident(prev.name)} WHERE rowid BETWEEN ? AND ?",
+                    (lo, hi),
+                )
+                copied += conn.changes()
+            after = conn.last_insert_rowid() if copied else before
+        gen.schemas[key[0]] = schema
+        gen.spans[key] = [(before + 1, after)] if copied else []
+        if copied:
+            gen.carried[key] = (before + 1, after)
+        gen.contrib[key] = [schema.name, copied, age]
 
     def _apply_static(self, publish: Publish, now: float) -> None:
         try:
@@ -455,6 +638,11 @@ class Store:
         except apsw.Error as e:
             raise _failed_write(e, self.static.conn) from None
         self._writer.note_publish(publish.table.tablename, publish.options.identity, now, True)
+        self._static_by[publish.table.tablename.lower()] = (
+            publish.table.tablename,
+            publish.options.identity,
+            self._writer.seq,
+        )
 
     def _apply(
         self,
@@ -463,6 +651,7 @@ class Store:
         now: float,
         carried: bool = False,
         merge_cells: bool = False,
+        age: int = 0,
     ) -> None:
         table, opts = publish.table, publish.options
         lower = table.tablename.lower()
@@ -488,15 +677,12 @@ class Store:
                 if opts.update:
                     mode = "merge" if merge_cells else "replace"
                     insert_rows(conn, table, mode, keycols or (), target=schema.name)
-                elif carried and table.rows:
+                elif table.rows and (carried or self.config.keep_stale > 0):
                     # A carried copy's rows are replaced if its identity
-                    # publishes again: remember their rowids (contiguous,
-                    # as the one writer appends them). A bare max(rowid) is
-                    # O(log n); wrapped in another function it scans.
-                    top = conn.execute(
-                        f"SELECT max(rowid) FROM {quote_ident(schema.name)}"
-                    ).fetchall()[0][0]
-                    before = top if isinstance(top, int) else 0
+                    # publishes again, and --keep-stale copies an identity's
+                    # rows into the next generation: remember their rowids
+                    # (contiguous, as the one writer appends them).
+                    before = _max_rowid(conn, schema.name)
                     insert_rows(conn, table, "insert", target=schema.name)
                     span = (before + 1, conn.last_insert_rowid())
                 elif table.rows:
@@ -506,10 +692,27 @@ class Store:
         except apsw.Error as e:
             raise _failed_write(e, conn) from None
         gen.schemas[lower] = schema
+        nrows = len(table.rows)
         if carried:
             if span is not None:
                 gen.carried[key] = span
+            have = gen.contrib.get(key)
+            if have is not None and have[2] == age:
+                have[1] += nrows  # several (update) publishes carried together
+            else:
+                gen.contrib[key] = [schema.name, nrows, age]
             return
+        contrib = gen.contrib.get(key)
+        if contrib is not None and contrib[2] > 0 and not opts.update:
+            gen.spans.pop(key, None)  # the carried copy was deleted above
+        if span is not None and not opts.update and not opts.persist:
+            # (persisted tables are carried by the registry, not --keep-stale)
+            gen.spans.setdefault(key, []).append(span)
+        if contrib is None or (contrib[2] > 0 and not opts.update):
+            gen.contrib[key] = [schema.name, nrows, 0]
+        else:
+            contrib[1] += nrows
+            contrib[2] = 0
         gen.carried.pop(key, None)
         if not opts.update:
             gen.published.add(key)
@@ -544,7 +747,8 @@ class Store:
         except QasinoError:
             self.counters.add(update_errors=1)
             raise
-        self.persisted.record(publish, merge_cells=True, now=now)
+        self.persisted.record(publish, merge_cells=True, now=now, seq=self._writer.seq)
+        self._note_seen(publish, now, None)
         self.counters.add(updates_completed=1, inserts_completed=1)
 
     def set_views(self, views: Sequence[ViewDef]) -> None:
@@ -580,7 +784,19 @@ class Store:
             generation_duration_s=self.config.generation_duration_s,
             generation_start_epoch=now,
         )
+        if self.config.keep_stale > 0:
+            self._carry_stale(gen, now)
         report.tables = self._table_entries(gen)
+        contributions = [Contribution(c[0], key[1], c[1], c[2]) for key, c in gen.contrib.items()]
+        static_rows = {t.tablename.lower(): t.nr_rows for t in report.tables if t.static}
+        for lower, (name, identity, seq) in self._static_by.items():
+            if lower in static_rows:
+                contributions.append(
+                    Contribution(name, identity, static_rows[lower], gen.seq - seq)
+                )
+        report.identities = identity_rows(self.identities, contributions, gen.seq)
+        report.table_identities = table_identity_rows(contributions)
+        counts_now = identity_counts(self.identities, gen.seq)
         report.connections = sorted(
             (ident, int(s[0]), s[1]) for ident, s in gen.identity_stats.items()
         )
@@ -596,10 +812,25 @@ class Store:
             old = self._snapshot
             self._snapshot = gen.file
             self._writer = new_gen
-            dispose = old is not None and self._retire_locked(old)
-        if dispose:
-            assert old is not None
-            self._dispose(old)
+            self._identity_counts = counts_now
+            if self.config.keep_stale > 0:
+                self._prev = (gen.file.path, dict(gen.schemas), gen.spans)
+            retired = [old] if old is not None else []
+            if self.config.history > 0:
+                gen.file.kept = True
+                self._window.append(gen.file)
+                while len(self._window) > self.config.history:
+                    gone = self._window.popleft()
+                    gone.kept = False
+                    if gone is not old:
+                        retired.append(gone)
+            disposable = [f for f in retired if self._retire_locked(f)]
+        if old is not None:
+            # Its query connections are of no more use (history attaches
+            # the file again where it is needed).
+            old.close_connections()
+        for gen_file in disposable:
+            self._dispose(gen_file)
         return info
 
     # ------------------------------------------------------------ self-healing
@@ -636,18 +867,21 @@ class Store:
         with self._lock:
             gen.file.retired = True
         gen.file.close_connections()
-        new_file = GenFile(path, gen.file.number, self.static.path)
+        new_file = GenFile(path, gen.file.number, self.static.path, gen.file.history_on)
         new_file.set_views(gen.file.views)
         new_file.file_id = file_id(path)
         healed = WriterGeneration(
             new_file,
             conn,
             gen.opened_at,
-            gen.schemas,
-            gen.published,
-            gen.carried,
-            gen.table_stats,
-            gen.identity_stats,
+            seq=gen.seq,
+            contrib=gen.contrib,
+            spans=gen.spans,
+            schemas=gen.schemas,
+            published=gen.published,
+            carried=gen.carried,
+            table_stats=gen.table_stats,
+            identity_stats=gen.identity_stats,
         )
         with self._lock:
             self._writer = healed
@@ -783,6 +1017,11 @@ class Store:
             gen.conn.pragma("wal_checkpoint", "PASSIVE")
         except apsw.Error as e:
             raise _failed_write(e, gen.conn, always_reclaim=True) from None
+        keep = self.config.history
+        if keep > 1:
+            older = list(self._window)[-(keep - 1) :]
+            gen.file.history = tuple((f.number, f.path) for f in older)
+            gen.file.older_files = tuple(older)
         new_gen = self._open_generation(now)
         info = SnapshotInfo(
             gen.file.number, self.config.generation_duration_s, now, new_gen.file.number
@@ -841,6 +1080,8 @@ class Store:
         if snapshot is not None:
             snapshot.close_connections()
         self.static.close()
+        for kept in list(self._window):
+            kept.close_connections()
         self.dir_lock.release()
 
     # ------------------------------------------------------------------ readers
@@ -849,6 +1090,11 @@ class Store:
         with self._lock:
             assert self._snapshot is not None and self._snapshot.info is not None
             return self._snapshot.info
+
+    def identity_counts(self) -> dict[str, int]:
+        """``{"live": n, "stale": m}`` as of the snapshot served (any thread);
+        what ``/metrics`` exposes as ``qasino_identities{state}``."""
+        return dict(self._identity_counts)
 
     def nr_identities(self) -> int:
         """How many identities published into the snapshot being served."""
@@ -895,27 +1141,38 @@ class Store:
         finally:
             with self._lock:
                 gen_file.refs -= 1
-                dispose = gen_file.retired and gen_file.refs == 0
+                dispose = gen_file.retired and gen_file.refs == 0 and not gen_file.kept
             if dispose:
                 self._dispose(gen_file)
 
     def _run(self, command: Command, use_write_db: bool, sink: Optional[Sink] = None) -> Result:
         with self._borrow(use_write_db) as (gen_file, conn):
-            if command.kind == "desc_table":
-                assert command.name is not None
-                result = describe_table(conn, command.name)
-            else:
-                result = run_select(
-                    conn,
-                    command.sql,
-                    command.params,
-                    self.config.limits,
-                    self.monotonic,
-                    guard=command.kind == "select",
-                    sink=None if command.kind == "desc_view" else sink,
-                )
-                if command.kind == "desc_view" and not result.rows:
-                    raise QueryError(f"No such view: {command.name}")
+            sql, window = command.sql, None
+            if self.config.history > 0:
+                sql, window = self._open_history(command, gen_file, conn)
+            try:
+                if command.kind == "desc_table":
+                    assert command.name is not None
+                    if window is not None:
+                        table = command.name[len(HISTORY_PREFIX) :].lower()
+                        rows = history.describe(conn, window.generations, table)
+                        result = Result(("column_name", "column_type"), list(rows))
+                    else:
+                        result = describe_table(conn, command.name)
+                else:
+                    result = run_select(
+                        conn,
+                        sql,
+                        command.params,
+                        self.config.limits,
+                        self.monotonic,
+                        guard=command.kind == "select",
+                        sink=None if command.kind == "desc_view" else sink,
+                    )
+                    if command.kind == "desc_view" and not result.rows:
+                        raise QueryError(f"No such view: {command.name}")
+            finally:
+                self._close_history(gen_file, window)
             return replace(result, generation_number=gen_file.number)
 
     @contextlib.contextmanager
@@ -935,46 +1192,114 @@ class Store:
         try:
             command = parse_command(text)
             with self._borrow(use_write_db) as (gen_file, conn):
-                if command.kind in (
-                    "select",
-                    "show_tables",
-                    "show_connections",
-                    "show_info",
-                    "show_views",
-                ):
-                    stream = open_stream(
-                        conn,
-                        command.sql,
-                        command.params,
-                        self.config.limits,
-                        self.monotonic,
-                        guard=command.kind == "select",
-                        max_rows=max_rows,
-                        cancelled=cancelled,
-                    )
-                else:  # DESC: a few rows, answered whole
-                    result = self._run(command, use_write_db)
-                    stream = RowStream(
-                        result.column_names,
-                        iter(result.rows),
-                        self.monotonic() + self.config.limits.timeout_s,
-                        self.monotonic,
-                        self.config.limits.timeout_s,
-                        max_rows,
-                    )
-                stream.generation_number = gen_file.number
+                sql, window = command.sql, None
+                if self.config.history > 0 and command.kind != "desc_table":
+                    sql, window = self._open_history(command, gen_file, conn)
                 try:
-                    yield stream
+                    if command.kind in (
+                        "select",
+                        "show_tables",
+                        "show_connections",
+                        "show_info",
+                        "show_views",
+                    ):
+                        stream = open_stream(
+                            conn,
+                            sql,
+                            command.params,
+                            self.config.limits,
+                            self.monotonic,
+                            guard=command.kind == "select",
+                            max_rows=max_rows,
+                            cancelled=cancelled,
+                        )
+                    else:  # DESC: a few rows, answered whole
+                        result = self._run(command, use_write_db)
+                        stream = RowStream(
+                            result.column_names,
+                            iter(result.rows),
+                            self.monotonic() + self.config.limits.timeout_s,
+                            self.monotonic,
+                            self.config.limits.timeout_s,
+                            max_rows,
+                        )
+                    stream.generation_number = gen_file.number
+                    try:
+                        yield stream
+                    finally:
+                        stream.close()
                 finally:
-                    stream.close()
+                    self._close_history(gen_file, window)
         except QasinoError:
             self.counters.add(sql_errors=1)
             raise
         self.counters.add(sql_completed=1)
 
+    def _open_history(
+        self, command: Command, gen_file: GenFile, conn: apsw.Connection
+    ) -> tuple[str, Optional[history.Window]]:
+        """--history: for a statement that needs them, the older snapshots
+        attached and the ``history.T`` views made on ``conn`` (a Window to
+        close after it), and the statement with ``history.T`` renamed to
+        those views (docs/fleet.md)."""
+        sql = command.sql
+        tables: tuple[str, ...] = ()
+        wants_tables_view = False
+        if command.kind == "select":
+            sql, tables = rewrite_history(command.sql)
+        elif command.kind == "desc_table" and (command.name or "").lower().startswith(
+            HISTORY_PREFIX
+        ):
+            tables = (str(command.name)[len(HISTORY_PREFIX) :].lower(),)
+        elif command.kind == "show_tables":
+            wants_tables_view = True
+        if not tables and not wants_tables_view:
+            return sql, None
+        if not gen_file.history_on or gen_file.info is None:
+            if wants_tables_view:
+                return command.sql, None
+            raise QueryError("history tables are read from the snapshot, not use_write_db")
+        window = history.Window(conn, gen_file.history, gen_file.generations())
+        # The older files must not be removed while attached here (a
+        # rotation may push the oldest out of the window meanwhile).
+        self._hold(gen_file.older_files, +1)
+        try:
+            # DESC needs no view: history.describe reads the attached files.
+            window.open(
+                tables=() if command.kind == "desc_table" else tables,
+                tables_view=wants_tables_view,
+            )
+        except BaseException as e:
+            self._hold(gen_file.older_files, -1)
+            if isinstance(e, apsw.Error):
+                raise QueryError(sqlite_message(e)) from None
+            raise
+        if wants_tables_view:
+            sql = command.history_sql or command.sql
+        return sql, window
+
+    def _close_history(self, gen_file: GenFile, window: Optional[history.Window]) -> None:
+        """Detach what :meth:`_open_history` attached and let the files go."""
+        if window is not None:
+            window.close()
+            self._hold(gen_file.older_files, -1)
+
+    def _hold(self, files: Sequence[GenFile], delta: int) -> None:
+        """Count (or stop counting) a reader of each of ``files``; remove
+        those no longer served, kept or read."""
+        with self._lock:
+            gone = []
+            for gen_file in files:
+                gen_file.refs += delta
+                if delta < 0 and gen_file.retired and gen_file.refs == 0 and not gen_file.kept:
+                    gone.append(gen_file)
+        for gen_file in gone:
+            self._dispose(gen_file)
+
     def _retire_locked(self, gen_file: GenFile) -> bool:
+        """Mark a snapshot no longer served; True if it can go now."""
         gen_file.retired = True
-        return gen_file.refs == 0
+        return gen_file.refs == 0 and not gen_file.kept
 
     def _dispose(self, gen_file: GenFile) -> None:
         """Remove (or archive) a snapshot nobody reads any more."""
@@ -995,6 +1320,16 @@ class Store:
                 os.unlink(gen_file.path + suffix)
             except FileNotFoundError:
                 pass
+
+
+_PREV = "qasino_prev"
+
+
+def _max_rowid(conn: apsw.Connection, tablename: str) -> int:
+    """The table's largest rowid (0 if empty). A bare max(rowid) is O(log n);
+    wrapped in another function it scans."""
+    top = conn.execute(f"SELECT max(rowid) FROM main.{quote_ident(tablename)}").fetchall()[0][0]
+    return top if isinstance(top, int) else 0
 
 
 def _check_tablename(tablename: str) -> None:

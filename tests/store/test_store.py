@@ -24,8 +24,10 @@ DURATION = 30
 
 INTERNAL_TABLES = (
     "qasino_server_connections",
+    "qasino_server_identities",
     "qasino_server_info",
     "qasino_server_sql_stats",
+    "qasino_server_table_identities",
     "qasino_server_tables",
     "qasino_server_update_stats",
     "qasino_server_views",
@@ -671,9 +673,11 @@ def test_internal_tables_describe_the_generation(store: Store) -> None:
             ("t", 3, 2, NOW + 2, 0),
             ("u", 1, 1, NOW + 3, 0),
             ("qasino_server_connections", 3, 1, NOW + 30, 0),
+            ("qasino_server_identities", 3, 1, NOW + 30, 0),
             ("qasino_server_info", 1, 1, NOW + 30, 0),
             ("qasino_server_sql_stats", 1, 1, NOW + 30, 0),
-            ("qasino_server_tables", 9, 1, NOW + 30, 0),
+            ("qasino_server_table_identities", 4, 1, NOW + 30, 0),
+            ("qasino_server_tables", 11, 1, NOW + 30, 0),
             ("qasino_server_update_stats", 1, 1, NOW + 30, 0),
             ("qasino_server_views", 0, 1, NOW + 30, 0),
         ]
