@@ -57,7 +57,7 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-file",
         default=None,
-        help="append log lines to this file instead of stderr",
+        help="append log lines to this file (default: stderr)",
     )
     parser.add_argument(
         "--log-format",

@@ -301,12 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         default=None,
         help="TOML file of settings: keys are the long flags with _ for - "
-        "(http_port = 15597); env QASINO_<FLAG> overrides it, a flag overrides both",
+        "(http_port = 15597); env QASINO_<FLAG> overrides it, a flag overrides both "
+        "(default: none, or $QASINO_CONFIG)",
     )
     p.add_argument(
         "--print-config",
         action="store_true",
-        help="print the effective settings (secrets masked) and exit",
+        help="print the effective settings (secrets masked) and exit (default: off)",
     )
     return p
 

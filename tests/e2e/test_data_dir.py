@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qasino.store.store import STATIC_FILE
 from tests.e2e.conftest import (
     QasinoProcess,
     assert_ok,
@@ -123,7 +124,7 @@ def test_server_heals_when_its_generation_files_are_deleted_and_loses_no_acked_r
     publish(server, "acked", "h1", 3)
     db_dir = server.workdir / "db"
     shutil.rmtree(db_dir / "generations")
-    os.unlink(db_dir / "static.sqlite")
+    os.unlink(db_dir / STATIC_FILE)
     # The rows acknowledged before the deletion are in the next snapshot.
     server.wait_generation(after=gen["generation_number"])
     assert served_rows(server, "SELECT host, n FROM acked") == [["h1", "3"]]
@@ -133,7 +134,7 @@ def test_server_heals_when_its_generation_files_are_deleted_and_loses_no_acked_r
     assert "nothing lost" in log
     # And it goes on: publish, rotate, query; the static DB is a file again.
     publish_and_see_it_served(server, "later", 4)
-    assert (db_dir / "static.sqlite").exists()
+    assert (db_dir / STATIC_FILE).exists()
     assert "rotation failed" not in server.log_text()
     assert server.stop() == 0
     # The static table survived on disk too.
