@@ -70,11 +70,16 @@ class QasinoServer(QasinoProcess):
     """The real qasino_server in a subprocess, with in-process ZeroMQ queries."""
 
     def next_generation(self, timeout: float = GENERATION_TIMEOUT_S) -> dict[str, Any]:
-        """Wait for the next snapshot: drop queued signals, return the next one.
+        """Wait for a snapshot taken after this call and return its signal.
 
-        Everything acknowledged before this call is in the snapshot it reports.
+        Everything acknowledged before this call is in the snapshot it
+        reports. Generation numbers are the rotation's epoch second (or one
+        more than the last), and a signal names the generation that starts
+        filling: one numbered above the current second comes from a rotation
+        after this call. Draining queued frames is not enough: a signal sent
+        before the acknowledgement may still be on its way.
         """
-        message = self.wait_generation(timeout=timeout)
+        message = self.wait_generation(after=int(time.time()), timeout=timeout)
         assert message["op"] == "generation_signal", message
         return message
 
