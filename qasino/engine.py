@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from qasino.core.errors import QasinoError, ViewsFileError
+from qasino.core.errors import QasinoError
 from qasino.core.model import Publish, Result, ViewDef
 from qasino.core.views import load_views_file
 from qasino.store.store import SnapshotInfo, Store
@@ -102,16 +102,28 @@ class ViewsSource:
     """The views file, re-read when its modification time or size changes.
 
     A file that fails to parse keeps the previous views; the error is logged
-    once per change.
+    once per change. Subclasses watch other files the same way (the alerts
+    file) by overriding ``what`` and :meth:`load`.
     """
+
+    what = "views"
 
     def __init__(self, path: Optional[str]) -> None:
         self.path = path
         self._stamp: Optional[tuple[int, ...]] = None
-        self.views: list[ViewDef] = []
+        self.views: list[Any] = []
         self.last_error: Optional[str] = None
         # A fixed set (views_from) is handed to the store at the first poll.
         self._fixed_pending = False
+
+    def load(self, path: str) -> list[Any]:
+        """Parse the file; raise a QasinoError if it cannot be used."""
+        return load_views_file(path)
+
+    def reload(self) -> bool:
+        """Re-read the file now, changed or not (SIGHUP); True if it loaded."""
+        self._stamp = (-1,)
+        return self.poll()
 
     def poll(self) -> bool:
         """Reload if the file changed; return True if the views changed."""
@@ -133,23 +145,28 @@ class ViewsSource:
         self._stamp = stamp
         if stamp is None:
             if self.views:
-                log.warn("views file {path} is gone; keeping the last views", path=self.path)
+                log.warn(
+                    "{what} file {path} is gone; keeping the last {what}",
+                    what=self.what,
+                    path=self.path,
+                )
             else:
-                log.info("no views file at {path}; no views", path=self.path)
+                log.info("no {what} file at {path}; no {what}", what=self.what, path=self.path)
             return False
         try:
-            views = load_views_file(self.path)
-        except ViewsFileError as e:
+            views = self.load(self.path)
+        except QasinoError as e:
             self.last_error = e.message
             log.error(
-                "views file {path} not loaded, keeping the last good views: {error}",
+                "{what} file {path} not loaded, keeping the last good {what}: {error}",
+                what=self.what,
                 path=self.path,
                 error=e.message,
             )
             return False
         self.last_error = None
         self.views = views
-        log.info("loaded {n} views from {path}", n=len(views), path=self.path)
+        log.info("loaded {n} {what} from {path}", n=len(views), what=self.what, path=self.path)
         return True
 
 
@@ -172,6 +189,8 @@ class Engine:
         self.identity = identity
         self.views = views or ViewsSource(None)
         self._generation_listeners: list[Callable[[SnapshotInfo], None]] = []
+        # The AlertEvaluator, once the service has made one (web page, metrics).
+        self.alerts: Optional[Any] = None
         self._snapshot_ms: Optional[float] = None
         self.inline_max_cells = inline_max_cells
         self.inline_slice_s = inline_slice_s

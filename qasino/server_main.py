@@ -59,6 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-v", "--views-file", default=d.views_file, help="views YAML file (default %(default)s)"
     )
+    p.add_argument(
+        "--alerts-file",
+        default=d.alerts_file,
+        help="alert rules YAML file, watched and reloaded (default %(default)s; "
+        "none if it does not exist)",
+    )
+    p.add_argument(
+        "--alertmanager-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="send firing and resolved alerts to this Alertmanager (URL/api/v2/alerts); repeatable",
+    )
     p.add_argument("--line-port", type=_port, default=d.line_port)
     p.add_argument("--pubsub-port", type=_port, default=d.pubsub_port)
     p.add_argument("--http-port", type=_port, default=d.http_port)
@@ -158,6 +171,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         archive_db_dir=args.archive_db_dir,
         generation_duration_s=args.generation_duration,
         views_file=args.views_file,
+        alerts_file=args.alerts_file or None,
+        alertmanager_urls=tuple(args.alertmanager_url),
         line_port=args.line_port,
         pubsub_port=args.pubsub_port,
         http_port=args.http_port,

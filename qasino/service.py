@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -20,6 +21,7 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
+from qasino.alerting import AlertEvaluator, AlertsSource
 from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFAULT_MAX_ROWS
 from qasino.engine import Engine, EngineService, ThreadRunner, ViewsSource
 from qasino.frontends.http import DEFAULT_MAX_BODY_BYTES, make_site
@@ -52,6 +54,8 @@ class ServerConfig:
     archive_db_dir: Optional[str] = None
     generation_duration_s: float = 30.0
     views_file: Optional[str] = "views.conf"
+    alerts_file: Optional[str] = "alerts.yaml"
+    alertmanager_urls: tuple[str, ...] = ()
     line_port: Optional[int] = 15000
     pubsub_port: Optional[int] = 15596
     http_port: Optional[int] = 15597
@@ -218,6 +222,20 @@ class QasinoServer(MultiService):
                 info.generation_number, info.generation_duration_s
             )
         )
+        alerts_source = AlertsSource(config.alerts_file)
+        alerts_source.poll()
+        self.alerts = AlertEvaluator(
+            self.engine,
+            alerts_source,
+            slots=max(1, config.reader_threads // 2),
+            alertmanager_urls=config.alertmanager_urls,
+            publish=self.zmq.publish_alert,
+            generator_url=self._alerts_url,
+        )
+        self.engine.alerts = self.alerts
+        # After the generation signal: evaluation starts once the snapshot
+        # is announced, on the readers.
+        self.engine.on_generation(self.alerts.on_generation)
         self.http: Optional[TCPListenService] = None
         self.line: Optional[TCPListenService] = None
         if config.http_port is not None:
@@ -270,6 +288,17 @@ class QasinoServer(MultiService):
             tls_options=options,
             max_connections=config.max_connections,
         )
+
+    def _alerts_url(self) -> str:
+        """The generatorURL of alerts: this server's /alerts page."""
+        if self.http is not None:
+            scheme, port = "http", self.http.port
+        elif self.https is not None:
+            scheme, port = "https", self.https.port
+        else:
+            scheme, port = "http", 0
+        host = urllib.parse.quote(self.config.identity or "localhost", safe=".-_")
+        return f"{scheme}://{host}:{port}/alerts" if port else f"http://{host}/alerts"
 
     def ports(self) -> dict[str, Optional[int]]:
         """The real ports, once started."""

@@ -263,9 +263,7 @@ def _check_columns(rule: AlertRule, columns: Sequence[str]) -> Optional[str]:
     return None
 
 
-def _instances_of(
-    rule: AlertRule, outcome: Outcome
-) -> tuple[dict[Labels, Labels], Optional[str]]:
+def _instances_of(rule: AlertRule, outcome: Outcome) -> tuple[dict[Labels, Labels], Optional[str]]:
     """labels -> annotations for each row (the first row of a key wins)."""
     columns = list(outcome.column_names)
     problem = _check_columns(rule, columns)
@@ -292,7 +290,7 @@ def _instances_of(
     return out, None
 
 
-class _Row(dict):  # type: ignore[type-arg]
+class _Row(dict[str, object]):
     """Column values by case-insensitive name, for str.format_map."""
 
     def __missing__(self, name: str) -> object:
@@ -343,7 +341,7 @@ def evaluate(
             errors[rule.alert] = (rule.labels, problem)
             frozen_names.add(rule.alert)
             continue
-        for labels, annotations in matches.items():
+        for labels, notes in matches.items():
             ident = (rule.alert, labels)
             prev = old.get(ident)
             if prev is None or prev.state == RESOLVED:
@@ -360,7 +358,7 @@ def evaluate(
             inst = Instance(
                 rule.alert,
                 labels,
-                annotations,
+                notes,
                 target,
                 matched,
                 since,
@@ -410,9 +408,7 @@ def _json_map(pairs: Iterable[tuple[str, str]]) -> str:
     return json.dumps(dict(pairs), sort_keys=True, ensure_ascii=False)
 
 
-def table_rows(
-    state: AlertState, file_error: Optional[str] = None
-) -> list[tuple[object, ...]]:
+def table_rows(state: AlertState, file_error: Optional[str] = None) -> list[tuple[object, ...]]:
     """The rows of qasino_server_alerts (TABLE_COLUMNS), ordered."""
     rows: list[tuple[object, ...]] = []
     now = state.last_eval_epoch

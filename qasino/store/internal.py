@@ -1,4 +1,4 @@
-"""The six internal tables, built into every generation at its snapshot."""
+"""The internal tables, built into every generation at its snapshot."""
 
 from __future__ import annotations
 
@@ -42,6 +42,16 @@ INTERNAL_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("inserts_received", "INTEGER"),
         ("inserts_completed", "INTEGER"),
     ),
+    # The alerts as of the last evaluation (of the snapshot before this one).
+    "qasino_server_alerts": (
+        ("alertname", "TEXT"),
+        ("labels", "TEXT"),
+        ("state", "TEXT"),
+        ("active_since_epoch", "REAL"),
+        ("last_eval_epoch", "REAL"),
+        ("annotations", "TEXT"),
+        ("error", "TEXT"),
+    ),
 }
 
 
@@ -66,6 +76,7 @@ class GenerationReport:
     views: list[tuple[str, int, str, str]] = field(default_factory=list)
     sql_stats: tuple[int, int, int] = (0, 0, 0)
     update_stats: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    alerts: list[tuple[object, ...]] = field(default_factory=list)
 
 
 def _create(conn: apsw.Connection, name: str) -> None:
@@ -81,7 +92,7 @@ def _fill(conn: apsw.Connection, name: str, rows: list[tuple[object, ...]]) -> N
 
 
 def write_internal_tables(conn: apsw.Connection, report: GenerationReport) -> None:
-    """Write all six internal tables into ``conn`` in one transaction.
+    """Write all the internal tables into ``conn`` in one transaction.
 
     ``qasino_server_tables`` lists itself and the other internal tables too.
     """
@@ -95,6 +106,7 @@ def write_internal_tables(conn: apsw.Connection, report: GenerationReport) -> No
         "qasino_server_views": list(report.views),
         "qasino_server_sql_stats": [report.sql_stats],
         "qasino_server_update_stats": [report.update_stats],
+        "qasino_server_alerts": list(report.alerts),
     }
     entries: list[tuple[object, ...]] = [
         (t.tablename, t.nr_rows, t.nr_updates, t.last_update_epoch, int(t.static))

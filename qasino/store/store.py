@@ -270,6 +270,7 @@ class Store:
         self.persisted = PersistRegistry()
         self._lock = threading.Lock()
         self._views: tuple[ViewDef, ...] = tuple(views)
+        self._alert_rows: list[tuple[object, ...]] = []
         self._last_number = 0
         self._closed = False
         try:
@@ -437,6 +438,11 @@ class Store:
         with self._lock:
             self._views = tuple(views)
 
+    def set_alert_rows(self, rows: Sequence[tuple[object, ...]]) -> None:
+        """The rows of qasino_server_alerts for the next snapshot (any thread)."""
+        with self._lock:
+            self._alert_rows = list(rows)
+
     def rotate(self, now: float) -> SnapshotInfo:
         """Snapshot the writer generation and start a new one.
 
@@ -446,10 +452,12 @@ class Store:
         gen = self._writer
         with self._lock:
             views = self._views
+            alert_rows = self._alert_rows
         report = GenerationReport(
             generation_number=gen.file.number,
             generation_duration_s=self.config.generation_duration_s,
             generation_start_epoch=now,
+            alerts=alert_rows,
         )
         report.tables = self._table_entries(gen)
         report.connections = sorted(
@@ -591,11 +599,45 @@ class Store:
         self.counters.add(sql_completed=1)
         return result
 
+    def pin_snapshot(self) -> GenFile:
+        """Keep the snapshot served now readable until :meth:`unpin`, even
+        after later rotations (alert evaluation reads one snapshot)."""
+        with self._lock:
+            gen_file = self._snapshot
+            assert gen_file is not None
+            gen_file.refs += 1
+        return gen_file
+
+    def unpin(self, gen_file: GenFile) -> None:
+        with self._lock:
+            gen_file.refs -= 1
+            dispose = gen_file.retired and gen_file.refs == 0
+        if dispose:
+            self._dispose(gen_file)
+
+    def query_pinned(self, gen_file: GenFile, sql: str) -> Result:
+        """Run one client-style SELECT (same guard and limits as a query) on a
+        pinned snapshot; not counted in the sql stats."""
+        command = parse_command(sql)
+        if command.kind != "select":
+            raise QueryError("only a SELECT can be run here")
+        self.pin_again(gen_file)
+        return self._run_on(gen_file, command)
+
+    def pin_again(self, gen_file: GenFile) -> None:
+        with self._lock:
+            gen_file.refs += 1
+
     def _run(self, command: Command, use_write_db: bool) -> Result:
         with self._lock:
             gen_file = self._writer.file if use_write_db else self._snapshot
             assert gen_file is not None
             gen_file.refs += 1
+        return self._run_on(gen_file, command)
+
+    def _run_on(self, gen_file: GenFile, command: Command) -> Result:
+        """Run ``command`` on ``gen_file``, whose refs the caller raised
+        (this lowers them again)."""
         try:
             version, conn = gen_file.take()
             try:

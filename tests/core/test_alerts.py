@@ -195,7 +195,10 @@ def test_table_rows_and_file_error_row():
     assert (name, state, since, last, error) == ("DiskAlmostFull", "pending", 1.0, 1.0, "")
     assert json.loads(labels) == {"host": "h", "mount": "/", "severity": "page"}
     assert json.loads(annotations) == {"summary": "h:/ is 99% full"}
-    assert counts_by_state(s, "x") == {("alerts_file", "error"): 1, ("DiskAlmostFull", "pending"): 1}
+    assert counts_by_state(s, "x") == {
+        ("alerts_file", "error"): 1,
+        ("DiskAlmostFull", "pending"): 1,
+    }
 
 
 def test_alertmanager_payload_firing_and_resolved():

@@ -27,6 +27,7 @@ INTERNAL_TABLES = (
     "qasino_server_sql_stats",
     "qasino_server_tables",
     "qasino_server_update_stats",
+    "qasino_server_alerts",
     "qasino_server_views",
 )
 
@@ -681,10 +682,11 @@ def test_internal_tables_describe_the_generation(store: Store) -> None:
             ("s", 1, 1, NOW + 4, 1),
             ("t", 3, 2, NOW + 2, 0),
             ("u", 1, 1, NOW + 3, 0),
+            ("qasino_server_alerts", 0, 0, NOW + 30, 0),
             ("qasino_server_connections", 3, 0, NOW + 30, 0),
             ("qasino_server_info", 1, 0, NOW + 30, 0),
             ("qasino_server_sql_stats", 1, 0, NOW + 30, 0),
-            ("qasino_server_tables", 9, 0, NOW + 30, 0),
+            ("qasino_server_tables", 10, 0, NOW + 30, 0),
             ("qasino_server_update_stats", 1, 0, NOW + 30, 0),
             ("qasino_server_views", 0, 0, NOW + 30, 0),
         ]

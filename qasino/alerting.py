@@ -1,0 +1,316 @@
+"""Alerts on the reactor side: the rules file, evaluation after each
+snapshot, and the edges (qasino_server_alerts, ZeroMQ ALERT frames,
+Alertmanager).
+
+How evaluation stays out of everyone's way:
+
+- It starts after a snapshot is announced, never inside a rotation.
+- Every rule's SQL runs on the engine's reader pool, on the snapshot that
+  was announced (pinned, so a later rotation cannot pull it away), with the
+  same read-only guard and time limit as a client query. At most
+  ``slots`` rules are in the pool at once (default half the readers), so
+  client queries always find a reader, and one slow rule holds one slot
+  while the others go on.
+- If a round is still running when the next snapshot comes, that
+  generation is skipped (logged); rounds never pile up.
+- The results go to the store for the *next* snapshot's
+  qasino_server_alerts (snapshots stay immutable files), to ZeroMQ
+  subscribers and to Alertmanager at once. Alertmanager is sent to with
+  Twisted's Agent, with a timeout; a failed send is logged and retried at
+  the next evaluation, and never delays anything else.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from io import BytesIO
+from typing import Any, Optional
+
+import orjson
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+
+from qasino.core.alerts import (
+    FIRING,
+    RESOLVED,
+    AlertRule,
+    AlertState,
+    Instance,
+    Outcome,
+    alertmanager_alert,
+    change_message,
+    counts_by_state,
+    evaluate,
+    load_alerts_file,
+    table_rows,
+)
+from qasino.core.errors import QasinoError
+from qasino.engine import Engine, ViewsSource
+from qasino.store.store import SnapshotInfo
+
+log = Logger(namespace="qasino.alerts")
+
+# Alertmanager requests give up after this long (connect + answer).
+SEND_TIMEOUT_S = 10.0
+# Resolved instances not yet delivered to one Alertmanager are kept (for
+# retries) up to this many.
+MAX_UNSENT_RESOLVED = 10_000
+
+
+class AlertsSource(ViewsSource):
+    """The alerts file, watched and reloaded like the views file; a broken
+    file keeps the last good rules (``last_error`` says why)."""
+
+    what = "alerts"
+
+    def load(self, path: str) -> list[Any]:
+        return load_alerts_file(path)
+
+    @property
+    def rules(self) -> list[AlertRule]:
+        return list(self.views)
+
+
+def rules_source(rules: Sequence[AlertRule]) -> AlertsSource:
+    """An AlertsSource with a fixed set of rules (tests, bench)."""
+    source = AlertsSource(None)
+    source.views = list(rules)
+    return source
+
+
+class AlertmanagerSender:
+    """POSTs to one Alertmanager's ``/api/v2/alerts``.
+
+    Every evaluation sends the firing instances; resolved ones are sent
+    until one send succeeds. A send still in flight makes the next one wait
+    for the following evaluation.
+    """
+
+    def __init__(self, url: str, reactor: Any, timeout_s: float = SEND_TIMEOUT_S) -> None:
+        self.url = url.rstrip("/") + "/api/v2/alerts"
+        self.reactor = reactor
+        self.timeout_s = timeout_s
+        self.agent = Agent(
+            reactor,
+            connectTimeout=timeout_s,
+            pool=HTTPConnectionPool(reactor, persistent=False),
+        )
+        self._unsent_resolved: dict[tuple[str, Any], dict[str, object]] = {}
+        self._in_flight = False
+        self.sent = 0
+        self.failed = 0
+        self.last_error: Optional[str] = None
+
+    def send(
+        self, firing: list[dict[str, object]], resolved: list[tuple[Any, dict[str, object]]]
+    ) -> Optional[Deferred[Any]]:
+        for ident, alert in resolved:
+            self._unsent_resolved[ident] = alert
+        while len(self._unsent_resolved) > MAX_UNSENT_RESOLVED:
+            self._unsent_resolved.pop(next(iter(self._unsent_resolved)))
+        if self._in_flight:
+            return None
+        sending = dict(self._unsent_resolved)
+        alerts = firing + list(sending.values())
+        if not alerts:
+            return None
+        self._in_flight = True
+        body = orjson.dumps(alerts)
+        producer: Any = FileBodyProducer(BytesIO(body))
+        d: Any = self.agent.request(
+            b"POST",
+            self.url.encode("utf-8"),
+            Headers({b"Content-Type": [b"application/json"]}),
+            producer,
+        )
+        d.addCallback(self._answered)
+        d.addTimeout(self.timeout_s, self.reactor)
+        d.addCallbacks(self._delivered, self._failed, callbackArgs=(sending, len(alerts)))
+        d.addBoth(self._done)
+        return d
+
+    def _answered(self, response: Any) -> Deferred[tuple[int, bytes]]:
+        code = response.code
+        return readBody(response).addCallback(lambda body: (code, body))
+
+    def _delivered(self, answer: tuple[int, bytes], sent: dict[Any, Any], n: int) -> None:
+        code, body = answer
+        if code // 100 != 2:
+            self._failed(Failure(RuntimeError(f"HTTP {code}: {body[:200]!r}")))
+            return
+        for ident in sent:
+            self._unsent_resolved.pop(ident, None)
+        self.sent += n
+        self.last_error = None
+
+    def _failed(self, failure: Failure) -> None:
+        self.failed += 1
+        message = failure.getErrorMessage() or repr(failure.value)
+        if self.last_error != message:
+            log.warn(
+                "sending alerts to {url} failed (retried next generation): {error}",
+                url=self.url,
+                error=message,
+            )
+        self.last_error = message
+
+    def _done(self, result: object) -> None:
+        self._in_flight = False
+
+
+class AlertEvaluator:
+    """Evaluates the alert rules after every snapshot (see the module doc)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        source: AlertsSource,
+        slots: int = 2,
+        alertmanager_urls: Sequence[str] = (),
+        publish: Optional[Callable[[dict[str, object]], None]] = None,
+        generator_url: Callable[[], str] = lambda: "http://localhost/alerts",
+        hold_generations: float = 3.0,
+    ) -> None:
+        self.engine = engine
+        self.source = source
+        self.semaphore = DeferredSemaphore(max(1, slots))
+        self.senders = [AlertmanagerSender(url, engine.clock) for url in alertmanager_urls]
+        self.publish = publish
+        self.generator_url = generator_url
+        self.hold_generations = hold_generations
+        self.state = AlertState()
+        self.running: Optional[Deferred[None]] = None
+        self.rounds = 0
+        self.skipped = 0
+        self.last_eval_ms: Optional[float] = None
+        self.listeners: list[Callable[[AlertState], None]] = []
+
+    # The engine calls this on the reactor thread after each snapshot.
+    def on_generation(self, info: SnapshotInfo) -> None:
+        if self.running is not None:
+            self.skipped += 1
+            log.warn(
+                "alerts of generation {number} not evaluated: the previous evaluation "
+                "is still running",
+                number=info.generation_number,
+            )
+            return
+        self.evaluate(info)
+
+    def reload(self) -> bool:
+        """Re-read the alerts file now (SIGHUP); True if it loaded."""
+        return self.source.reload()
+
+    def evaluate(self, info: SnapshotInfo) -> Deferred[None]:
+        """One round over the snapshot being served; fires when done."""
+        self.source.poll()
+        rules = self.source.rules
+        store = self.engine.store
+        started = time.perf_counter()
+        pin = store.pin_snapshot()
+        number = pin.number
+
+        def run(rule: AlertRule) -> Deferred[Any]:
+            d: Deferred[Any] = self.semaphore.run(
+                self.engine.runner.read, store.query_pinned, pin, rule.sql
+            )
+            d.addCallbacks(
+                lambda r: Outcome(r.column_names, r.rows), _outcome_of_failure, errbackArgs=()
+            )
+            return d
+
+        todo = [r for r in rules if r.error is None]
+        jobs = [run(rule) for rule in todo]
+        d: Deferred[Any] = DeferredList(jobs, consumeErrors=True)
+        # Set before the callbacks: with nothing to wait for they run at once
+        # (and clear it again).
+        self.running = d
+
+        def finish(results: list[tuple[bool, Any]]) -> None:
+            store.unpin(pin)
+            outcomes = {
+                rule.alert: (value if ok else Outcome(error=str(value)))
+                for rule, (ok, value) in zip(todo, results)
+            }
+            now = float(self.engine.clock.seconds())
+            self.state, changes = evaluate(self.state, rules, outcomes, number, now)
+            self.last_eval_ms = (time.perf_counter() - started) * 1000
+            self.rounds += 1
+            store.set_alert_rows(table_rows(self.state, self.source.last_error))
+            self._announce(changes)
+            self._send(changes, now, info.generation_duration_s)
+            for listener in list(self.listeners):
+                listener(self.state)
+            log.debug(
+                "evaluated {n} alerts of generation {number} in {ms:.1f} ms",
+                n=len(todo),
+                number=number,
+                ms=self.last_eval_ms,
+            )
+
+        def failed(failure: Failure) -> None:
+            log.failure("alert evaluation failed", failure)
+
+        def done(_: object) -> None:
+            self.running = None
+
+        d.addCallback(finish)
+        d.addErrback(failed)
+        d.addBoth(done)
+        return d
+
+    def _announce(self, changes: list[Instance]) -> None:
+        if self.publish is None:
+            return
+        for inst in changes:
+            try:
+                self.publish(change_message(inst, self.engine.identity))
+            except Exception:
+                log.failure("could not publish an ALERT frame")
+
+    def _send(self, changes: list[Instance], now: float, duration_s: float) -> None:
+        if not self.senders:
+            return
+        hold = max(60.0, self.hold_generations * duration_s)
+        base = self.generator_url()
+        firing = [
+            alertmanager_alert(i, self._url(base, i), now, hold)
+            for i in self.state.instances.values()
+            if i.state == FIRING
+        ]
+        resolved = [
+            (i.ident, alertmanager_alert(i, self._url(base, i), now, hold))
+            for i in changes
+            if i.state == RESOLVED and i.fired_epoch is not None
+        ]
+        for sender in self.senders:
+            d = sender.send(firing, resolved)
+            if d is not None:
+                d.addErrback(lambda f: log.failure("alertmanager send failed", f))
+
+    @staticmethod
+    def _url(base: str, inst: Instance) -> str:
+        return base + "?" + urllib.parse.urlencode({"alertname": inst.alertname})
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Instances per (alertname, state), errors included: the values of
+        the ``qasino_alerts{alertname,state}`` metric."""
+        return counts_by_state(self.state, self.source.last_error)
+
+    def rows(self) -> list[tuple[object, ...]]:
+        """The live rows (what the next snapshot's qasino_server_alerts holds)."""
+        return table_rows(self.state, self.source.last_error)
+
+
+def _outcome_of_failure(failure: Failure) -> Outcome:
+    if failure.check(QasinoError):
+        error = failure.value
+        assert isinstance(error, QasinoError)
+        return Outcome(error=error.message)
+    log.failure("an alert's query failed unexpectedly", failure)
+    return Outcome(error=f"internal error: {failure.getErrorMessage()}")

@@ -1,0 +1,159 @@
+"""The alert evaluator on a real store, driven without a reactor (a fake
+clock, runners that run at once or when told)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from qasino.alerting import AlertEvaluator, AlertsSource, rules_source
+from qasino.core.alerts import parse_alerts_yaml
+from qasino.core.errors import QueryError, QueryRefused
+from qasino.core.model import Publish, PublishOptions, Table
+from qasino.engine import Engine
+from qasino.store.store import Store
+from tests.helpers import IDENTITY, ManualRunner
+
+RULES = """\
+- alert: Hot
+  sql: SELECT host, temp FROM temps WHERE temp > 80
+  key: host
+  annotations: {summary: "{host} at {temp}"}
+- alert: Broken
+  sql: SELECT * FROM nowhere
+- alert: Cold
+  sql: SELECT host FROM temps WHERE temp < 0
+  for: 2
+"""
+
+
+def publish_temps(store: Store, rows: list[list[Any]], now: float) -> None:
+    table = Table("temps", ("host", "temp"), ("TEXT", "INTEGER"), rows)
+    store.publish(Publish(table, PublishOptions(identity="agent")), now)
+
+
+def make(engine: Engine, text: str = RULES, **kwargs: Any) -> tuple[AlertEvaluator, list[Any]]:
+    frames: list[Any] = []
+    evaluator = AlertEvaluator(
+        engine, rules_source(parse_alerts_yaml(text)), publish=frames.append, **kwargs
+    )
+    return evaluator, frames
+
+
+def rotate(engine: Engine, clock: Clock) -> Any:
+    clock.advance(30)
+    return engine.store.rotate(clock.seconds())
+
+
+def table(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for row in engine.store.query("SELECT * FROM qasino_server_alerts").rows:
+        out.setdefault(str(row[0]), []).append(tuple(row))
+    return out
+
+
+def test_one_failing_alert_does_not_hold_the_others_and_rows_reach_the_next_snapshot(
+    engine: Engine, clock: Clock
+) -> None:
+    evaluator, frames = make(engine)
+    publish_temps(engine.store, [["h1", 90], ["h2", 20], ["h3", -5]], clock.seconds())
+    info = rotate(engine, clock)
+    evaluator.on_generation(info)
+    assert evaluator.running is None and evaluator.rounds == 1
+    assert [(f["alertname"], f["state"], f["labels"]) for f in frames] == [
+        ("Hot", "firing", {"host": "h1"}),
+        ("Cold", "pending", {"host": "h3"}),
+    ]
+    assert frames[0]["annotations"] == {"summary": "h1 at 90"}
+    assert frames[0]["generation_number"] == info.generation_number
+    # The snapshot being served predates the evaluation; the next one has it.
+    assert table(engine) == {}
+    rotate(engine, clock)
+    rows = table(engine)
+    assert rows["Broken"][0][2] == "error" and "no such table" in rows["Broken"][0][6]
+    assert rows["Hot"][0][2] == "firing" and json.loads(rows["Hot"][0][1]) == {"host": "h1"}
+    shown = engine.store.query("SHOW alerts;")
+    assert shown.column_names[:4] == ("alertname", "state", "labels", "annotations")
+    assert [r[:2] for r in shown.rows] == [
+        ("Broken", "error"),
+        ("Cold", "pending"),
+        ("Hot", "firing"),
+    ]
+    assert evaluator.counts() == {
+        ("Broken", "error"): 1,
+        ("Cold", "pending"): 1,
+        ("Hot", "firing"): 1,
+    }
+
+
+def test_alert_sql_gets_the_query_guard(engine: Engine) -> None:
+    pin = engine.store.pin_snapshot()
+    try:
+        with pytest.raises(QueryRefused):
+            engine.store.query_pinned(
+                pin, "WITH x AS (SELECT 1) INSERT INTO qasino_server_info SELECT 1, 2, 3 FROM x"
+            )
+        with pytest.raises(QueryRefused):
+            engine.store.query_pinned(pin, "SELECT 1; DROP TABLE qasino_server_info")
+        with pytest.raises(QueryError):
+            engine.store.query_pinned(pin, "SHOW tables")
+    finally:
+        engine.store.unpin(pin)
+
+
+def test_pinned_snapshot_outlives_rotations_until_unpinned(engine: Engine, clock: Clock) -> None:
+    pin = engine.store.pin_snapshot()
+    rotate(engine, clock)
+    rotate(engine, clock)
+    assert os.path.exists(pin.path)
+    result = engine.store.query_pinned(pin, "SELECT generation_number FROM qasino_server_info")
+    assert result.rows == [(pin.number,)]
+    engine.store.unpin(pin)
+    assert not os.path.exists(pin.path)
+
+
+def test_evaluation_uses_at_most_its_slots_and_skips_a_generation_while_running(
+    store: Store, clock: Clock
+) -> None:
+    runner = ManualRunner()
+    engine = Engine(store, runner, clock, IDENTITY)
+    text = "".join(f"- alert: A{i}\n  sql: SELECT {i} AS n\n" for i in range(6))
+    evaluator, frames = make(engine, text, slots=2)
+    evaluator.on_generation(rotate(engine, clock))
+    assert len(runner.pending) == 2  # client queries find the other readers free
+    evaluator.on_generation(rotate(engine, clock))
+    assert evaluator.skipped == 1
+    # A query run meanwhile goes to the runner at once, not behind the alerts.
+    engine.query("SELECT 1")
+    assert len(runner.pending) == 3
+    runner.run_pending()
+    assert evaluator.running is None and evaluator.rounds == 1
+    assert sorted(f["alertname"] for f in frames) == [f"A{i}" for i in range(6)]
+
+
+def test_broken_file_keeps_the_rules_and_adds_a_file_error_row(
+    engine: Engine, clock: Clock, tmp_path: Any
+) -> None:
+    path = tmp_path / "alerts.yaml"
+    path.write_text("- alert: One\n  sql: SELECT 1 AS one\n")
+    source = AlertsSource(str(path))
+    evaluator = AlertEvaluator(engine, source)
+    evaluator.on_generation(rotate(engine, clock))
+    path.write_text("- alert: [\n")
+    assert evaluator.reload() is False
+    evaluator.on_generation(rotate(engine, clock))
+    rotate(engine, clock)
+    rows = table(engine)
+    assert rows["One"][0][2] == "firing"
+    assert rows["alerts_file"][0][2] == "error" and "not valid YAML" in rows["alerts_file"][0][6]
+    path.write_text("- alert: Two\n  sql: SELECT 2 AS two\n")
+    assert evaluator.reload() is True
+    evaluator.on_generation(rotate(engine, clock))
+    rotate(engine, clock)
+    rows = table(engine)
+    assert "alerts_file" not in rows and rows["One"][0][2] == "resolved"
+    assert rows["Two"][0][2] == "firing"
