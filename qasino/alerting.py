@@ -29,10 +29,23 @@ from io import BytesIO
 from typing import Any, Optional
 
 import orjson
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    TimeoutError,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseNeverReceived,
+    readBody,
+)
 from twisted.web.http_headers import Headers
 
 from qasino.core.alerts import (
@@ -150,7 +163,7 @@ class AlertmanagerSender:
 
     def _failed(self, failure: Failure) -> None:
         self.failed += 1
-        message = failure.getErrorMessage() or repr(failure.value)
+        message = _describe(failure, self.timeout_s)
         if self.last_error != message:
             log.warn(
                 "sending alerts to {url} failed (retried next generation): {error}",
@@ -305,6 +318,17 @@ class AlertEvaluator:
     def rows(self) -> list[tuple[object, ...]]:
         """The live rows (what the next snapshot's qasino_server_alerts holds)."""
         return table_rows(self.state, self.source.last_error)
+
+
+def _describe(failure: Failure, timeout_s: float) -> str:
+    """A one-line reason for a failed send."""
+    if failure.check(TimeoutError, CancelledError):
+        return f"no answer within {timeout_s:g} s"
+    reasons = getattr(failure.value, "reasons", None)
+    if failure.check(ResponseNeverReceived, RequestTransmissionFailed) and reasons:
+        inner = "; ".join(r.getErrorMessage() for r in reasons)
+        return f"no answer ({inner})"
+    return failure.getErrorMessage() or repr(failure.value)
 
 
 def _outcome_of_failure(failure: Failure) -> Outcome:
