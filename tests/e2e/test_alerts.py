@@ -240,3 +240,34 @@ def test_alerts_file_default_is_alerts_yaml_in_the_working_directory(
     alert_server: QasinoProcess,
 ) -> None:
     assert "loaded 4 alerts from alerts.yaml" in alert_server.log_text()
+
+
+SLOW_RULES = """\
+- alert: Slow
+  sql: WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) AS n FROM c
+- alert: Fast
+  sql: SELECT 1 AS one
+"""
+
+
+def test_a_slow_alert_is_stopped_at_the_query_time_limit_and_holds_nothing(
+    start_server: Any,
+) -> None:
+    proc = start_server("slow", extra_args=["--query-timeout", "0.5"])
+    (proc.workdir / "alerts.yaml").write_text(SLOW_RULES)
+    proc.start()
+    http = proc.ports["http"]
+
+    def both() -> Any:
+        rows = alert_rows(proc)
+        return rows if "Slow" in rows and "Fast" in rows else None
+
+    rows = poll_until(both, TIMEOUT, "rows of both alerts")
+    assert rows["Slow"][0]["state"] == "error"
+    assert "time limit of 0.5 seconds" in rows["Slow"][0]["error"]
+    assert rows["Fast"][0]["state"] == "firing"
+    # Queries and generations go on while the slow one keeps being evaluated.
+    first = proc.wait_generation()["generation_number"]
+    for n in range(3):
+        assert rows_of(http_query(http, "SELECT 1"))[0] == ["1"]
+        assert proc.wait_generation(after=first + n)["generation_number"] > first + n
