@@ -44,6 +44,7 @@ class Scale:
     rotation_big_rows: int  # the one-big-table scenario
     rotation_generation_s: float  # many tables
     rotation_big_generation_s: float
+    alerts_generation_s: float = 4.0  # 200 alerts over 100,000 rows
 
     def with_rounds(self, rounds: Optional[int]) -> Scale:
         if not rounds:
@@ -87,6 +88,7 @@ QUICK = Scale(
     rotation_big_rows=100_000,
     rotation_generation_s=1.2,
     rotation_big_generation_s=1.5,
+    alerts_generation_s=3.0,
 )
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Optional
 
-from bench import ceilings, daemon, ingest, query, rotation
+from bench import alerts, ceilings, daemon, ingest, query, rotation
 from bench.harness import FULL, QUICK, Scale, Workers
 from bench.report import Results, render_table, summary_json
 
@@ -37,6 +37,7 @@ PHASE_KEYS = {
     "fleet": ("fleet_tables_per_s", "fleet_absorb_s"),
     "query": ("query_p50_ms", "query_p99_ms", "query_json_rows_per_s"),
     "rotation": ("rotation_ms", "rotation_query_pause_ms", "rss_mb_per_million_rows"),
+    "alerts": ("alerts_eval_ms", "alerts_query_p99_ms", "alerts_rotation_query_pause_ms"),
 }
 ALL_KEYS = tuple(k for keys in PHASE_KEYS.values() for k in keys)
 # The ceilings a figure's ratio needs, run along with it.
@@ -136,6 +137,8 @@ def run_phases(run: Run) -> None:
     if run.wants(*PHASE_KEYS["rotation"]):
         rss = run.wants("rss_mb_per_million_rows")
         phase(run, "rotation", lambda: rotation.measure_rotation(w, s, r, rss))
+    if run.wants(*PHASE_KEYS["alerts"]):
+        phase(run, "alerts", lambda: alerts.measure_alerts(w, s, r))
     rounds = {key: len(r.figures[(key, None)].values) for key in before if before[key]}
     measure_ceilings(run, " (again)")
     r.details["ceiling_drift"] = {

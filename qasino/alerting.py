@@ -5,12 +5,14 @@ Alertmanager).
 How evaluation stays out of everyone's way:
 
 - It starts after a snapshot is announced, never inside a rotation.
-- Every rule's SQL runs on the engine's reader pool, on the snapshot that
-  was announced (pinned, so a later rotation cannot pull it away), with the
-  same read-only guard and time limit as a client query. At most
-  ``slots`` rules are in the pool at once (default half the readers), so
-  client queries always find a reader, and one slow rule holds one slot
-  while the others go on.
+- Every rule's SQL runs on a reader (the engine's background readers: the
+  same read-only connections, at a lower CPU priority), on the snapshot
+  that was announced (pinned, so a later rotation cannot pull it away),
+  with the same read-only guard and time limit as a client query. Rules
+  run one at a time; a rule still running after 0.25 s opens a second lane
+  (``slots``), so one slow rule does not hold the others, while normally
+  only one reader thread does alert work (bench/alerts.py measured that
+  gentler on client queries than two).
 - If a round is still running when the next snapshot comes, that
   generation is skipped (logged); rounds never pile up.
 - The results go to the store for the *next* snapshot's
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Callable, Sequence
 from io import BytesIO
 from typing import Any, Optional
@@ -33,8 +36,8 @@ from twisted.internet.defer import (
     CancelledError,
     Deferred,
     DeferredList,
-    DeferredSemaphore,
     TimeoutError,
+    maybeDeferred,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -73,6 +76,57 @@ SEND_TIMEOUT_S = 10.0
 # Resolved instances not yet delivered to one Alertmanager are kept (for
 # retries) up to this many.
 MAX_UNSENT_RESOLVED = 10_000
+
+
+class Lanes:
+    """Runs jobs one at a time, opening another lane (up to ``lanes``) for
+    as long as a job has run longer than ``slow_s``: a slow alert does not
+    hold the others, and normally only one reader does alert work."""
+
+    def __init__(self, clock: Any, lanes: int = 2, slow_s: float = 0.25) -> None:
+        self.clock = clock
+        self.lanes = max(1, lanes)
+        self.slow_s = slow_s
+        self.queue: deque[tuple[Callable[..., Deferred[Any]], tuple[Any, ...], Deferred[Any]]] = (
+            deque()
+        )
+        self.running = 0
+        self.opened = 0  # lanes opened by slow jobs still running
+
+    def run(self, fn: Callable[..., Deferred[Any]], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.queue.append((fn, args, d))
+        self._pump()
+        return d
+
+    def _pump(self) -> None:
+        while self.queue and self.running < min(self.lanes, 1 + self.opened):
+            fn, args, d = self.queue.popleft()
+            self._start(fn, args, d)
+
+    def _start(
+        self, fn: Callable[..., Deferred[Any]], args: tuple[Any, ...], d: Deferred[Any]
+    ) -> None:
+        self.running += 1
+        slow = [False]
+
+        def mark_slow() -> None:
+            slow[0] = True
+            self.opened += 1
+            self._pump()
+
+        timer = self.clock.callLater(self.slow_s, mark_slow)
+
+        def finish(result: object) -> None:
+            self.running -= 1
+            if timer.active():
+                timer.cancel()
+            if slow[0]:
+                self.opened -= 1
+            d.callback(result)  # a Failure errbacks
+            self._pump()
+
+        maybeDeferred(fn, *args).addBoth(finish)
 
 
 class AlertsSource(ViewsSource):
@@ -191,7 +245,7 @@ class AlertEvaluator:
     ) -> None:
         self.engine = engine
         self.source = source
-        self.semaphore = DeferredSemaphore(max(1, slots))
+        self.lanes = Lanes(engine.clock, lanes=slots)
         self.senders = [AlertmanagerSender(url, engine.clock) for url in alertmanager_urls]
         self.publish = publish
         self.generator_url = generator_url
@@ -229,7 +283,7 @@ class AlertEvaluator:
         number = pin.number
 
         def run(rule: AlertRule) -> Deferred[Any]:
-            d: Deferred[Any] = self.semaphore.run(
+            d: Deferred[Any] = self.lanes.run(
                 self.engine.runner.read, store.query_pinned, pin, rule.sql
             )
             d.addCallbacks(
@@ -259,12 +313,13 @@ class AlertEvaluator:
             self._send(changes, now, info.generation_duration_s)
             for listener in list(self.listeners):
                 listener(self.state)
-            log.debug(
-                "evaluated {n} alerts of generation {number} in {ms:.1f} ms",
-                n=len(todo),
-                number=number,
-                ms=self.last_eval_ms,
-            )
+            if rules:
+                log.info(
+                    "evaluated {n} alerts of generation {number} in {ms:.1f} ms",
+                    n=len(todo),
+                    number=number,
+                    ms=self.last_eval_ms,
+                )
 
         def failed(failure: Failure) -> None:
             log.failure("alert evaluation failed", failure)

@@ -197,7 +197,11 @@ class QasinoServer(MultiService):
             views=views.views,
         )
         self.engine = Engine(
-            store, ThreadRunner(reactor, config.reader_threads), reactor, config.identity, views
+            store,
+            ThreadRunner(reactor, config.reader_threads, background=2),
+            reactor,
+            config.identity,
+            views,
         )
         self.dispatcher = Dispatcher(
             self.engine,
@@ -227,7 +231,7 @@ class QasinoServer(MultiService):
         self.alerts = AlertEvaluator(
             self.engine,
             alerts_source,
-            slots=max(1, config.reader_threads // 2),
+            slots=2,
             alertmanager_urls=config.alertmanager_urls,
             publish=self.zmq.publish_alert,
             generator_url=self._alerts_url,

@@ -116,7 +116,7 @@ def test_pinned_snapshot_outlives_rotations_until_unpinned(engine: Engine, clock
     assert not os.path.exists(pin.path)
 
 
-def test_evaluation_uses_at_most_its_slots_and_skips_a_generation_while_running(
+def test_rules_run_one_at_a_time_a_slow_one_opens_a_second_lane_and_rounds_never_pile_up(
     store: Store, clock: Clock
 ) -> None:
     runner = ManualRunner()
@@ -124,13 +124,22 @@ def test_evaluation_uses_at_most_its_slots_and_skips_a_generation_while_running(
     text = "".join(f"- alert: A{i}\n  sql: SELECT {i} AS n\n" for i in range(6))
     evaluator, frames = make(engine, text, slots=2)
     evaluator.on_generation(rotate(engine, clock))
-    assert len(runner.pending) == 2  # client queries find the other readers free
+    assert len(runner.pending) == 1  # one rule at a time
+    clock.advance(0.3)  # it is slow: a second lane opens, the others go on
+    assert len(runner.pending) == 2
     evaluator.on_generation(rotate(engine, clock))
     assert evaluator.skipped == 1
     # A query run meanwhile goes to the runner at once, not behind the alerts.
     engine.query("SELECT 1")
     assert len(runner.pending) == 3
-    runner.run_pending()
+    clock.advance(0.3)
+    assert len(runner.pending) == 3  # never more than two lanes
+    runner.run_one()  # the slow rule ends: back to one lane
+    runner.run_one()
+    runner.run_one()
+    assert len(runner.pending) == 1
+    while runner.pending:
+        runner.run_one()
     assert evaluator.running is None and evaluator.rounds == 1
     assert sorted(f["alertname"] for f in frames) == [f"A{i}" for i in range(6)]
 
