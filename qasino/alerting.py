@@ -41,15 +41,6 @@ from twisted.internet.defer import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent,
-    FileBodyProducer,
-    HTTPConnectionPool,
-    RequestTransmissionFailed,
-    ResponseNeverReceived,
-    readBody,
-)
-from twisted.web.http_headers import Headers
 
 from qasino.core.alerts import (
     FIRING,
@@ -159,6 +150,10 @@ class AlertmanagerSender:
     """
 
     def __init__(self, url: str, reactor: Any, timeout_s: float = SEND_TIMEOUT_S) -> None:
+        # Imported here: the HTTP client costs start-up time, and only a
+        # server given --alertmanager-url needs it.
+        from twisted.web.client import Agent, HTTPConnectionPool
+
         self.url = url.rstrip("/") + "/api/v2/alerts"
         self.reactor = reactor
         self.timeout_s = timeout_s
@@ -187,6 +182,9 @@ class AlertmanagerSender:
         if not alerts:
             return None
         self._in_flight = True
+        from twisted.web.client import FileBodyProducer
+        from twisted.web.http_headers import Headers
+
         body = orjson.dumps(alerts)
         producer: Any = FileBodyProducer(BytesIO(body))
         d: Any = self.agent.request(
@@ -202,6 +200,8 @@ class AlertmanagerSender:
         return d
 
     def _answered(self, response: Any) -> Deferred[tuple[int, bytes]]:
+        from twisted.web.client import readBody
+
         code = response.code
         return readBody(response).addCallback(lambda body: (code, body))
 
@@ -379,6 +379,8 @@ def _describe(failure: Failure, timeout_s: float) -> str:
     """A one-line reason for a failed send."""
     if failure.check(TimeoutError, CancelledError):
         return f"no answer within {timeout_s:g} s"
+    from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
+
     reasons = getattr(failure.value, "reasons", None)
     if failure.check(ResponseNeverReceived, RequestTransmissionFailed) and reasons:
         inner = "; ".join(r.getErrorMessage() for r in reasons)
