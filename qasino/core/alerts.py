@@ -42,6 +42,10 @@ RESOLVED = "resolved"
 ERROR = "error"
 STATES = (PENDING, FIRING, RESOLVED, ERROR)
 
+# Rows of one rule beyond this many are not made instances (an error row
+# says so): a rule that matches a whole table must not flood Alertmanager.
+MAX_INSTANCES_PER_ALERT = 1000
+
 # The alertname of the row that reports a rules file that could not be loaded.
 FILE_ERROR_ALERTNAME = "alerts_file"
 
@@ -337,6 +341,12 @@ def evaluate(
         matches: dict[Labels, Labels] = {}
         if problem is None and outcome is not None:
             matches, problem = _instances_of(rule, outcome)
+        if problem is None and len(matches) > MAX_INSTANCES_PER_ALERT:
+            errors[rule.alert] = (
+                rule.labels,
+                f"{len(matches)} instances; only the first {MAX_INSTANCES_PER_ALERT} are kept",
+            )
+            matches = dict(list(matches.items())[:MAX_INSTANCES_PER_ALERT])
         if problem is not None:
             errors[rule.alert] = (rule.labels, problem)
             frozen_names.add(rule.alert)

@@ -219,3 +219,13 @@ def test_alertmanager_payload_firing_and_resolved():
 
 def test_rfc3339():
     assert rfc3339(0.25) == "1970-01-01T00:00:00.250Z"
+
+
+def test_too_many_rows_keep_the_first_instances_and_add_an_error_row():
+    from qasino.core.alerts import MAX_INSTANCES_PER_ALERT
+
+    (rule,) = parse_alerts_yaml("- {alert: A, sql: SELECT n FROM t}")
+    many = Outcome(("n",), [(i,) for i in range(MAX_INSTANCES_PER_ALERT + 5)])
+    s, ch = step(AlertState(), rule, many, 1)
+    assert len(ch) == MAX_INSTANCES_PER_ALERT == len(s.instances)
+    assert "only the first" in s.errors["A"][1]
