@@ -103,7 +103,7 @@ def measure_alerts(workers: Workers, scale: Scale, results: Results) -> None:
         # The file is read at the next snapshot; wait for a full evaluation.
         daemon.wait_gensig()
         loaded = daemon.wait_gensig().generation
-        for round_ in range(scale.heavy_rounds):
+        for round_ in range(scale.alerts_rounds):
             alerts_round(workers, daemon, results, round_, loaded)
         firing = daemon.query("SELECT count(*) FROM qasino_server_alerts WHERE state = 'firing'")
         results.details.setdefault("alerts_firing_instances", int(firing[0][0]))
