@@ -55,7 +55,7 @@ class Runner(Protocol):
 # Background readers (alert evaluation) run at this much lower CPU priority
 # (a nice increment), so under CPU contention client queries, publishes and
 # rotations win (bench/alerts.py).
-BACKGROUND_NICE = 10
+BACKGROUND_NICE = int(os.environ.get("QASINO_BACKGROUND_NICE", "10"))
 
 
 def _lower_thread_priority() -> None:
