@@ -129,6 +129,12 @@ class AlertsSource(ViewsSource):
     def load(self, path: str) -> list[Any]:
         return load_alerts_file(path)
 
+    def reload(self) -> bool:
+        """Re-read the file now, changed or not (SIGHUP); True if it loaded.
+        The rules apply from the next evaluation."""
+        self._stamp = (-1,)
+        return self.poll()
+
     @property
     def rules(self) -> list[AlertRule]:
         return list(self.views)

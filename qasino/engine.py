@@ -157,11 +157,6 @@ class ViewsSource:
         """Parse the file; raise a QasinoError if it cannot be used."""
         return load_views_file(path)
 
-    def reload(self) -> bool:
-        """Re-read the file now, changed or not (SIGHUP); True if it loaded."""
-        self._stamp = (-1,)
-        return self.poll()
-
     def poll(self) -> bool:
         """Reload if the file changed; return True if the views changed."""
         if not self.path:
