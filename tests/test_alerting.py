@@ -11,7 +11,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from qasino.alerting import AlertEvaluator, AlertsSource, rules_source
-from qasino.core.alerts import parse_alerts_yaml
+from qasino.core.alerts import parse_alerts_yaml, rfc3339
 from qasino.core.errors import QueryError, QueryRefused
 from qasino.core.model import Publish, PublishOptions, Table
 from qasino.engine import Engine
@@ -166,3 +166,96 @@ def test_broken_file_keeps_the_rules_and_adds_a_file_error_row(
     rows = table(engine)
     assert "alerts_file" not in rows and rows["One"][0][2] == "resolved"
     assert rows["Two"][0][2] == "firing"
+
+
+class _Response:
+    """Just enough of an IResponse for readBody."""
+
+    def __init__(self, code: int, body: bytes = b"") -> None:
+        self.code = code
+        self.phrase = b"OK"
+        self.length = len(body)
+        self.body = body
+
+    def deliverBody(self, protocol: Any) -> None:
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseDone
+
+        protocol.dataReceived(self.body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+class _Agent:
+    """Records each request's JSON body; answers when told."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, Any]] = []
+
+    def request(self, method: bytes, uri: bytes, headers: Any, producer: Any) -> Any:
+        from twisted.internet.defer import Deferred
+
+        d: Deferred[Any] = Deferred()
+        self.sent.append((json.loads(producer._inputFile.getvalue()), d))
+        return d
+
+
+def test_resolved_alert_is_sent_until_a_send_succeeds_and_firing_ones_every_time(
+    engine: Engine, clock: Clock
+) -> None:
+    from twisted.internet.error import ConnectionRefusedError
+
+    evaluator = AlertEvaluator(
+        engine,
+        rules_source(
+            parse_alerts_yaml("- {alert: Hot, sql: SELECT host FROM temps WHERE temp > 80}")
+        ),
+        alertmanager_urls=["http://127.0.0.1:9"],
+        generator_url=lambda: "http://q:1/alerts",
+    )
+    agent = _Agent()
+    evaluator.senders[0].agent = agent  # type: ignore[assignment]
+
+    def generation(rows: list[list[Any]]) -> None:
+        publish_temps(engine.store, rows, clock.seconds())
+        evaluator.on_generation(rotate(engine, clock))
+
+    generation([["h1", 90]])
+    ((body, d),) = agent.sent
+    assert [a["labels"] for a in body] == [{"alertname": "Hot", "host": "h1"}]
+    assert body[0]["generatorURL"] == "http://q:1/alerts?alertname=Hot"
+    d.errback(ConnectionRefusedError())
+    generation([])  # resolved; Alertmanager still down
+    body, d = agent.sent[-1]
+    assert [a["labels"]["host"] for a in body] == ["h1"]
+    assert body[0]["endsAt"] == rfc3339(clock.seconds())  # when it resolved
+    d.errback(ConnectionRefusedError())
+    generation([])  # nothing fires; the resolved one is sent again
+    body, d = agent.sent[-1]
+    assert [a["labels"]["host"] for a in body] == ["h1"]
+    d.callback(_Response(200))
+    generation([])  # delivered: nothing left to send
+    assert len(agent.sent) == 3
+    assert evaluator.senders[0].failed == 2 and evaluator.senders[0].sent == 1
+
+
+def test_alertmanager_url_is_repeatable_and_alerts_file_defaults_to_alerts_yaml() -> None:
+    from qasino.server_main import build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        ["--alertmanager-url", "http://a:9093", "--alertmanager-url", "http://b:9093/"]
+    )
+    config = config_from_args(args)
+    assert config.alertmanager_urls == ("http://a:9093", "http://b:9093/")
+    assert config.alerts_file == "alerts.yaml"
+    off = config_from_args(build_parser().parse_args(["--alerts-file", ""]))
+    assert off.alerts_file is None and off.alertmanager_urls == ()
+
+
+def test_one_sender_per_alertmanager(engine: Engine) -> None:
+    evaluator = AlertEvaluator(
+        engine, rules_source([]), alertmanager_urls=["http://a:9093", "http://b:9093/"]
+    )
+    assert [s.url for s in evaluator.senders] == [
+        "http://a:9093/api/v2/alerts",
+        "http://b:9093/api/v2/alerts",
+    ]
