@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -250,13 +251,28 @@ def _text(value: object) -> str:
     return str(value)
 
 
+_LABEL_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
 def _check_columns(rule: AlertRule, columns: Sequence[str]) -> Optional[str]:
-    """The key and the annotations' {column}s must be columns the query returns."""
+    """The key and the annotations' {column}s must be columns the query
+    returns, and key columns must make valid label names."""
     lower = {c.lower() for c in columns}
     shown = ", ".join(columns) or "none"
     for name in rule.key or ():
         if name.lower() not in lower:
             return f"key column {name!r} is not a column the query returns ({shown})"
+    if rule.key is None:
+        for name in columns:
+            if not _LABEL_NAME_RE.match(name):
+                return (
+                    f"column {name!r} cannot be a label name: give it a name "
+                    "(... AS name) or list the key columns (key: [...])"
+                )
+            if name in RESERVED_LABELS:
+                return f"column {name!r} cannot be a label name (reserved); rename it or set key"
+    elif any(name in RESERVED_LABELS for name in rule.key):
+        return "key column 'alertname' is reserved; rename it (AS another_name)"
     for aname, template in rule.annotations:
         for name in template_fields(template):
             if name.lower() not in lower:

@@ -229,3 +229,12 @@ def test_too_many_rows_keep_the_first_instances_and_add_an_error_row():
     s, ch = step(AlertState(), rule, many, 1)
     assert len(ch) == MAX_INSTANCES_PER_ALERT == len(s.instances)
     assert "only the first" in s.errors["A"][1]
+
+
+def test_default_key_columns_must_make_label_names():
+    (rule,) = parse_alerts_yaml("- {alert: A, sql: SELECT count(*) FROM t}")
+    s, ch = step(AlertState(), rule, Outcome(("count(*)",), [(3,)]), 1)
+    assert ch == [] and "cannot be a label name" in s.errors["A"][1]
+    (rule,) = parse_alerts_yaml("- {alert: A, sql: SELECT 'x' AS alertname}")
+    s, ch = step(AlertState(), rule, Outcome(("alertname",), [("x",)]), 1)
+    assert ch == [] and "reserved" in s.errors["A"][1]
