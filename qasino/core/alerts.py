@@ -222,14 +222,25 @@ def _string_map(value: object, what: str) -> tuple[Labels, Optional[str]]:
     return tuple(sorted(out)), None
 
 
+# Format specs an annotation may use: fill/align, sign, width and precision
+# of at most three and two digits, a type. No nested {fields}.
+_FORMAT_SPEC_RE = re.compile(
+    r"(?:.?[<>^=])?[+\- ]?#?0?\d{0,3}[,_]?(?:\.\d{1,2})?[bcdeEfFgGnosxX%]?\Z"
+)
+
+
 def template_fields(template: str) -> list[str]:
     """The ``{column}`` names of an annotation template; ValueError if it is
     malformed or uses anything but plain column names (no attributes or
     indexes, no conversions)."""
     names = []
-    for _, field_name, _, conversion in string.Formatter().parse(template):
+    for _, field_name, spec, conversion in string.Formatter().parse(template):
         if field_name is None:
             continue
+        if spec and not _FORMAT_SPEC_RE.match(spec):
+            raise ValueError(
+                f"{{{field_name}:{spec}}}: use a simple format such as {{{field_name}:.1f}}"
+            )
         if not is_identifier(field_name):
             raise ValueError(
                 f"{{{field_name}}} is not a column name: use {{column}} or {{column:format}}"

@@ -75,6 +75,8 @@ def test_defaults_for_key_labels_annotations():
         ("{alert: A, sql: SELECT 1, labels: {'a-b': x}}", "invalid labels name"),
         ("{alert: A, sql: SELECT 1, annotations: {s: '{x.__class__}'}}", "not a column name"),
         ("{alert: A, sql: SELECT 1, annotations: {s: '{x!r}'}}", "conversions"),
+        ("{alert: A, sql: SELECT 1, annotations: {s: '{x:>999999999}'}}", "simple format"),
+        ("{alert: A, sql: SELECT 1, annotations: {s: '{x:{y}}'}}", "simple format"),
         ("{alert: A, sql: SELECT 1, fro: 2}", "unknown key"),
         ("just text", "not a mapping"),
     ],
@@ -217,6 +219,15 @@ def test_alertmanager_payload_firing_and_resolved():
     assert alertmanager_alert(resolved, "u", 170.0, 90.0)["endsAt"] == rfc3339(160.0)
 
 
+def test_annotation_format_spec():
+    (rule,) = parse_alerts_yaml(
+        "- alert: A\n  sql: SELECT p FROM t\n  annotations: {s: '{p:.1f}% {p:>6.2f}'}\n"
+    )
+    assert rule.error is None
+    s, (inst,) = step(AlertState(), rule, Outcome(("p",), [(12.345,)]), 1)
+    assert dict(inst.annotations) == {"s": "12.3%  12.35"}
+
+
 def test_rfc3339():
     assert rfc3339(0.25) == "1970-01-01T00:00:00.250Z"
 
@@ -238,3 +249,49 @@ def test_default_key_columns_must_make_label_names():
     (rule,) = parse_alerts_yaml("- {alert: A, sql: SELECT 'x' AS alertname}")
     s, ch = step(AlertState(), rule, Outcome(("alertname",), [("x",)]), 1)
     assert ch == [] and "reserved" in s.errors["A"][1]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20))
+_docs = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.sampled_from(["alert", "sql", "for", "key", "labels", "annotations", "x"]),
+            inner,
+            max_size=6,
+        ),
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_docs)
+def test_any_yaml_document_is_rules_or_a_file_error_never_a_crash(doc):
+    import yaml
+
+    try:
+        text = yaml.safe_dump(doc)
+    except yaml.YAMLError:
+        return
+    try:
+        rules = parse_alerts_yaml(text)
+    except AlertsFileError:
+        return
+    for rule in rules:
+        assert isinstance(rule, AlertRule)
+        # Every rule evaluates (or errors) without raising.
+        evaluate(AlertState(), [rule], {rule.alert: Outcome(("a",), [(1,)])}, 1, 1.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_is_rules_or_a_file_error(text):
+    try:
+        parse_alerts_yaml(text)
+    except AlertsFileError:
+        pass
