@@ -363,7 +363,11 @@ class AlertEvaluator:
             if i.state == RESOLVED and i.fired_epoch is not None
         ]
         for sender in self.senders:
-            d = sender.send(firing, resolved)
+            try:
+                d = sender.send(firing, resolved)
+            except Exception:
+                log.failure("could not send alerts to {url}", url=sender.url)
+                continue
             if d is not None:
                 d.addErrback(lambda f: log.failure("alertmanager send failed", f))
 

@@ -152,9 +152,10 @@ def _parse_rule(entry: object, index: int, seen: set[str]) -> AlertRule:
     if not isinstance(entry, dict):
         return AlertRule(f"rule{index}", "", error=f"entry {index} is not a mapping")
     raw_name = entry.get("alert")
-    name = raw_name if isinstance(raw_name, str) else f"rule{index}"
+    # The row of a rule with a bad name is named after its place in the file.
+    name = raw_name if is_identifier(raw_name) else f"rule{index}"
     raw_sql = entry.get("sql")
-    sql = raw_sql.strip() if isinstance(raw_sql, str) else ""
+    sql = raw_sql.strip() if isinstance(raw_sql, str) and _utf8(raw_sql) else ""
 
     def broken(message: str) -> AlertRule:
         return AlertRule(name, sql, error=message)
@@ -173,6 +174,8 @@ def _parse_rule(entry: object, index: int, seen: set[str]) -> AlertRule:
         )
     if not sql:
         return broken("sql must be a SELECT statement (text)")
+    if not _utf8(entry):
+        return broken("the entry holds text that is not valid Unicode (a lone surrogate escape?)")
     try:
         command = parse_command(sql)
     except QueryError as err:
@@ -204,6 +207,21 @@ def _parse_rule(entry: object, index: int, seen: set[str]) -> AlertRule:
         except ValueError as err:
             return broken(f"annotation {aname!r}: {err}")
     return AlertRule(name, sql, for_value, key, labels, annotations)
+
+
+def _utf8(value: object) -> bool:
+    """Every string in ``value`` (nested lists and mappings) encodes as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_utf8(k) and _utf8(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_utf8(v) for v in value)
+    return True
 
 
 def _string_map(value: object, what: str) -> tuple[Labels, Optional[str]]:
@@ -353,9 +371,7 @@ def evaluate(
     errors: dict[str, tuple[Labels, str]] = {}
     changes: list[Instance] = []
     frozen_names: set[str] = set()
-    names = set()
     for rule in rules:
-        names.add(rule.alert)
         outcome = outcomes.get(rule.alert)
         if rule.error is not None:
             problem: Optional[str] = rule.error

@@ -79,6 +79,7 @@ def test_defaults_for_key_labels_annotations():
         ("{alert: A, sql: SELECT 1, annotations: {s: '{x:{y}}'}}", "simple format"),
         ("{alert: A, sql: SELECT 1, fro: 2}", "unknown key"),
         ("just text", "not a mapping"),
+        ('{alert: A, sql: SELECT 1, labels: {a: "\\ud800"}}', "not valid Unicode"),
     ],
 )
 def test_malformed_rule_is_an_error_rule_not_a_failed_file(entry, message):
@@ -295,3 +296,15 @@ def test_any_text_is_rules_or_a_file_error(text):
         parse_alerts_yaml(text)
     except AlertsFileError:
         pass
+
+
+def test_a_rule_with_a_bad_name_is_listed_under_its_place_in_the_file():
+    rules = parse_alerts_yaml(
+        '- {alert: Good, sql: SELECT 1}\n- {alert: "bad \\ud800", sql: SELECT 1}\n'
+    )
+    assert rules[1].alert == "rule2" and "invalid alert name" in (rules[1].error or "")
+    rows = table_rows(evaluate(AlertState(), rules, {}, 1, 1.0)[0])
+    for row in rows:  # every text can be stored (valid UTF-8)
+        for cell in row:
+            if isinstance(cell, str):
+                cell.encode("utf-8")
