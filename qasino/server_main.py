@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from typing import Optional
 
@@ -164,6 +165,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise SystemExit("qasino_server: --generation-duration must be positive")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("qasino_server: --tls-cert and --tls-key go together")
+    for url in args.alertmanager_url:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise SystemExit(
+                f"qasino_server: --alertmanager-url {url!r} must be http(s)://HOST[:PORT][/PATH]"
+            )
     return ServerConfig(
         identity=args.identity,
         bind=args.bind,

@@ -249,6 +249,8 @@ def test_alertmanager_url_is_repeatable_and_alerts_file_defaults_to_alerts_yaml(
     assert config.alerts_file == "alerts.yaml"
     off = config_from_args(build_parser().parse_args(["--alerts-file", ""]))
     assert off.alerts_file is None and off.alertmanager_urls == ()
+    with pytest.raises(SystemExit, match="must be http"):
+        config_from_args(build_parser().parse_args(["--alertmanager-url", "localhost:9093"]))
 
 
 def test_one_sender_per_alertmanager(engine: Engine) -> None:
