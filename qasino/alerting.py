@@ -24,6 +24,7 @@ How evaluation stays out of everyone's way:
 
 from __future__ import annotations
 
+import base64
 import time
 import urllib.parse
 from collections import deque
@@ -160,7 +161,19 @@ class AlertmanagerSender:
         # server given --alertmanager-url needs it.
         from twisted.web.client import Agent, HTTPConnectionPool
 
-        self.url = url.rstrip("/") + "/api/v2/alerts"
+        parts = urllib.parse.urlsplit(url.rstrip("/"))
+        self.auth: Optional[bytes] = None
+        if parts.username is not None:
+            # user:password@ in the URL: HTTP basic auth (kept out of logs).
+            secret = f"{urllib.parse.unquote(parts.username)}:"
+            secret += urllib.parse.unquote(parts.password or "")
+            self.auth = b"Basic " + base64.b64encode(secret.encode("utf-8"))
+            host = parts.hostname or ""
+            netloc = f"[{host}]" if ":" in host else host
+            if parts.port is not None:
+                netloc += f":{parts.port}"
+            parts = parts._replace(netloc=netloc)
+        self.url = urllib.parse.urlunsplit(parts) + "/api/v2/alerts"
         self.reactor = reactor
         self.timeout_s = timeout_s
         self.agent = Agent(
@@ -192,11 +205,14 @@ class AlertmanagerSender:
         from twisted.web.http_headers import Headers
 
         body = orjson.dumps(alerts)
+        headers = {b"Content-Type": [b"application/json"]}
+        if self.auth is not None:
+            headers[b"Authorization"] = [self.auth]
         producer: Any = FileBodyProducer(BytesIO(body))
         d: Any = self.agent.request(
             b"POST",
             self.url.encode("utf-8"),
-            Headers({b"Content-Type": [b"application/json"]}),
+            Headers(headers),
             producer,
         )
         d.addCallback(self._answered)

@@ -261,3 +261,14 @@ def test_one_sender_per_alertmanager(engine: Engine) -> None:
         "http://a:9093/api/v2/alerts",
         "http://b:9093/api/v2/alerts",
     ]
+
+
+def test_user_and_password_in_the_url_are_basic_auth_not_logged(engine: Engine) -> None:
+    import base64
+
+    evaluator = AlertEvaluator(
+        engine, rules_source([]), alertmanager_urls=["https://ops:s%40cret@am.example:9443/am/"]
+    )
+    sender = evaluator.senders[0]
+    assert sender.url == "https://am.example:9443/am/api/v2/alerts"
+    assert sender.auth == b"Basic " + base64.b64encode(b"ops:s@cret")

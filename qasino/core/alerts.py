@@ -153,7 +153,7 @@ def _parse_rule(entry: object, index: int, seen: set[str]) -> AlertRule:
         return AlertRule(f"rule{index}", "", error=f"entry {index} is not a mapping")
     raw_name = entry.get("alert")
     # The row of a rule with a bad name is named after its place in the file.
-    name = raw_name if is_identifier(raw_name) else f"rule{index}"
+    name = raw_name if isinstance(raw_name, str) and is_identifier(raw_name) else f"rule{index}"
     raw_sql = entry.get("sql")
     sql = raw_sql.strip() if isinstance(raw_sql, str) and _utf8(raw_sql) else ""
 
