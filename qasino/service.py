@@ -293,6 +293,16 @@ class QasinoServer(MultiService):
             max_connections=config.max_connections,
         )
 
+    def alert_counts(self) -> dict[tuple[str, str], int]:
+        """Alert instances per (alertname, state), errors included: the
+        values of the ``qasino_alerts{alertname,state}`` metric (hook for
+        /metrics)."""
+        return self.alerts.counts()
+
+    def reload_alerts(self) -> bool:
+        """Re-read the alerts file now (hook for SIGHUP); True if it loaded."""
+        return self.alerts.reload()
+
     def _alerts_url(self) -> str:
         """The generatorURL of alerts: this server's /alerts page."""
         if self.http is not None:
