@@ -272,3 +272,33 @@ def test_user_and_password_in_the_url_are_basic_auth_not_logged(engine: Engine) 
     sender = evaluator.senders[0]
     assert sender.url == "https://am.example:9443/am/api/v2/alerts"
     assert sender.auth == b"Basic " + base64.b64encode(b"ops:s@cret")
+
+
+def test_server_hooks_for_metrics_and_sighup(tmp_path: Any) -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from qasino.service import ServerConfig, make_service
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("- {alert: One, sql: SELECT 1 AS one}\n")
+    config = ServerConfig(
+        identity="t",
+        db_dir=str(tmp_path / "db"),
+        views_file=None,
+        alerts_file=str(rules),
+        line_port=None,
+        http_port=None,
+        zmq_port=0,
+        pubsub_port=0,
+    )
+    server = make_service(config, MemoryReactorClock())
+    try:
+        assert [r.alert for r in server.alerts.source.rules] == ["One"]
+        rules.write_text("- {alert: Two, sql: SELECT 2 AS two}\n- [broken\n")
+        assert server.reload_alerts() is False
+        assert server.alert_counts() == {("alerts_file", "error"): 1}
+        rules.write_text("- {alert: Two, sql: SELECT 2 AS two}\n")
+        assert server.reload_alerts() is True
+        assert [r.alert for r in server.alerts.source.rules] == ["Two"]
+    finally:
+        server.engine.store.close()
