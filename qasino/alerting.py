@@ -29,6 +29,7 @@ import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Optional
 
@@ -300,14 +301,16 @@ class AlertEvaluator:
         self.source.poll()
         rules = self.source.rules
         store = self.engine.store
+        runner = self.engine.runner
+        # The background readers when the runner has them (the server's
+        # ThreadRunner); test runners only have read.
+        read = getattr(runner, "read_background", runner.read)
         started = time.perf_counter()
         pin = store.pin_snapshot()
         number = pin.number
 
         def run(rule: AlertRule) -> Deferred[Any]:
-            d: Deferred[Any] = self.lanes.run(
-                self.engine.runner.read, store.query_pinned, pin, rule.sql
-            )
+            d: Deferred[Any] = self.lanes.run(read, store.query_pinned, pin, rule.sql)
             d.addCallbacks(
                 lambda r: Outcome(r.column_names, r.rows), _outcome_of_failure, errbackArgs=()
             )
@@ -320,19 +323,36 @@ class AlertEvaluator:
         # (and clear it again).
         self.running = d
 
-        def finish(results: list[tuple[bool, Any]]) -> None:
+        def settle(results: list[tuple[bool, Any]]) -> Deferred[Any]:
             store.unpin(pin)
             outcomes = {
                 rule.alert: (value if ok else Outcome(error=str(value)))
                 for rule, (ok, value) in zip(todo, results)
             }
             now = float(self.engine.clock.seconds())
-            self.state, changes = evaluate(self.state, rules, outcomes, number, now)
+            hold = max(60.0, self.hold_generations * info.generation_duration_s)
+            # The state machine, the table rows and the messages are pure
+            # work that grows with the instances: off the reactor thread.
+            return read(
+                _settle,
+                self.state,
+                rules,
+                outcomes,
+                number,
+                now,
+                self.source.last_error,
+                self.engine.identity,
+                self.generator_url() if self.senders else "",
+                hold,
+            )
+
+        def apply(settled: _Settled) -> None:
+            self.state = settled.state
             self.last_eval_ms = (time.perf_counter() - started) * 1000
             self.rounds += 1
-            store.set_alert_rows(table_rows(self.state, self.source.last_error))
-            self._announce(changes)
-            self._send(changes, now, info.generation_duration_s)
+            store.set_alert_rows(settled.rows)
+            self._announce(settled.messages)
+            self._send(settled.firing, settled.resolved)
             for listener in list(self.listeners):
                 listener(self.state)
             if rules:
@@ -349,35 +369,24 @@ class AlertEvaluator:
         def done(_: object) -> None:
             self.running = None
 
-        d.addCallback(finish)
+        d.addCallback(settle)
+        d.addCallback(apply)
         d.addErrback(failed)
         d.addBoth(done)
         return d
 
-    def _announce(self, changes: list[Instance]) -> None:
+    def _announce(self, messages: list[dict[str, object]]) -> None:
         if self.publish is None:
             return
-        for inst in changes:
+        for message in messages:
             try:
-                self.publish(change_message(inst, self.engine.identity))
+                self.publish(message)
             except Exception:
                 log.failure("could not publish an ALERT frame")
 
-    def _send(self, changes: list[Instance], now: float, duration_s: float) -> None:
-        if not self.senders:
-            return
-        hold = max(60.0, self.hold_generations * duration_s)
-        base = self.generator_url()
-        firing = [
-            alertmanager_alert(i, self._url(base, i), now, hold)
-            for i in self.state.instances.values()
-            if i.state == FIRING
-        ]
-        resolved = [
-            (i.ident, alertmanager_alert(i, self._url(base, i), now, hold))
-            for i in changes
-            if i.state == RESOLVED and i.fired_epoch is not None
-        ]
+    def _send(
+        self, firing: list[dict[str, object]], resolved: list[tuple[Any, dict[str, object]]]
+    ) -> None:
         for sender in self.senders:
             try:
                 d = sender.send(firing, resolved)
@@ -387,10 +396,6 @@ class AlertEvaluator:
             if d is not None:
                 d.addErrback(lambda f: log.failure("alertmanager send failed", f))
 
-    @staticmethod
-    def _url(base: str, inst: Instance) -> str:
-        return base + "?" + urllib.parse.urlencode({"alertname": inst.alertname})
-
     def counts(self) -> dict[tuple[str, str], int]:
         """Instances per (alertname, state), errors included: the values of
         the ``qasino_alerts{alertname,state}`` metric."""
@@ -399,6 +404,56 @@ class AlertEvaluator:
     def rows(self) -> list[tuple[object, ...]]:
         """The live rows (what the next snapshot's qasino_server_alerts holds)."""
         return table_rows(self.state, self.source.last_error)
+
+
+@dataclass(frozen=True)
+class _Settled:
+    """What one evaluation produced, computed off the reactor thread."""
+
+    state: AlertState
+    rows: list[tuple[object, ...]]
+    messages: list[dict[str, object]]
+    firing: list[dict[str, object]]
+    resolved: list[tuple[Any, dict[str, object]]]
+
+
+def _settle(
+    state: AlertState,
+    rules: Sequence[AlertRule],
+    outcomes: dict[str, Outcome],
+    number: int,
+    now: float,
+    file_error: Optional[str],
+    identity: str,
+    generator_base: str,
+    hold_s: float,
+) -> _Settled:
+    """The next state and everything the edges need from it (pure)."""
+    new_state, changes = evaluate(state, rules, outcomes, number, now)
+    firing: list[dict[str, object]] = []
+    resolved: list[tuple[Any, dict[str, object]]] = []
+    if generator_base:
+
+        def url(inst: Instance) -> str:
+            return generator_base + "?" + urllib.parse.urlencode({"alertname": inst.alertname})
+
+        firing = [
+            alertmanager_alert(i, url(i), now, hold_s)
+            for i in new_state.instances.values()
+            if i.state == FIRING
+        ]
+        resolved = [
+            (i.ident, alertmanager_alert(i, url(i), now, hold_s))
+            for i in changes
+            if i.state == RESOLVED and i.fired_epoch is not None
+        ]
+    return _Settled(
+        new_state,
+        table_rows(new_state, file_error),
+        [change_message(i, identity) for i in changes],
+        firing,
+        resolved,
+    )
 
 
 def _describe(failure: Failure, timeout_s: float) -> str:
