@@ -13,6 +13,8 @@ How evaluation stays out of everyone's way:
   (``slots``), so one slow rule does not hold the others, while normally
   only one reader thread does alert work (bench/alerts.py measured that
   gentler on client queries than two).
+- The state machine, the table rows and the messages are computed on a
+  background reader as well; the reactor only hands the results out.
 - If a round is still running when the next snapshot comes, that
   generation is skipped (logged); rounds never pile up.
 - The results go to the store for the *next* snapshot's
