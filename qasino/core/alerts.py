@@ -55,6 +55,8 @@ RULE_KEYS = frozenset({"alert", "sql", "for", "key", "labels", "annotations"})
 RESERVED_LABELS = frozenset({"alertname"})
 
 Labels = tuple[tuple[str, str], ...]
+
+_SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -129,7 +131,9 @@ def load_alerts_file(path: PathLike) -> list[AlertRule]:
 def parse_alerts_yaml(text: str) -> list[AlertRule]:
     """Parse a rules file's text; one AlertRule per list entry, in order."""
     try:
-        document = yaml.safe_load(text)
+        # libyaml's safe loader when PyYAML has it (10x faster: the file is
+        # parsed on the event loop), else the pure-Python safe loader.
+        document = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
