@@ -11,8 +11,8 @@ How evaluation stays out of everyone's way:
   with the same read-only guard and time limit as a client query. Rules
   run one at a time; a rule still running after 0.25 s opens a second lane
   (``slots``), so one slow rule does not hold the others, while normally
-  only one reader thread does alert work (bench/alerts.py measured that
-  gentler on client queries than two).
+  only one thread does alert work (on the shared 2-core machine one lane
+  disturbed client queries less than two in bench/alerts.py runs).
 - The state machine, the table rows and the messages are computed on a
   background reader as well; the reactor only hands the results out.
 - If a round is still running when the next snapshot comes, that
