@@ -133,10 +133,19 @@ class AlertsSource(ViewsSource):
     def load(self, path: str) -> list[Any]:
         return load_alerts_file(path)
 
+    def log_missing(self, where: str) -> None:
+        # No alerts file is the normal case (the default is optional).
+        log.info("no alerts file at {path}: no alerts", path=where)
+
+    def log_loaded(self, items: list[Any]) -> None:
+        broken = [rule for rule in items if rule.error]
+        for rule in broken:
+            log.warn("alert {name}: {error}", name=rule.alert, error=rule.error)
+
     def reload(self) -> bool:
         """Re-read the file now, changed or not (SIGHUP); True if it loaded.
         The rules apply from the next evaluation."""
-        self._stamp = (-1,)
+        self.forget()
         return self.poll()
 
     @property

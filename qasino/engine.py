@@ -140,7 +140,7 @@ class ViewsSource:
 
     A file that fails to parse keeps the previous views; the error is logged
     once per change. Subclasses watch other files the same way (the alerts
-    file) by overriding ``what`` and :meth:`load`.
+    file) by overriding ``what``, :meth:`load` and the two log hooks.
     """
 
     what = "views"
@@ -148,6 +148,7 @@ class ViewsSource:
     def __init__(self, path: Optional[str]) -> None:
         self.path = path
         self._stamp: Optional[tuple[int, ...]] = None
+        self._polled = False  # the first poll always reports what it found
         self.views: list[Any] = []
         self.last_error: Optional[str] = None
         # A fixed set (views_from) is handed to the store at the first poll.
@@ -156,6 +157,18 @@ class ViewsSource:
     def load(self, path: str) -> list[Any]:
         """Parse the file; raise a QasinoError if it cannot be used."""
         return load_views_file(path)
+
+    def forget(self) -> None:
+        """Make the next poll read the file even if it looks unchanged."""
+        self._stamp = None
+
+    def log_missing(self, where: str) -> None:
+        log.warn("views file {path} not found: no views (it is read when it appears)", path=where)
+
+    def log_loaded(self, items: list[Any]) -> None:
+        for view in items:
+            if view.warning:
+                log.warn("view {viewname}: {warning}", viewname=view.viewname, warning=view.warning)
 
     def poll(self) -> bool:
         """Reload if the file changed; return True if the views changed."""
@@ -172,21 +185,23 @@ class ViewsSource:
             )
         except OSError:
             stamp = None
-        if stamp == self._stamp:
+        if stamp == self._stamp and self._polled:
             return False
         self._stamp = stamp
+        self._polled = True
         if stamp is None:
+            where = os.path.abspath(self.path)
             if self.views:
                 log.warn(
                     "{what} file {path} is gone; keeping the last {what}",
                     what=self.what,
-                    path=self.path,
+                    path=where,
                 )
             else:
-                log.info("no {what} file at {path}; no {what}", what=self.what, path=self.path)
+                self.log_missing(where)
             return False
         try:
-            views = self.load(self.path)
+            items = self.load(self.path)
         except QasinoError as e:
             self.last_error = e.message
             log.error(
@@ -197,8 +212,9 @@ class ViewsSource:
             )
             return False
         self.last_error = None
-        self.views = views
-        log.info("loaded {n} {what} from {path}", n=len(views), what=self.what, path=self.path)
+        self.views = items
+        log.info("loaded {n} {what} from {path}", n=len(items), what=self.what, path=self.path)
+        self.log_loaded(items)
         return True
 
 
@@ -223,7 +239,10 @@ class Engine:
         self._generation_listeners: list[Callable[[SnapshotInfo], None]] = []
         # The AlertEvaluator, once the service has made one (web page, metrics).
         self.alerts: Optional[Any] = None
+        self._rotation_timers: list[Callable[[float], None]] = []
         self._snapshot_ms: Optional[float] = None
+        # Rotations done since this engine started (readiness needs one).
+        self.rotations = 0
         self.inline_max_cells = inline_max_cells
         self.inline_slice_s = inline_slice_s
         # Writes waiting for the one on the writer thread (see _write).
@@ -334,6 +353,27 @@ class Engine:
         """Call ``listener(info)`` on the reactor thread after each snapshot."""
         self._generation_listeners.append(listener)
 
+    def reload_views(self) -> Deferred[bool]:
+        """Read the views file now (SIGHUP), in order with the writes; the
+        views apply from the next snapshot. Fires True if they changed."""
+
+        def job() -> bool:
+            self.views.forget()
+            changed = self.views.poll()
+            if changed:
+                self.store.set_views(self.views.views)
+            return changed
+
+        return self._write(True, job)
+
+    def on_rotation_timed(self, listener: Callable[[float], None]) -> None:
+        """Call ``listener(seconds)`` on the reactor thread after each rotation."""
+        self._rotation_timers.append(listener)
+
+    def snapshot_age(self) -> float:
+        """Seconds since the snapshot being served was taken."""
+        return max(0.0, self._now() - self.store.snapshot_info().generation_start_epoch)
+
     def rotate(self) -> Deferred[SnapshotInfo]:
         """Snapshot now; fires with the new snapshot's info after listeners ran."""
         d = self._write(False, self._rotate_job, self._now())
@@ -354,6 +394,13 @@ class Engine:
 
     def _announce(self, info: SnapshotInfo) -> SnapshotInfo:
         took, self._snapshot_ms = self._snapshot_ms, None
+        if took is not None:
+            self.rotations += 1
+            for timer in list(self._rotation_timers):
+                try:
+                    timer(took / 1000)
+                except Exception:
+                    log.failure("rotation timer failed")
         log.info(
             "generation {number} is being served (duration {duration}s{took})",
             number=info.generation_number,

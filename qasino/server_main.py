@@ -7,18 +7,20 @@ import gc
 import sys
 import urllib.parse
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional, Union
 
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
-
+from qasino import __version__
+from qasino.config import parse_args as parse_config_args
+from qasino.config import render as render_config
 from qasino.core.errors import StoreError
-from qasino.service import ServerConfig, default_db_dir
+from qasino.logs import add_logging_arguments, start_logging
+from qasino.service import (
+    DEFAULT_HTPASSWD_FILE,
+    DEFAULT_KEYS_DIR,
+    REDIRECT_AUTO,
+    ServerConfig,
+    default_db_dir,
+)
 
 # gc.set_threshold: young collections every 50,000 net allocations instead
 # of 700, full ones a hundred times rarer than young ones.
@@ -29,26 +31,64 @@ def _port(text: str) -> Optional[int]:
     """A port number; 0 picks a free one; 'off' disables the listener."""
     if text.strip().lower() in ("off", "none", "-1"):
         return None
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port: give a number 1-65535, 0 (pick a free port) or off"
+        ) from None
     if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+        raise argparse.ArgumentTypeError(
+            f"{value} is out of range: give a number 1-65535, 0 (pick a free port) or off"
+        )
     return value
+
+
+# argparse names a type function in its error ("invalid _port value"); this
+# name is what a user reads instead.
+_port.__name__ = "port"
+
+
+def _port_help(what: str, default: Optional[int]) -> str:
+    shown = "off" if default is None else str(default)
+    return f"{what} port; 0 picks a free one (logged), off disables it (default {shown})"
+
+
+def _redirect_port(text: str) -> Union[int, str, None]:
+    """A port as for the listeners, or 'auto'."""
+    if text.strip().lower() == "auto":
+        return REDIRECT_AUTO
+    return _port(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qasino_server",
         description="Qasino stats server: merges tables published by many hosts "
-        "into one SQLite snapshot per generation and answers SQL about it.",
+        "into one SQLite snapshot per generation and answers SQL about it. "
+        "The protocol, publish formats and errors: docs/protocol.md in the Qasino source.",
     )
     d = ServerConfig()
-    p.add_argument("-i", "--identity", default="", help="server identity (default: hostname)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "-i",
+        "--identity",
+        default="",
+        help="server identity (default: the IP of eth0/eth1, else the MAC, as the original)",
+    )
     p.add_argument("--bind", default=d.bind, help="address to listen on (default %(default)s)")
     p.add_argument(
-        "-d", "--db-dir", default="", help=f"data directory (default {default_db_dir()})"
+        "-d",
+        "--db-dir",
+        default="",
+        help="data directory: generation files, the static DB and a lock file "
+        f"(one server per directory) (default {default_db_dir()})",
     )
     p.add_argument(
-        "-k", "--archive-db-dir", default=None, help="keep a copy of every retired snapshot here"
+        "-k",
+        "--archive-db-dir",
+        default=None,
+        help="keep a copy of every retired snapshot here (default: none kept)",
     )
     p.add_argument(
         "-g",
@@ -58,7 +98,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds per generation (default %(default)s)",
     )
     p.add_argument(
-        "-v", "--views-file", default=d.views_file, help="views YAML file (default %(default)s)"
+        "-v",
+        "--views-file",
+        default=d.views_file,
+        help="views YAML file, re-read when it changes; a missing file means no views "
+        "(default %(default)s in the working directory)",
+    )
+    p.add_argument(
+        "--line-port",
+        type=_port,
+        default=d.line_port,
+        help=_port_help("telnet line protocol (SQL in, text out)", d.line_port),
+    )
+    p.add_argument(
+        "--pubsub-port",
+        type=_port,
+        default=d.pubsub_port,
+        help=_port_help("ZeroMQ PUB generation signal", d.pubsub_port),
+    )
+    p.add_argument(
+        "--http-port",
+        type=_port,
+        default=d.http_port,
+        help=_port_help("HTTP API and web UI", d.http_port),
+    )
+    p.add_argument(
+        "--zmq-port",
+        type=_port,
+        default=d.zmq_port,
+        help=_port_help("ZeroMQ REP JSON RPC", d.zmq_port),
     )
     p.add_argument(
         "--alerts-file",
@@ -73,28 +141,69 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="send firing and resolved alerts to this Alertmanager (URL/api/v2/alerts); repeatable",
     )
-    p.add_argument("--line-port", type=_port, default=d.line_port)
-    p.add_argument("--pubsub-port", type=_port, default=d.pubsub_port)
-    p.add_argument("--http-port", type=_port, default=d.http_port)
-    p.add_argument("--zmq-port", type=_port, default=d.zmq_port)
     p.add_argument(
         "--https-port",
         type=_port,
         default=d.https_port,
-        help="HTTPS port, used when --tls-cert and --tls-key are given (default %(default)s)",
+        help=_port_help(
+            "HTTPS (API and web UI; with --tls-cert/--tls-key or the keys in --keys-dir)",
+            d.https_port,
+        ),
     )
-    p.add_argument("--tls-cert", default=None, help="PEM certificate (chain) for HTTPS")
-    p.add_argument("--tls-key", default=None, help="PEM private key for HTTPS")
+    p.add_argument(
+        "--tls-cert", default=None, help="PEM certificate (chain) for HTTPS (default: no HTTPS)"
+    )
+    p.add_argument("--tls-key", default=None, help="PEM private key for HTTPS (default: no HTTPS)")
     p.add_argument(
         "-p",
         "--htpasswd-file",
         default=None,
-        help="htpasswd file (bcrypt, apr1, SHA) for HTTP basic auth on the HTTPS listener",
+        help="htpasswd file (bcrypt, apr1, MD5-crypt, SHA, crypt) for HTTP basic auth on the "
+        "HTTPS listener; without HTTPS it protects nothing and a warning is logged "
+        f"(default {DEFAULT_HTPASSWD_FILE} when it exists)",
+    )
+    p.add_argument(
+        "-K",
+        "--keys-dir",
+        default=DEFAULT_KEYS_DIR,
+        help="the original's HTTPS set-up: with server.crt and server.key in this directory "
+        "and an htpasswd file, HTTPS with basic auth listens on --https-port "
+        "(default %(default)s; --tls-cert/--tls-key take precedence)",
+    )
+    p.add_argument(
+        "--redirect-port",
+        type=_redirect_port,
+        default=REDIRECT_AUTO,
+        help="plain HTTP port that redirects to HTTPS while HTTPS listens; 'auto' (the "
+        "default): port 80 when HTTPS comes from --keys-dir, as the original did, "
+        "otherwise off; a port that cannot be bound is logged and skipped",
+    )
+    original = p.add_argument_group(
+        "accepted for the original's start scripts", "these change nothing; each logs one line"
+    )
+    original.add_argument(
+        "-f",
+        "--db-file",
+        default=None,
+        help="ignored: generation files are kept under DB_DIR/generations (default: none)",
+    )
+    original.add_argument(
+        "-s",
+        "--static-content-dir",
+        default=None,
+        help="ignored: the web UI's assets are built in (default: none)",
+    )
+    original.add_argument(
+        "-t",
+        "--templates-dir",
+        default=None,
+        help="ignored: the web UI's templates are built in (default: none)",
     )
     p.add_argument(
         "--http-loopback-only",
         action="store_true",
-        help="bind the plain HTTP listener to 127.0.0.1 only (use --http-port off to disable it)",
+        help="bind the plain HTTP listener to 127.0.0.1 only (use --http-port off to "
+        "disable it) (default: off, HTTP listens on --bind)",
     )
     limits = p.add_argument_group("limits")
     limits.add_argument(
@@ -151,11 +260,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.max_connections,
         help="concurrent connections per TCP listener; 0 = no limit (default %(default)s)",
     )
-    p.add_argument("--reader-threads", type=int, default=d.reader_threads)
     p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warn", "error", "critical"],
+        "--reader-threads",
+        type=int,
+        default=d.reader_threads,
+        help="threads answering queries at once, each with its own SQLite connection "
+        "(default %(default)s)",
+    )
+    add_logging_arguments(p)
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="TOML file of settings: keys are the long flags with _ for - "
+        "(http_port = 15597); env QASINO_<FLAG> overrides it, a flag overrides both",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings (secrets masked) and exit",
     )
     return p
 
@@ -193,6 +316,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         htpasswd_file=args.htpasswd_file,
+        keys_dir=args.keys_dir,
+        redirect_port=args.redirect_port,
         http_loopback_only=args.http_loopback_only,
         max_table_rows=args.max_table_rows,
         max_table_columns=args.max_table_columns,
@@ -202,16 +327,27 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     ).resolved()
 
 
-def start_logging(level: str) -> None:
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [predicate])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse_config_args(parser, argv)
+    if args.print_config:
+        sys.stdout.write(render_config(parser, args))
+        return 0
     config = config_from_args(args)
-    start_logging(args.log_level)
+    # One server per --db-dir, decided before anything (logging included)
+    # happens: a second server exits with one line and touches nothing.
+    from qasino.store.lock import DataDirLock
+
+    try:
+        dir_lock = DataDirLock.acquire(config.db_dir)
+    except StoreError as e:
+        sys.stderr.write(f"qasino_server: {e.message}\n")
+        return 1
+    try:
+        log_file = start_logging(args.log_level, args.log_format, args.log_file)
+    except OSError as e:
+        sys.stderr.write(f"qasino_server: cannot open the log file: {e}\n")
+        return 1
     # Reader threads hand the GIL back and forth with the busy reactor; a
     # shorter switch interval keeps query latency down under ingest.
     sys.setswitchinterval(0.001)
@@ -226,6 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from qasino.service import make_service
 
+    stop_on_early_sigterm(reactor)
     log = Logger(namespace="qasino.server")
     log.info(
         "qasino_server {identity} starting: db dir {db_dir}, generation {duration}s",
@@ -233,10 +370,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         db_dir=config.db_dir,
         duration=config.generation_duration_s,
     )
+    for flag, value, meaning in (
+        ("-f/--db-file", args.db_file, "generation files are kept under DB_DIR/generations"),
+        ("-s/--static-content-dir", args.static_content_dir, "the web UI's assets are built in"),
+        ("-t/--templates-dir", args.templates_dir, "the web UI's templates are built in"),
+    ):
+        if value is not None:
+            log.info(
+                "{flag} {value} is accepted and ignored: {meaning}",
+                flag=flag,
+                value=value,
+                meaning=meaning,
+            )
     from qasino.frontends.tls import TLSConfigError
 
     try:
-        server = make_service(config, reactor)
+        server = make_service(config, reactor, dir_lock=dir_lock)
     except StoreError as e:
         sys.stderr.write(f"qasino_server: {e.message}\n")
         return 1
@@ -257,15 +406,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             d.addBoth(lambda _: reactor.stop())
 
         reactor.callWhenRunning(shut_down)
-        reactor.run(installSignalHandlers=False)
+        reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    if log_file is not None:
+        server.reload_hooks.append(log_file.reopen)  # logrotate: move, then SIGHUP
+    install_sighup(reactor, server)
     # What start-up built lives as long as the process: keep it out of the
     # cyclic GC's full collections.
     gc.freeze()
     reactor.run()
     log.info("qasino_server stopped")
     return 0
+
+
+def stop_on_early_sigterm(reactor: Any) -> None:
+    """A SIGTERM that comes between start-up and reactor.run (which installs
+    Twisted's own handler) still stops cleanly, exit 0."""
+    import signal
+
+    def on_term(signum: int, frame: object) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def install_sighup(reactor: Any, server: Any) -> None:
+    """SIGHUP reloads (``server.reload``) instead of ending the process."""
+    import signal
+
+    if not hasattr(signal, "SIGHUP"):
+        return
+
+    def on_hup(signum: int, frame: object) -> None:
+        reactor.callFromThread(server.reload)
+
+    signal.signal(signal.SIGHUP, on_hup)
 
 
 if __name__ == "__main__":
