@@ -170,6 +170,10 @@ def test_alert_fires_reaches_alertmanager_is_resent_and_resolves(
         assert shown["table"]["column_names"][:2] == ["alertname", "state"]
         assert ["DiskAlmostFull", "firing"] in [r[:2] for r in rows_of(shown)]
 
+        metrics = http_request(alert_server.ports["http"], "GET", "/metrics").body.decode()
+        assert 'qasino_alerts{alertname="DiskAlmostFull",state="firing"} 1.0' in metrics
+        assert 'qasino_alerts{alertname="NoSuchTable",state="error"} 1.0' in metrics
+
         page = http_request(alert_server.ports["http"], "GET", "/alerts")
         assert page.status == 200 and b"h1:/ is 95% full" in page.body
         assert b"firing" in page.body
@@ -271,3 +275,18 @@ def test_a_slow_alert_is_stopped_at_the_query_time_limit_and_holds_nothing(
     for n in range(3):
         assert rows_of(http_query(http, "SELECT 1"))[0] == ["1"]
         assert proc.wait_generation(after=first + n)["generation_number"] > first + n
+
+
+def test_sighup_reloads_the_alerts_file_at_once(start_server: Any) -> None:
+    import signal
+
+    proc = start_server("sighup", generation_s=600)
+    rules = proc.workdir / "alerts.yaml"
+    rules.write_text("- alert: First\n  sql: SELECT 1 AS one\n")
+    proc.start()
+    proc.wait_log(r"loaded 1 alerts from alerts\.yaml")
+    rules.write_text("- alert: A\n  sql: SELECT 1 AS a\n- alert: B\n  sql: SELECT 2 AS b\n")
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGHUP)
+    # No rotation comes for 600 s: only the signal can have read it.
+    proc.wait_log(r"loaded 2 alerts from alerts\.yaml")
