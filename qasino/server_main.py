@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="URL",
-        help="send firing and resolved alerts to this Alertmanager (URL/api/v2/alerts); repeatable",
+        help="send firing and resolved alerts to this Alertmanager (URL/api/v2/alerts); "
+        "repeatable (default: none)",
     )
     p.add_argument(
         "--https-port",
