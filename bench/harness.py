@@ -44,11 +44,13 @@ class Scale:
     rotation_big_rows: int  # the one-big-table scenario
     rotation_generation_s: float  # many tables
     rotation_big_generation_s: float
+    alerts_generation_s: float = 4.0  # 200 alerts over 100,000 rows
+    alerts_rounds: int = 3
 
     def with_rounds(self, rounds: Optional[int]) -> Scale:
         if not rounds:
             return self
-        return replace(self, rounds=rounds, heavy_rounds=rounds)
+        return replace(self, rounds=rounds, heavy_rounds=rounds, alerts_rounds=rounds)
 
 
 FULL = Scale(
@@ -87,6 +89,8 @@ QUICK = Scale(
     rotation_big_rows=100_000,
     rotation_generation_s=1.2,
     rotation_big_generation_s=1.5,
+    alerts_generation_s=3.0,
+    alerts_rounds=1,
 )
 
 

@@ -206,6 +206,20 @@ def targets(big_rotation_case: str = "1x1000000") -> list[Target]:
         ),
         Target("query_p99_during_ingest", ("query_p99_ms", None), 50.0, "< 50 ms", at_most=True),
         Target(
+            "alerts_query_p99_while_evaluating",
+            ("alerts_query_p99_ms", None),
+            50.0,
+            "< 50 ms",
+            at_most=True,
+        ),
+        Target(
+            "alerts_rotation_pause_while_evaluating",
+            ("alerts_rotation_query_pause_ms", None),
+            20.0,
+            "< 20 ms",
+            at_most=True,
+        ),
+        Target(
             "query_json_rows_per_s",
             ("query_json_rows_per_s", None),
             600_000.0,

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Optional
 
-from bench import ceilings, daemon, history, ingest, query, rotation
+from bench import alerts, ceilings, daemon, history, ingest, query, rotation
 from bench.harness import FULL, QUICK, Scale, Workers
 from bench.report import Results, render_table, summary_json
 
@@ -51,6 +51,7 @@ PHASE_KEYS = {
         "history_disk_mb_per_generation",
         "history_rss_mb",
     ),
+    "alerts": ("alerts_eval_ms", "alerts_query_p99_ms", "alerts_rotation_query_pause_ms"),
 }
 ALL_KEYS = tuple(k for keys in PHASE_KEYS.values() for k in keys)
 # The ceilings a figure's ratio needs, run along with it.
@@ -163,6 +164,8 @@ def run_phases(run: Run) -> None:
         phase(run, "rotation", lambda: rotation.measure_rotation(w, s, r, rss))
     if run.wants(*PHASE_KEYS["history"]):
         phase(run, "history", lambda: history.measure_history(w, s, r))
+    if run.wants(*PHASE_KEYS["alerts"]):
+        phase(run, "alerts", lambda: alerts.measure_alerts(w, s, r))
     rounds = {key: len(r.figures[(key, None)].values) for key in before if before[key]}
     measure_ceilings(run, " (again)")
     r.details["ceiling_drift"] = {

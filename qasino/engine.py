@@ -11,6 +11,7 @@ that fire on the reactor thread.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from qasino.core.errors import QasinoError, ViewsFileError
+from qasino.core.errors import QasinoError
 from qasino.core.model import Publish, Result, ViewDef
 from qasino.core.views import load_views_file
 from qasino.store.query import RowStream
@@ -52,13 +53,47 @@ class Runner(Protocol):
     def stop(self) -> None: ...
 
 
-class ThreadRunner:
-    """One writer thread (a queue, in order) and a pool of reader threads."""
+# Background readers (alert evaluation) run at this much lower CPU priority
+# (a nice increment), so under CPU contention client queries, publishes and
+# rotations win (bench/alerts.py).
+BACKGROUND_NICE = int(os.environ.get("QASINO_BACKGROUND_NICE", "10"))
 
-    def __init__(self, reactor: IReactorThreads, readers: int = 4) -> None:
+
+def _lower_thread_priority() -> None:
+    """Renice the calling thread (Linux: a thread is a task with its own
+    nice value); best effort, once per thread."""
+    if getattr(_thread_state, "niced", False):
+        return
+    _thread_state.niced = True
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except (OSError, AttributeError):
+        pass
+
+
+_thread_state = threading.local()
+
+
+class ThreadRunner:
+    """One writer thread (a queue, in order), a pool of reader threads, and
+    a small pool of low-priority background readers (alerts)."""
+
+    def __init__(self, reactor: IReactorThreads, readers: int = 4, background: int = 2) -> None:
         self.reactor = reactor
         self.writer = ThreadPool(minthreads=1, maxthreads=1, name="qasino-writer")
         self.reader = ThreadPool(minthreads=1, maxthreads=readers, name="qasino-reader")
+        self.background = ThreadPool(
+            minthreads=0, maxthreads=max(1, background), name="qasino-background-reader"
+        )
+
+    def read_background(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """A read on a background reader thread (lower CPU priority)."""
+
+        def job() -> T:
+            _lower_thread_priority()
+            return fn(*args)
+
+        return deferToThreadPool(self.reactor, self.background, job)
 
     def write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         return deferToThreadPool(self.reactor, self.writer, fn, *args)
@@ -69,11 +104,13 @@ class ThreadRunner:
     def start(self) -> None:
         self.writer.start()
         self.reader.start()
+        self.background.start()
 
     def stop(self) -> None:
         # ThreadPool.stop lets queued work finish before the threads exit.
         self.writer.stop()
         self.reader.stop()
+        self.background.stop()
 
 
 def run_now(fn: Callable[..., T], *args: Any) -> Deferred[T]:
@@ -103,21 +140,36 @@ class ViewsSource:
     """The views file, re-read when its modification time or size changes.
 
     A file that fails to parse keeps the previous views; the error is logged
-    once per change.
+    once per change. Subclasses watch other files the same way (the alerts
+    file) by overriding ``what``, :meth:`load` and the two log hooks.
     """
+
+    what = "views"
 
     def __init__(self, path: Optional[str]) -> None:
         self.path = path
         self._stamp: Optional[tuple[int, ...]] = None
         self._polled = False  # the first poll always reports what it found
-        self.views: list[ViewDef] = []
+        self.views: list[Any] = []
         self.last_error: Optional[str] = None
         # A fixed set (views_from) is handed to the store at the first poll.
         self._fixed_pending = False
 
+    def load(self, path: str) -> list[Any]:
+        """Parse the file; raise a QasinoError if it cannot be used."""
+        return load_views_file(path)
+
     def forget(self) -> None:
         """Make the next poll read the file even if it looks unchanged."""
         self._stamp = None
+
+    def log_missing(self, where: str) -> None:
+        log.warn("views file {path} not found: no views (it is read when it appears)", path=where)
+
+    def log_loaded(self, items: list[Any]) -> None:
+        for view in items:
+            if view.warning:
+                log.warn("view {viewname}: {warning}", viewname=view.viewname, warning=view.warning)
 
     def poll(self) -> bool:
         """Reload if the file changed; return True if the views changed."""
@@ -141,29 +193,29 @@ class ViewsSource:
         if stamp is None:
             where = os.path.abspath(self.path)
             if self.views:
-                log.warn("views file {path} is gone; keeping the last views", path=where)
-            else:
                 log.warn(
-                    "views file {path} not found: no views (it is read when it appears)",
+                    "{what} file {path} is gone; keeping the last {what}",
+                    what=self.what,
                     path=where,
                 )
+            else:
+                self.log_missing(where)
             return False
         try:
-            views = load_views_file(self.path)
-        except ViewsFileError as e:
+            items = self.load(self.path)
+        except QasinoError as e:
             self.last_error = e.message
             log.error(
-                "views file {path} not loaded, keeping the last good views: {error}",
+                "{what} file {path} not loaded, keeping the last good {what}: {error}",
+                what=self.what,
                 path=self.path,
                 error=e.message,
             )
             return False
         self.last_error = None
-        self.views = views
-        log.info("loaded {n} views from {path}", n=len(views), path=self.path)
-        for view in views:
-            if view.warning:
-                log.warn("view {viewname}: {warning}", viewname=view.viewname, warning=view.warning)
+        self.views = items
+        log.info("loaded {n} {what} from {path}", n=len(items), what=self.what, path=self.path)
+        self.log_loaded(items)
         return True
 
 
@@ -186,6 +238,8 @@ class Engine:
         self.identity = identity
         self.views = views or ViewsSource(None)
         self._generation_listeners: list[Callable[[SnapshotInfo], None]] = []
+        # The AlertEvaluator, once the service has made one (web page, metrics).
+        self.alerts: Optional[Any] = None
         self._rotation_timers: list[Callable[[float], None]] = []
         self._snapshot_ms: Optional[float] = None
         # Rotations done since this engine started (readiness needs one).

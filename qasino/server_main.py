@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -163,6 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
         "generation_number column (default %(default)s: off)",
     )
     p.add_argument(
+        "--alerts-file",
+        default=d.alerts_file,
+        help="alert rules YAML file, watched and reloaded (default %(default)s; "
+        "none if it does not exist)",
+    )
+    p.add_argument(
+        "--alertmanager-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="send firing and resolved alerts to this Alertmanager (URL/api/v2/alerts); "
+        "repeatable (default: none)",
+    )
+    p.add_argument(
         "--https-port",
         type=_port,
         default=d.https_port,
@@ -317,6 +332,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise SystemExit("qasino_server: --generation-duration must be positive")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("qasino_server: --tls-cert and --tls-key go together")
+    for url in args.alertmanager_url:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise SystemExit(
+                f"qasino_server: --alertmanager-url {url!r} must be http(s)://HOST[:PORT][/PATH]"
+            )
     return ServerConfig(
         identity=args.identity,
         bind=args.bind,
@@ -324,6 +345,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         archive_db_dir=args.archive_db_dir,
         generation_duration_s=args.generation_duration,
         views_file=args.views_file,
+        alerts_file=args.alerts_file or None,
+        alertmanager_urls=tuple(args.alertmanager_url),
         line_port=args.line_port,
         pubsub_port=args.pubsub_port,
         http_port=args.http_port,

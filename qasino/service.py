@@ -8,6 +8,7 @@ first, then the store, then the ZeroMQ sockets.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional, Union, cast
@@ -23,6 +24,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 from zope.interface import alsoProvides
 
+from qasino.alerting import AlertEvaluator, AlertsSource
 from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFAULT_MAX_ROWS
 from qasino.engine import Engine, EngineService, ThreadRunner, ViewsSource
 from qasino.frontends.http import DEFAULT_MAX_BODY_BYTES, make_site
@@ -75,6 +77,8 @@ class ServerConfig:
     archive_db_dir: Optional[str] = None
     generation_duration_s: float = 30.0
     views_file: Optional[str] = "views.conf"
+    alerts_file: Optional[str] = "alerts.yaml"
+    alertmanager_urls: tuple[str, ...] = ()
     line_port: Optional[int] = 15000
     pubsub_port: Optional[int] = 15596
     http_port: Optional[int] = 15597
@@ -280,7 +284,11 @@ class QasinoServer(MultiService):
             dir_lock=dir_lock,
         )
         self.engine = Engine(
-            store, ThreadRunner(reactor, config.reader_threads), reactor, config.identity, views
+            store,
+            ThreadRunner(reactor, config.reader_threads, background=2),
+            reactor,
+            config.identity,
+            views,
         )
         self.dispatcher = Dispatcher(
             self.engine,
@@ -309,6 +317,24 @@ class QasinoServer(MultiService):
             lambda info: self.zmq.publish_generation(
                 info.filling_number, info.generation_duration_s
             )
+        )
+        alerts_source = AlertsSource(config.alerts_file)
+        alerts_source.poll()
+        self.alerts = AlertEvaluator(
+            self.engine,
+            alerts_source,
+            slots=2,
+            alertmanager_urls=config.alertmanager_urls,
+            publish=self.zmq.publish_alert,
+            generator_url=self._alerts_url,
+        )
+        self.engine.alerts = self.alerts
+        # After the generation signal: evaluation starts once the snapshot
+        # is announced, on the readers.
+        self.engine.on_generation(self.alerts.on_generation)
+        self.reload_hooks.append(self.reload_alerts)
+        self.metrics.set_alerts_provider(
+            lambda: [(name, state, n) for (name, state), n in sorted(self.alerts.counts().items())]
         )
         self.http: Optional[TCPListenService] = None
         self.line: Optional[TCPListenService] = None
@@ -436,6 +462,27 @@ class QasinoServer(MultiService):
             max_connections=config.max_connections,
             optional=optional,
         )
+
+    def alert_counts(self) -> dict[tuple[str, str], int]:
+        """Alert instances per (alertname, state), errors included: the
+        values of the ``qasino_alerts{alertname,state}`` metric (hook for
+        /metrics)."""
+        return self.alerts.counts()
+
+    def reload_alerts(self) -> bool:
+        """Re-read the alerts file now (hook for SIGHUP); True if it loaded."""
+        return self.alerts.reload()
+
+    def _alerts_url(self) -> str:
+        """The generatorURL of alerts: this server's /alerts page."""
+        if self.http is not None:
+            scheme, port = "http", self.http.port
+        elif self.https is not None:
+            scheme, port = "https", self.https.port
+        else:
+            scheme, port = "http", 0
+        host = urllib.parse.quote(self.config.identity or "localhost", safe=".-_")
+        return f"{scheme}://{host}:{port}/alerts" if port else f"http://{host}/alerts"
 
     def reload(self) -> Deferred[None]:
         """SIGHUP: read the TLS certificate and key, the htpasswd file and

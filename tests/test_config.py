@@ -112,8 +112,7 @@ def tomllib_dump_free(text: str) -> str:
 
 
 def test_print_config_masks_secrets() -> None:
-    parser = build_parser()
-    parser.add_argument("--alertmanager-url", action="append", default=[])
+    parser = build_parser()  # --alertmanager-url is the server's own flag
     parser.add_argument("--nats-password", default=None)
     args = parse_args(
         parser,
@@ -127,8 +126,7 @@ def test_print_config_masks_secrets() -> None:
 
 
 def test_a_flag_added_later_gets_file_and_env_support(tmp_path: Path) -> None:
-    parser = build_parser()  # --keep-stale is a real flag now (issue 15)
-    parser.add_argument("--alertmanager-url", action="append", default=[])
+    parser = build_parser()  # --keep-stale and --alertmanager-url are real flags
     path = write(tmp_path, 'keep_stale = 3\nalertmanager_url = ["http://a", "http://b"]\n')
     args = parse_args(parser, ["--config", path], {"QASINO_KEEP_STALE": "4"})
     assert args.keep_stale == 4

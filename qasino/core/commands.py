@@ -95,6 +95,13 @@ HISTORY_PREFIX = "history."
 
 SHOW_VIEWS_SQL = "SELECT viewname, loaded, errormsg FROM qasino_server_views ORDER BY viewname"
 
+SHOW_ALERTS_SQL = (
+    "SELECT alertname, state, labels, annotations, active_since_epoch,"
+    " datetime(active_since_epoch, 'unixepoch') AS active_since_datetime,"
+    " last_eval_epoch, error"
+    " FROM qasino_server_alerts ORDER BY alertname, labels"
+)
+
 DESC_VIEW_SQL = 'SELECT "view" FROM qasino_server_views WHERE viewname = ? COLLATE NOCASE'
 
 _FIRST_WORD_RE = re.compile(r"[A-Za-z_]+")
@@ -111,7 +118,7 @@ class Command:
     """One classified client statement.
 
     ``kind`` is one of "select", "show_tables", "show_connections",
-    "show_info", "show_views", "show_identities", "desc_table", "desc_view". ``sql`` is what
+    "show_info", "show_views", "show_identities", "show_alerts", "desc_table", "desc_view". ``sql`` is what
     the store runs (empty for "desc_table": the store answers it from its
     schema), with ``params`` bound to it. ``name`` is the checked target of
     DESC / DESC VIEW.
@@ -185,6 +192,8 @@ def _parse_show(body: str) -> Command:
         return Command(kind="show_views", sql=SHOW_VIEWS_SQL)
     if what == "identities":
         return Command(kind="show_identities", sql=SHOW_IDENTITIES_SQL)
+    if what == "alerts":
+        return Command(kind="show_alerts", sql=SHOW_ALERTS_SQL)
     raise QueryError(_show_usage())
 
 
@@ -210,7 +219,7 @@ def _show_tables(rest: str) -> Command:
 def _show_usage() -> str:
     return (
         "Unrecognized SHOW statement: use SHOW tables [LIKE 'pattern'], connections,"
-        " identities, info or views"
+        " identities, info, views or alerts"
     )
 
 

@@ -49,3 +49,7 @@ class ViewsFileError(QasinoError):
 
 class StoreError(QasinoError):
     """The storage layer failed (disk full, read-only disk, ...)."""
+
+
+class AlertsFileError(QasinoError):
+    """The alerts file could not be read or parsed; the previous rules stay."""

@@ -29,6 +29,7 @@ INTERNAL_TABLE_NAMES = frozenset(
         "qasino_server_views",
         "qasino_server_sql_stats",
         "qasino_server_update_stats",
+        "qasino_server_alerts",
     }
 )
 

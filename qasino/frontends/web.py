@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import json
 import urllib.parse
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -386,6 +387,39 @@ class QueryPage(Page):
         return self.dispatcher.query_result(sql).addCallbacks(shown, failed)
 
 
+class AlertsPage(Page):
+    """Every alert instance (pending, firing, resolved) and every rule that
+    could not be evaluated, as of the last evaluation (live, not the
+    snapshot's qasino_server_alerts, which lags one generation)."""
+
+    template = "alerts.html"
+    active = "alerts"
+
+    def context(self, request: server.Request, args: dict[str, str]) -> Context:
+        evaluator = getattr(self.dispatcher.engine, "alerts", None)
+        page: Context = {"title": "Alerts", "alerts": [], "errors": [], "evaluated": None}
+        if evaluator is None:
+            return page
+        wanted = args.get("alertname", "")
+        for name, labels, state, since, _last, notes, error in evaluator.rows():
+            if wanted and name != wanted:
+                continue
+            row = {
+                "alertname": name,
+                "labels": json.loads(str(labels)),
+                "state": state,
+                "since": format_utc(since) if since is not None else "",
+                "annotations": json.loads(str(notes)),
+                "error": error,
+            }
+            (page["errors"] if state == "error" else page["alerts"]).append(row)
+        page["alertname"] = wanted
+        page["rules"] = len(evaluator.source.rules)
+        if evaluator.rounds:
+            page["evaluated"] = format_utc(evaluator.state.last_eval_epoch)
+        return page
+
+
 class NotFoundPage(Resource):
     """404, as a page of the UI."""
 
@@ -433,5 +467,6 @@ def install_web_ui(root: Resource, dispatcher: Dispatcher) -> Resource:
     root.putChild(b"connections", ConnectionsPage(ui))
     root.putChild(b"identities", IdentitiesPage(ui))
     root.putChild(b"views", ViewsPage(ui))
+    root.putChild(b"alerts", AlertsPage(ui))
     root.putChild(b"static", StaticFiles(static_dir()))
     return NotFoundPage(ui)

@@ -20,6 +20,7 @@ from qasino.ops import Dispatcher, Reply, decode_body, encode_json
 log = Logger(namespace="qasino.zmq")
 
 GENSIG_TAG = b"GENSIG"
+ALERT_TAG = b"ALERT"
 
 
 def zmq_address(host: str, port: int) -> str:
@@ -187,6 +188,12 @@ class ZmqServices(Service):
             }
         )
         self.pub.publish(body, GENSIG_TAG)
+
+    def publish_alert(self, message: dict[str, object]) -> None:
+        """Send one alert state change: ``b"ALERT\\x00" + JSON``."""
+        if self.pub is None or self.pub.socket is None:
+            return
+        self.pub.publish(encode_json(message), ALERT_TAG)
 
     def stopService(self) -> None:
         super().stopService()

@@ -64,6 +64,16 @@ INTERNAL_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("nr_rows", "INTEGER"),
         ("age_generations", "INTEGER"),
     ),
+    # The alerts as of the last evaluation (of the snapshot before this one).
+    "qasino_server_alerts": (
+        ("alertname", "TEXT"),
+        ("labels", "TEXT"),
+        ("state", "TEXT"),
+        ("active_since_epoch", "REAL"),
+        ("last_eval_epoch", "REAL"),
+        ("annotations", "TEXT"),
+        ("error", "TEXT"),
+    ),
 }
 
 
@@ -90,6 +100,7 @@ class GenerationReport:
     update_stats: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
     identities: Sequence[tuple[object, ...]] = ()
     table_identities: Sequence[tuple[object, ...]] = ()
+    alerts: list[tuple[object, ...]] = field(default_factory=list)
 
 
 def _create(conn: apsw.Connection, name: str) -> None:
@@ -121,6 +132,7 @@ def write_internal_tables(conn: apsw.Connection, report: GenerationReport) -> No
         "qasino_server_update_stats": [report.update_stats],
         "qasino_server_identities": list(report.identities),
         "qasino_server_table_identities": list(report.table_identities),
+        "qasino_server_alerts": list(report.alerts),
     }
     entries: list[tuple[object, ...]] = [
         (t.tablename, t.nr_rows, t.nr_updates, t.last_update_epoch, int(t.static))

@@ -395,6 +395,7 @@ class Store:
         self.persisted = PersistRegistry()
         self._lock = threading.Lock()
         self._views: tuple[ViewDef, ...] = tuple(views)
+        self._alert_rows: list[tuple[object, ...]] = []
         self._last_number = 0
         self._closed = False
         self._seq = -1
@@ -756,6 +757,11 @@ class Store:
         with self._lock:
             self._views = tuple(views)
 
+    def set_alert_rows(self, rows: Sequence[tuple[object, ...]]) -> None:
+        """The rows of qasino_server_alerts for the next snapshot (any thread)."""
+        with self._lock:
+            self._alert_rows = list(rows)
+
     def rotate(self, now: float) -> SnapshotInfo:
         """Snapshot the writer generation and start a new one.
 
@@ -779,10 +785,12 @@ class Store:
     def _rotate(self, gen: WriterGeneration, now: float) -> SnapshotInfo:
         with self._lock:
             views = self._views
+            alert_rows = self._alert_rows
         report = GenerationReport(
             generation_number=gen.file.number,
             generation_duration_s=self.config.generation_duration_s,
             generation_start_epoch=now,
+            alerts=alert_rows,
         )
         if self.config.keep_stale > 0:
             self._carry_stale(gen, now)
@@ -1123,30 +1131,66 @@ class Store:
         self.counters.add(sql_completed=1)
         return result
 
-    @contextlib.contextmanager
-    def _borrow(self, use_write_db: bool) -> Iterator[tuple[GenFile, apsw.Connection]]:
-        """A read-only connection on the snapshot (or the writer generation),
-        held until the block ends; a retired file is disposed of after its
-        last reader."""
+    def pin_snapshot(self) -> GenFile:
+        """Keep the snapshot served now readable until :meth:`unpin`, even
+        after later rotations (alert evaluation reads one snapshot)."""
+        with self._lock:
+            gen_file = self._snapshot
+            assert gen_file is not None
+            gen_file.refs += 1
+        return gen_file
+
+    def pin_again(self, gen_file: GenFile) -> None:
+        with self._lock:
+            gen_file.refs += 1
+
+    def unpin(self, gen_file: GenFile) -> None:
+        """Stop counting a reader of ``gen_file``; remove it if it is no
+        longer served, kept in the history window or read."""
+        with self._lock:
+            gen_file.refs -= 1
+            dispose = gen_file.retired and gen_file.refs == 0 and not gen_file.kept
+        if dispose:
+            self._dispose(gen_file)
+
+    def query_pinned(self, gen_file: GenFile, sql: str) -> Result:
+        """Run one client-style SELECT (same guard and limits as a query) on a
+        pinned snapshot; not counted in the sql stats."""
+        command = parse_command(sql)
+        if command.kind != "select":
+            raise QueryError("only a SELECT can be run here")
+        self.pin_again(gen_file)
+        return self._run_on(gen_file, command)
+
+    def _pick(self, use_write_db: bool) -> GenFile:
+        """The snapshot (or the writer generation), its reader counted."""
         with self._lock:
             gen_file = self._writer.file if use_write_db else self._snapshot
             assert gen_file is not None
             gen_file.refs += 1
+        return gen_file
+
+    @contextlib.contextmanager
+    def _borrow(self, gen_file: GenFile) -> Iterator[apsw.Connection]:
+        """A read-only connection on ``gen_file``, whose refs the caller
+        raised, held until the block ends; then the reader is uncounted
+        (a retired file is disposed of after its last reader)."""
         try:
             version, conn = gen_file.take()
             try:
-                yield gen_file, conn
+                yield conn
             finally:
                 gen_file.give_back(version, conn)
         finally:
-            with self._lock:
-                gen_file.refs -= 1
-                dispose = gen_file.retired and gen_file.refs == 0 and not gen_file.kept
-            if dispose:
-                self._dispose(gen_file)
+            self.unpin(gen_file)
 
     def _run(self, command: Command, use_write_db: bool, sink: Optional[Sink] = None) -> Result:
-        with self._borrow(use_write_db) as (gen_file, conn):
+        return self._run_on(self._pick(use_write_db), command, sink)
+
+    def _run_on(self, gen_file: GenFile, command: Command, sink: Optional[Sink] = None) -> Result:
+        """Run ``command`` on ``gen_file``, whose refs the caller raised
+        (this lowers them again)."""
+        with self._borrow(gen_file) as conn:
             sql, window = command.sql, None
             if self.config.history > 0:
                 sql, window = self._open_history(command, gen_file, conn)
@@ -1191,18 +1235,13 @@ class Store:
         self.counters.add(sql_received=1)
         try:
             command = parse_command(text)
-            with self._borrow(use_write_db) as (gen_file, conn):
+            gen_file = self._pick(use_write_db)
+            with self._borrow(gen_file) as conn:
                 sql, window = command.sql, None
                 if self.config.history > 0 and command.kind != "desc_table":
                     sql, window = self._open_history(command, gen_file, conn)
                 try:
-                    if command.kind in (
-                        "select",
-                        "show_tables",
-                        "show_connections",
-                        "show_info",
-                        "show_views",
-                    ):
+                    if command.kind.startswith("show_") or command.kind == "select":
                         stream = open_stream(
                             conn,
                             sql,

@@ -30,6 +30,7 @@ INTERNAL_TABLES = (
     "qasino_server_table_identities",
     "qasino_server_tables",
     "qasino_server_update_stats",
+    "qasino_server_alerts",
     "qasino_server_views",
 )
 
@@ -672,12 +673,13 @@ def test_internal_tables_describe_the_generation(store: Store) -> None:
             ("s", 1, 1, NOW + 4, 1),
             ("t", 3, 2, NOW + 2, 0),
             ("u", 1, 1, NOW + 3, 0),
+            ("qasino_server_alerts", 0, 1, NOW + 30, 0),
             ("qasino_server_connections", 3, 1, NOW + 30, 0),
             ("qasino_server_identities", 3, 1, NOW + 30, 0),
             ("qasino_server_info", 1, 1, NOW + 30, 0),
             ("qasino_server_sql_stats", 1, 1, NOW + 30, 0),
             ("qasino_server_table_identities", 4, 1, NOW + 30, 0),
-            ("qasino_server_tables", 11, 1, NOW + 30, 0),
+            ("qasino_server_tables", 12, 1, NOW + 30, 0),
             ("qasino_server_update_stats", 1, 1, NOW + 30, 0),
             ("qasino_server_views", 0, 1, NOW + 30, 0),
         ]

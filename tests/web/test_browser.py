@@ -69,8 +69,17 @@ ALL_PAGES = [
     "/query?sql=SELECT+1",
     "/connections",
     "/views",
+    "/alerts",
     "/no-such-page",
 ]
+ALERTS_YAML = """
+- alert: WebHot
+  sql: SELECT host, cpu FROM web_hosts WHERE cpu > 100
+  key: host
+  annotations: {summary: "{host} at {cpu}% <b>hot</b>"}
+- alert: WebBroken
+  sql: SELECT x FROM web_no_such_table
+"""
 VIEWS_YAML = """
 - viewname: web_busy
   view: CREATE VIEW web_busy AS SELECT host, cpu FROM web_hosts WHERE cpu > 20
@@ -88,6 +97,7 @@ class LiveServer(QasinoProcess):
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir, workdir_flags(workdir, views_text=VIEWS_YAML))
+        (workdir / "alerts.yaml").write_text(ALERTS_YAML)  # the default --alerts-file
         self.first_generation = 0  # the generation that first served the test data
 
     @property
@@ -388,6 +398,22 @@ def test_views_page_shows_the_loaded_view_and_the_broken_one_with_its_error(
     assert "web_no_such_table" in errors["web_broken"]
     assert errors["web_busy"] == ""
     assert "CREATE VIEW web_busy" in column(page, "views", 4)[names.index("web_busy")]
+    assert_generation_shown(page, server)
+
+
+def test_alerts_page_shows_the_firing_alert_and_the_broken_rule(
+    browser: Browser, page: Any, server: LiveServer
+) -> None:
+    for _ in range(5):
+        assert browser.goto("/alerts").status == 200
+        if page.locator("#alerts").count() and "WebHot" in column(page, "alerts", 1):
+            break
+        server.wait_generation()
+    assert column(page, "alerts", 1) == ["WebHot"]
+    assert column(page, "alerts", 2) == ["firing"]
+    assert column(page, "alerts", 4) == ["summary: charlie at 120% <b>hot</b>"]
+    assert page.locator("#alerts b").count() == 0  # annotation text, not HTML
+    assert "web_no_such_table" in column(page, "alert-errors", 3)[0]
     assert_generation_shown(page, server)
 
 

@@ -37,7 +37,7 @@ from tests.helpers import IDENTITY, ManualRunner
 SCRIPT_PAYLOAD = "<script>window.__pwned=1</script>"
 IMG_PAYLOAD = "<img src=x onerror=alert(1)>"
 PAGES = ["/", "/tables", "/desc?tablename=t1", "/query", "/query?sql=SELECT+1", "/connections"]
-PAGES += ["/views", "/identities"]
+PAGES += ["/views", "/identities", "/alerts"]
 
 
 # ---------------------------------------------------------------- fixtures

@@ -1,0 +1,76 @@
+"""The repository's example alerts.yaml loads, and every rule runs against
+the example views of views.conf and the CSV publisher agent's own tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from qasino.alerting import AlertEvaluator, AlertsSource
+from qasino.clients.csvpublisher import INFO_COLUMNS, INFO_TABLE, TABLES_COLUMNS, TABLES_TABLE
+from qasino.core.alerts import load_alerts_file
+from qasino.core.model import Publish, PublishOptions, Table
+from qasino.core.views import load_views_file
+from qasino.engine import Engine, SyncRunner
+from qasino.store.store import Store, StoreConfig
+from tests.helpers import IDENTITY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_example_alerts_file_parses_without_rule_errors() -> None:
+    rules = load_alerts_file(ROOT / "alerts.yaml")
+    assert len(rules) >= 4
+    assert [r.alert for r in rules if r.error] == []
+
+
+def _table(name: str, columns: Any, rows: list[list[Any]]) -> Table:
+    types = {"text": "TEXT", "integer": "INTEGER", "real": "REAL"}
+    return Table(name, tuple(c for c, _ in columns), tuple(types[t] for _, t in columns), rows)
+
+
+def test_example_rules_run_on_the_example_views_and_agent_tables(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    store = Store(
+        StoreConfig(db_dir=str(tmp_path / "db"), generation_duration_s=30),
+        now=clock.seconds(),
+        views=load_views_file(ROOT / "views.conf"),
+    )
+    try:
+        engine = Engine(store, SyncRunner(), clock, IDENTITY)
+        evaluator = AlertEvaluator(engine, AlertsSource(str(ROOT / "alerts.yaml")))
+        info_rows = [["web1", int(clock.seconds()), 1, 1]]
+        table_rows = [
+            [
+                "web1",
+                "disks",
+                clock.seconds(),
+                0.01,
+                1,
+                1,
+                "cannot read disks.csv",
+                0,
+                "/x/disks.csv",
+            ]
+        ]
+        for _ in range(3):
+            now = clock.seconds()
+            for name, columns, rows in (
+                (INFO_TABLE, INFO_COLUMNS, info_rows),
+                (TABLES_TABLE, TABLES_COLUMNS, table_rows),
+            ):
+                store.publish(Publish(_table(name, columns, rows), PublishOptions("web1")), now)
+            clock.advance(30)
+            evaluator.on_generation(store.rotate(clock.seconds()))
+        states = {(name, state) for name, _, state, *_ in evaluator.rows()}
+        errors = [row for row in evaluator.rows() if row[2] == "error"]
+        assert errors == []
+        assert ("CsvPublisherTableFailing", "firing") in states
+        assert not any(name in ("NoPublishers", "TableNotUpdated") for name, _ in states)
+        failing = [r for r in evaluator.rows() if r[0] == "CsvPublisherTableFailing"]
+        assert "cannot read disks.csv" in str(failing[0][5])
+    finally:
+        store.close()
