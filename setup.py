@@ -32,7 +32,11 @@ setup(
         "orjson>=3.9",
     ],
     extras_require={
+        # NATS JetStream mode (--nats): only servers and clients that use it
+        # need the client library; the tests run it, so "test" includes it.
+        "nats": ["nats-py>=2.6"],
         "test": [
+            "nats-py>=2.6",
             "pytest>=8",
             "hypothesis>=6",
             "ruff>=0.6",

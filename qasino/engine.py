@@ -187,8 +187,11 @@ class Engine:
         """The engine clock's time (an IReactorTime: the reactor or a Clock)."""
         return float(self.clock.seconds())
 
-    def publish(self, publish: Publish) -> Deferred[None]:
+    def publish(self, publish: Publish, now: Optional[float] = None) -> Deferred[None]:
         """Fires once the table is in the writer generation (or errbacks).
+
+        ``now``: the publish's time if not the engine clock's (NATS mode:
+        its stream timestamp).
 
         Tables of at most ``inline_max_cells`` cells are written on the
         calling (reactor) thread; bigger ones on the writer thread. Either
@@ -196,7 +199,7 @@ class Engine:
         """
         table = publish.table
         inline = len(table.rows) * len(table.column_names) <= self.inline_max_cells
-        return self._write(inline, self.store.publish, publish, self._now())
+        return self._write(inline, self.store.publish, publish, self._now() if now is None else now)
 
     def _write(self, inline: bool, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run a writer method in order with every other write.
@@ -246,10 +249,11 @@ class Engine:
             self._pump()
 
     def name_value_update(
-        self, tablename: str, column: str, value: str, identity: str
+        self, tablename: str, column: str, value: str, identity: str, now: Optional[float] = None
     ) -> Deferred[None]:
+        when = self._now() if now is None else now
         return self._write(
-            True, self.store.name_value_update, tablename, column, value, identity, self._now()
+            True, self.store.name_value_update, tablename, column, value, identity, when
         )
 
     def query(self, sql: str, use_write_db: bool = False) -> Deferred[Result]:
@@ -283,17 +287,23 @@ class Engine:
         """Call ``listener(info)`` on the reactor thread after each snapshot."""
         self._generation_listeners.append(listener)
 
-    def rotate(self) -> Deferred[SnapshotInfo]:
-        """Snapshot now; fires with the new snapshot's info after listeners ran."""
-        d = self._write(False, self._rotate_job, self._now())
+    def rotate(
+        self, now: Optional[float] = None, next_number: Optional[int] = None
+    ) -> Deferred[SnapshotInfo]:
+        """Snapshot now; fires with the new snapshot's info after listeners ran.
+
+        ``now``/``next_number``: the cut's time and the next generation's
+        number when the caller decides them (NATS mode: stream time)."""
+        when = self._now() if now is None else now
+        d = self._write(False, self._rotate_job, when, next_number)
         d.addCallback(self._announce)
         return d
 
-    def _rotate_job(self, now: float) -> SnapshotInfo:
+    def _rotate_job(self, now: float, next_number: Optional[int] = None) -> SnapshotInfo:
         if self.views.poll():
             self.store.set_views(self.views.views)
         started = time.perf_counter()
-        info = self.store.rotate(now)
+        info = self.store.rotate(now, next_number)
         self._snapshot_ms = (time.perf_counter() - started) * 1000
         return info
 
@@ -328,9 +338,13 @@ class EngineService(Service):
     failed rotation is logged and the timer goes on.
     """
 
-    def __init__(self, engine: Engine, generation_duration_s: float) -> None:
+    def __init__(
+        self, engine: Engine, generation_duration_s: float, rotate_on_timer: bool = True
+    ) -> None:
         self.engine = engine
         self.generation_duration_s = generation_duration_s
+        # False in NATS mode: the stream's timestamps cut the generations.
+        self.rotate_on_timer = rotate_on_timer
         self._loop = LoopingCall(self._tick)
         self._loop.clock = engine.clock
         self._loop_done: Optional[Deferred[Any]] = None
@@ -359,7 +373,10 @@ class EngineService(Service):
         else:
             self.engine.announce_current()
             now = False
-        self._loop_done = self._loop.start(self.generation_duration_s, now=now)
+        if self.rotate_on_timer:
+            self._loop_done = self._loop.start(self.generation_duration_s, now=now)
+        elif now:
+            self._tick()
 
     def stopService(self) -> Optional[Deferred[None]]:
         was_running = self.running

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import orjson
 from twisted.internet.defer import Deferred, succeed
@@ -82,8 +82,20 @@ def decode_body(data: bytes | str) -> tuple[Any, Optional[int]]:
         raise ValueError("JSON nested too deeply") from None
 
 
+class PublishForwarder(Protocol):
+    """Where checked publishes go instead of the engine (NATS mode: into the
+    stream; the reply waits for the stream's acknowledgement)."""
+
+    def forward_json(self, identity: str, request: dict[str, Any]) -> Deferred[None]: ...
+
+    def forward_csv(self, identity: str, body: bytes) -> Deferred[None]: ...
+
+
 class Dispatcher:
     """Turns protocol requests into engine calls and engine results into replies."""
+
+    # Set by the NATS service (qasino/nats) when the server runs with --nats.
+    forwarder: Optional[PublishForwarder] = None
 
     def __init__(
         self,
@@ -166,6 +178,9 @@ class Dispatcher:
             rows = table.get("rows") if isinstance(table, dict) else None
             self.engine.count_publish_error(len(rows) if isinstance(rows, list) else 0)
             raise
+        if self.forwarder is not None:
+            d = self.forwarder.forward_json(publish.options.identity, request)
+            return d.addCallback(lambda _: self.ok())
         return self.engine.publish(publish).addCallback(lambda _: self.ok())
 
     def add_csv_table_data(self, body: bytes, identity: Optional[str] = None) -> Deferred[Reply]:
@@ -175,7 +190,13 @@ class Dispatcher:
         except InvalidInput as e:
             self.engine.count_publish_error()
             return succeed(self._failed(Failure(e), "add_csv_table_data"))
-        d = self.engine.publish(publish).addCallback(lambda _: self.ok())
+        d: Deferred[Any]
+        if self.forwarder is not None:
+            raw = body if isinstance(body, bytes) else str(body).encode("utf-8")
+            d = self.forwarder.forward_csv(publish.options.identity, raw)
+        else:
+            d = self.engine.publish(publish)
+        d.addCallback(lambda _: self.ok())
         d.addErrback(self._failed, "add_csv_table_data")
         return d
 
@@ -188,6 +209,10 @@ class Dispatcher:
         if not isinstance(identity, str) or not identity:
             raise InvalidInput("'identity' is required")
         tablename, column = name.split(".")
+        if self.forwarder is not None:
+            forwarded = {"op": "name_value_update", "name": name, "value": str(value)}
+            forwarded["identity"] = identity
+            return self.forwarder.forward_json(identity, forwarded).addCallback(lambda _: self.ok())
         d = self.engine.name_value_update(tablename, column, str(value), identity)
         return d.addCallback(lambda _: self.ok())
 

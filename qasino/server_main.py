@@ -138,6 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="concurrent connections per TCP listener; 0 = no limit (default %(default)s)",
     )
     p.add_argument("--reader-threads", type=int, default=d.reader_threads)
+    nats = p.add_argument_group("NATS JetStream (docs/scaling.md)")
+    nats.add_argument(
+        "--nats",
+        default=None,
+        metavar="URL[,URL...]",
+        help="join a NATS JetStream cluster: publishes go into stream QASINO and every "
+        "server on it builds the same snapshots (default: off)",
+    )
+    nats.add_argument(
+        "--nats-replicas",
+        type=int,
+        default=d.nats_replicas,
+        help="replicas of stream QASINO when this server creates it (default %(default)s)",
+    )
+    nats.add_argument(
+        "--nats-max-age",
+        type=float,
+        default=d.nats_max_age_s,
+        help="seconds stream QASINO keeps a message when this server creates it "
+        "(default 0: 10 generations, at least 60 s)",
+    )
     p.add_argument(
         "--log-level",
         default="info",
@@ -151,6 +172,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise SystemExit("qasino_server: --generation-duration must be positive")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("qasino_server: --tls-cert and --tls-key go together")
+    if args.nats and (
+        args.generation_duration < 1 or args.generation_duration != int(args.generation_duration)
+    ):
+        raise SystemExit(
+            "qasino_server: with --nats the generation duration must be a whole number of seconds"
+        )
+    if args.nats_replicas < 1:
+        raise SystemExit("qasino_server: --nats-replicas must be at least 1")
     return ServerConfig(
         identity=args.identity,
         bind=args.bind,
@@ -177,6 +206,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_cell_bytes=args.max_cell_bytes,
         max_connections=max(0, args.max_connections),
         max_result_bytes=args.max_result_bytes,
+        nats=args.nats or None,
+        nats_replicas=args.nats_replicas,
+        nats_max_age_s=args.nats_max_age,
     ).resolved()
 
 

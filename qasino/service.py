@@ -71,6 +71,9 @@ class ServerConfig:
     max_table_columns: int = DEFAULT_MAX_COLUMNS
     max_cell_bytes: int = DEFAULT_MAX_CELL_BYTES
     max_connections: int = 1024
+    nats: Optional[str] = None
+    nats_replicas: int = 1
+    nats_max_age_s: float = 0.0
 
     def resolved(self) -> ServerConfig:
         """Fill the defaults that depend on the machine."""
@@ -212,12 +215,29 @@ class QasinoServer(MultiService):
         self.zmq.setServiceParent(self)
         # After the ZeroMQ sockets, so the PUB socket is bound when the
         # engine announces its first snapshot.
-        EngineService(self.engine, config.generation_duration_s).setServiceParent(self)
+        EngineService(
+            self.engine, config.generation_duration_s, rotate_on_timer=not config.nats
+        ).setServiceParent(self)
         self.engine.on_generation(
             lambda info: self.zmq.publish_generation(
                 info.generation_number, info.generation_duration_s
             )
         )
+        self.nats: Optional[Service] = None
+        if config.nats:
+            # Only here: without --nats nothing NATS-related is imported.
+            from qasino.nats.service import NatsService
+
+            self.nats = NatsService(
+                self.engine,
+                self.dispatcher,
+                reactor,
+                config.nats,
+                replicas=config.nats_replicas,
+                max_age_s=config.nats_max_age_s,
+                generation_duration_s=config.generation_duration_s,
+            )
+            self.nats.setServiceParent(self)
         self.http: Optional[TCPListenService] = None
         self.line: Optional[TCPListenService] = None
         if config.http_port is not None:

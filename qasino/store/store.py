@@ -291,8 +291,9 @@ class Store:
 
     # ------------------------------------------------------------------ writer
 
-    def _open_generation(self, now: float) -> WriterGeneration:
-        number = max(int(now), self._last_number + 1)
+    def _open_generation(self, now: float, number: Optional[int] = None) -> WriterGeneration:
+        if number is None:
+            number = max(int(now), self._last_number + 1)
         self._last_number = number
         path = os.path.join(self.gen_dir, f"gen-{number}.sqlite")
         gen_file = GenFile(path, number, self.static.path)
@@ -437,11 +438,14 @@ class Store:
         with self._lock:
             self._views = tuple(views)
 
-    def rotate(self, now: float) -> SnapshotInfo:
+    def rotate(self, now: float, next_number: Optional[int] = None) -> SnapshotInfo:
         """Snapshot the writer generation and start a new one.
 
         Builds the internal tables and the views into the finished
         generation, then swaps it in as the snapshot in one step.
+        ``next_number``: the new writer generation's number, when the caller
+        decides it (NATS mode: generations cut by stream time); by default
+        ``now`` in whole seconds, above every earlier number.
         """
         gen = self._writer
         with self._lock:
@@ -457,7 +461,7 @@ class Store:
         )
         counts = self.counters.take()
         try:
-            info, new_gen = self._finish_generation(gen, report, views, counts, now)
+            info, new_gen = self._finish_generation(gen, report, views, counts, now, next_number)
         except BaseException:
             # Nothing was served: the next attempt reports these counts.
             self.counters.add(**counts)
@@ -480,6 +484,7 @@ class Store:
         views: tuple[ViewDef, ...],
         counts: dict[str, int],
         now: float,
+        next_number: Optional[int] = None,
     ) -> tuple[SnapshotInfo, WriterGeneration]:
         """Write the internal tables and check the views into the finished
         generation, and open the next one; nothing is swapped yet."""
@@ -522,7 +527,7 @@ class Store:
         }
         loaded = [v for v in views if status.get(v.viewname) is None]
         gen.file.set_views(loaded)
-        new_gen = self._open_generation(now)
+        new_gen = self._open_generation(now, next_number)
         return info, new_gen
 
     def _table_entries(self, gen: WriterGeneration) -> list[TableEntry]:

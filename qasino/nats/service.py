@@ -1,0 +1,361 @@
+"""``--nats``: publishes go into the QASINO stream; snapshots are built from it.
+
+:class:`NatsService` is one service under the server's MultiService:
+
+- a *forwarder* for the dispatcher: a checked HTTP/ZeroMQ publish is put
+  into the stream and answered ``ok`` only after JetStream's ack;
+- a *consumer*: this server's durable pull consumer reads every message of
+  the stream in order, in batches; each batch is applied on the reactor
+  thread through the engine, with the message's stream timestamp as its
+  time, and the generations are cut by stream time
+  (:mod:`qasino.core.stream_time`), so every server on the stream builds
+  the same snapshots with the same generation numbers;
+- *ticks*: a tiny message about once a second (one per second across all
+  servers, by de-duplication), so that generations are cut while idle;
+- the generation signal, also on ``qasino.gensig``.
+
+On start the consumer is made afresh from the beginning of the stream: a
+server restarted (even with an empty --db-dir) replays what the stream
+still holds and so rebuilds the current generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from qasino.core.errors import InvalidInput, PublishRejected, QasinoError
+from qasino.core.model import Publish
+from qasino.core.stream_time import StreamTimeline, check_duration
+from qasino.engine import Engine
+from qasino.nats.bridge import NatsBridge
+from qasino.nats.messages import (
+    CSV_TYPE,
+    GENSIG_SUBJECT,
+    IDENTITY_HEADER,
+    STREAM,
+    TICK_SUBJECT,
+    NameValue,
+    StreamMessage,
+    decode,
+    subject_for,
+)
+from qasino.ops import Dispatcher, encode_json
+from qasino.store.store import SnapshotInfo
+
+log = Logger(namespace="qasino.nats")
+
+FETCH_BATCH = 2000
+FETCH_TIMEOUT_S = 0.5
+DEFAULT_RETENTION_GENERATIONS = 10
+MIN_MAX_AGE_S = 60.0
+
+
+def consumer_name(identity: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in identity)
+    return "qasino_" + (safe or "server")
+
+
+class NatsService(Service):
+    """See the module docstring. Attributes ``up`` and ``reason`` say how
+    the NATS side is (for /-/ready and the log)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        dispatcher: Dispatcher,
+        reactor: Any,
+        servers: str,
+        replicas: int = 1,
+        max_age_s: float = 0.0,
+        generation_duration_s: float = 30.0,
+        stream: str = STREAM,
+    ) -> None:
+        self.setName("NATS")
+        self.engine = engine
+        self.dispatcher = dispatcher
+        self.reactor = reactor
+        self.servers = [s.strip() for s in servers.split(",") if s.strip()]
+        self.replicas = replicas
+        self.duration = check_duration(generation_duration_s)
+        self.max_age_s = max_age_s or max(
+            MIN_MAX_AGE_S, DEFAULT_RETENTION_GENERATIONS * self.duration
+        )
+        self.stream = stream
+        self.durable = consumer_name(engine.identity)
+        self.timeline = StreamTimeline(self.duration)
+        self.bridge = NatsBridge(reactor, self.servers, f"qasino-{engine.identity}")
+        self.bridge.on_state = self._on_state
+        self.up = False
+        self.reason = "not connected to NATS yet"
+        self.caught_up = False
+        self.applied = 0
+        self.tick_s = min(1.0, self.duration / 4)
+        self._ticks = LoopingCall(self._tick)
+        self._ticks.clock = reactor
+        self._main: Optional[Any] = None
+        self._stop: Optional[asyncio.Event] = None
+        self._next_seq: Optional[int] = None  # NATS thread only
+        dispatcher.forwarder = self
+        engine.on_generation(self._gensig)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def startService(self) -> None:
+        super().startService()
+        self.bridge.start()
+        self._stop = asyncio.Event()
+        self._main = asyncio.run_coroutine_threadsafe(self._run(), self.bridge.loop)
+        self._ticks.start(self.tick_s, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._ticks.running:
+            self._ticks.stop()
+        if self._stop is not None:
+            self.bridge.loop.call_soon_threadsafe(self._stop.set)
+        if self._main is not None:
+            self._main.cancel()
+        self.bridge.stop()
+
+    def _on_state(self, up: bool, why: str) -> None:
+        if up:
+            log.info("{why}", why=why)
+            self.reason = ""
+        else:
+            log.error("NATS unavailable: {why}; serving the last snapshot", why=why)
+            self.reason = why
+        self.up = up
+
+    def status(self) -> tuple[bool, str]:
+        """(ok, reason) for a readiness check."""
+        if not self.up:
+            return False, f"NATS unavailable: {self.reason}"
+        return True, ""
+
+    # ------------------------------------------------------------ consumer
+
+    async def _run(self) -> None:
+        stop = self._stop
+        assert stop is not None
+        try:
+            await self._consume(stop)
+        except asyncio.CancelledError:
+            pass
+        except Exception as e:  # noqa: BLE001 - logged, the server keeps serving
+            self.reactor.callFromThread(log.error, "NATS consumer stopped: {error}", error=repr(e))
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        if not await self.bridge.connect(stop):
+            return
+        while not stop.is_set():
+            try:
+                await self.bridge.ensure_stream(self.stream, self.replicas, self.max_age_s)
+                break
+            except Exception as e:  # noqa: BLE001 - retried
+                self.bridge._state(False, f"cannot create stream {self.stream}: {e!r}")
+                await _sleep(stop, 1.0)
+        sub = None
+        fresh = True
+        while not stop.is_set():
+            try:
+                if sub is None:
+                    sub = await self.bridge.consumer(self.stream, self.durable, self._next_seq)
+                    fresh = True
+                msgs = await self.bridge.fetch(sub, FETCH_BATCH, FETCH_TIMEOUT_S)
+                if not msgs:
+                    if not self.caught_up:
+                        self.reactor.callFromThread(self._caught_up)
+                    continue
+                msgs, gap = self._in_order(msgs, fresh)
+                fresh = False
+                if msgs:
+                    await self._hand(msgs)
+                    self._next_seq = msgs[-1].seq + 1
+                    if msgs[-1].pending == 0 and not self.caught_up:
+                        self.reactor.callFromThread(self._caught_up)
+                if gap:
+                    # A batch went missing (a node died under it): start the
+                    # consumer again right after the last applied message.
+                    sub = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - retried
+                self.reactor.callFromThread(
+                    log.warn, "NATS consumer: {error}; retrying", error=repr(e)
+                )
+                sub = None
+                await _sleep(stop, 0.5)
+
+    def _in_order(self, msgs: list[StreamMessage], fresh: bool) -> tuple[list[StreamMessage], bool]:
+        """Drop what was applied already; cut the batch at a sequence gap.
+
+        The first message of a fresh consumer is taken whatever its number
+        (what came before it may have expired)."""
+        expected = None if fresh else self._next_seq
+        out: list[StreamMessage] = []
+        for m in msgs:
+            if expected is not None and m.seq < expected:
+                continue
+            if expected is not None and m.seq > expected:
+                return out, True
+            out.append(m)
+            expected = m.seq + 1
+        return out, False
+
+    async def _hand(self, msgs: list[StreamMessage]) -> None:
+        """Apply a batch on the reactor thread; return once it is applied."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finish(_: object) -> None:
+            loop.call_soon_threadsafe(_resolve, done)
+
+        def on_reactor() -> None:
+            d = maybeDeferred(self.apply_batch, msgs)
+            d.addErrback(lambda f: log.failure("applying a NATS batch failed", f))
+            d.addBoth(finish)
+
+        self.reactor.callFromThread(on_reactor)
+        await done
+
+    def _caught_up(self) -> None:
+        if not self.caught_up:
+            self.caught_up = True
+            log.info(
+                "caught up with stream {stream}: {n} messages applied",
+                stream=self.stream,
+                n=self.applied,
+            )
+
+    # ------------------------------------------------------------ apply (reactor)
+
+    def apply_batch(self, msgs: list[StreamMessage]) -> Optional[Deferred[Any]]:
+        """Apply messages in stream order: cut generations by their stream
+        time, then publish each into the generation it falls in. Returns
+        the Deferred of the last write (writes run in order)."""
+        last: Optional[Deferred[Any]] = None
+        limits = self.dispatcher.limits
+        for m in msgs:
+            cut = self.timeline.place(m.ts)
+            if cut is not None:
+                last = self.engine.rotate(now=float(cut), next_number=cut)
+                last.addErrback(self._rotate_failed)
+            if m.subject == TICK_SUBJECT:
+                continue
+            self.applied += 1
+            try:
+                decoded = decode(m, limits)
+            except InvalidInput as e:
+                self.engine.count_publish_error()
+                log.warn(
+                    "refused message {seq} on {subject}: {error}",
+                    seq=m.seq,
+                    subject=m.subject,
+                    error=e.message,
+                )
+                continue
+            if isinstance(decoded, Publish):
+                last = self.engine.publish(decoded, now=m.ts)
+            elif isinstance(decoded, NameValue):
+                last = self.engine.name_value_update(
+                    decoded.tablename, decoded.column, decoded.value, decoded.identity, now=m.ts
+                )
+            else:
+                continue
+            last.addErrback(self._apply_failed, m)
+        return last
+
+    def _rotate_failed(self, failure: Failure) -> None:
+        log.failure("rotation failed", failure)
+
+    def _apply_failed(self, failure: Failure, m: StreamMessage) -> None:
+        if failure.check(PublishRejected, InvalidInput):
+            log.info(
+                "message {seq} on {subject} not applied: {error}",
+                seq=m.seq,
+                subject=m.subject,
+                error=failure.value.message,
+            )
+        elif failure.check(QasinoError):
+            log.error(
+                "message {seq} on {subject} failed: {error}",
+                seq=m.seq,
+                subject=m.subject,
+                error=failure.value.message,
+            )
+        else:
+            log.failure("message {seq} failed", failure, seq=m.seq)
+
+    # ------------------------------------------------------------ forwarder
+
+    def forward_json(self, identity: str, request: dict[str, Any]) -> Deferred[None]:
+        return self._forward(subject_for(identity), encode_json(request), None)
+
+    def forward_csv(self, identity: str, body: bytes) -> Deferred[None]:
+        headers = {"Content-Type": CSV_TYPE, IDENTITY_HEADER: identity}
+        return self._forward(subject_for(identity), body, headers)
+
+    def _forward(
+        self, subject: str, data: bytes, headers: Optional[dict[str, str]]
+    ) -> Deferred[None]:
+        if not self.up:
+            return fail(QasinoError(f"NATS unavailable, publish not accepted: {self.reason}"))
+        d = self.bridge.submit(self.bridge.publish(subject, data, headers))
+
+        def failed(f: Failure) -> None:
+            raise QasinoError(
+                f"the publish was not acknowledged by NATS JetStream: "
+                f"{f.getErrorMessage() or f.type.__name__}"
+            )
+
+        d.addCallbacks(lambda _: None, failed)
+        return d
+
+    # ------------------------------------------------------------ ticks, gensig
+
+    def _tick(self) -> None:
+        if not self.up:
+            return
+        slot = int(self.reactor.seconds() / self.tick_s)
+        d = self.bridge.submit(
+            self.bridge.publish(TICK_SUBJECT, b"", {"Nats-Msg-Id": f"tick-{slot}"})
+        )
+        d.addErrback(lambda f: log.debug("tick not published: {e}", e=f.getErrorMessage()))
+
+    def _gensig(self, info: SnapshotInfo) -> None:
+        if not self.up:
+            return
+        duration: object = (
+            int(info.generation_duration_s)
+            if float(info.generation_duration_s).is_integer()
+            else info.generation_duration_s
+        )
+        body = encode_json(
+            {
+                "op": "generation_signal",
+                "identity": self.engine.identity,
+                "generation_number": info.generation_number,
+                "generation_duration_s": duration,
+            }
+        )
+        d = self.bridge.submit(self.bridge.publish_plain(GENSIG_SUBJECT, body))
+        d.addErrback(lambda f: log.debug("gensig not sent: {e}", e=f.getErrorMessage()))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass

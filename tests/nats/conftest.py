@@ -1,0 +1,48 @@
+"""Fixtures: one 3-node JetStream cluster per test module, Qasino servers on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.nats.cluster import NatsCluster, have_nats_server
+from tests.server_process import QasinoProcess, new_server
+
+GENERATION_S = 1
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    if not have_nats_server():
+        pytest.fail(
+            "nats-server is not installed (Debian package nats-server; .ci/run installs it)"
+        )
+    c = NatsCluster(tmp_path_factory.mktemp("nats"))
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path, cluster: NatsCluster) -> Iterator[Callable[..., QasinoProcess]]:
+    """Start Qasino servers on the cluster: ``make(name, *extra_args)``."""
+    made: list[QasinoProcess] = []
+
+    def make(name: str, *extra: str, start: bool = True, **kwargs: Any) -> QasinoProcess:
+        args = ["--nats", kwargs.pop("nats_url", cluster.url), "--nats-replicas", "3", *extra]
+        server = new_server(tmp_path / name, GENERATION_S, args)
+        server.args[server.args.index("-i") + 1] = name
+        made.append(server)
+        if start:
+            server.start(**kwargs)
+            server.wait_log("caught up with stream", timeout=20)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
