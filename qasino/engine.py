@@ -303,7 +303,10 @@ class Engine:
         if self.views.poll():
             self.store.set_views(self.views.views)
         started = time.perf_counter()
-        info = self.store.rotate(now, next_number)
+        if next_number is None:
+            info = self.store.rotate(now)
+        else:
+            info = self.store.rotate(now, next_number)
         self._snapshot_ms = (time.perf_counter() - started) * 1000
         return info
 
