@@ -103,7 +103,6 @@ class NatsBridge:
 
     async def connect(self, stop: asyncio.Event) -> bool:
         """Connect, retrying until connected or ``stop``; True when connected."""
-        first = True
 
         async def disconnected() -> None:
             self._state(False, "disconnected from NATS")
@@ -112,40 +111,46 @@ class NatsBridge:
             url = getattr(self.nc, "connected_url", None)
             self._state(True, f"reconnected to NATS at {url.netloc if url else '?'}")
 
+        last_error: list[str] = []
+
         async def error(e: Exception) -> None:
+            last_error[:] = [str(e) or type(e).__name__]
             log.debug("NATS client error: {error}", error=e)
 
-        while not stop.is_set():
-            try:
-                self.nc = await nats.connect(
-                    servers=self.servers,
-                    name=self.name,
-                    connect_timeout=CONNECT_TIMEOUT_S,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=RECONNECT_WAIT_S,
-                    disconnected_cb=disconnected,
-                    reconnected_cb=reconnected,
-                    error_cb=error,
-                )
-            except Exception as e:  # noqa: BLE001 - every failure is retried
-                if first:
-                    self._state(
-                        False,
-                        f"cannot reach NATS at {','.join(self.servers)}: {e or type(e).__name__}"
-                        "; retrying",
-                    )
-                    first = False
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            self.js = self.nc.jetstream()
-            url = self.nc.connected_url
-            self._state(True, f"connected to NATS at {url.netloc if url else '?'}")
-            return True
-        return False
+        # With max_reconnect_attempts=-1 nats-py keeps trying the servers
+        # until one answers; say so after a few seconds, then keep waiting.
+        task = asyncio.ensure_future(
+            nats.connect(
+                servers=self.servers,
+                name=self.name,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=RECONNECT_WAIT_S,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+            )
+        )
+        stopping = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({task, stopping}, timeout=CONNECT_TIMEOUT_S + 1)
+        if not done:
+            why = last_error[0] if last_error else "no answer"
+            self._state(False, f"cannot reach NATS at {','.join(self.servers)}: {why}; retrying")
+            done, _ = await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+            return False
+        stopping.cancel()
+        try:
+            self.nc = task.result()
+        except Exception as e:  # noqa: BLE001 - reported; the server serves on
+            self._state(False, f"cannot connect to NATS: {e!r}")
+            return False
+        self.js = self.nc.jetstream()
+        url = self.nc.connected_url
+        self._state(True, f"connected to NATS at {url.netloc if url else '?'}")
+        return True
 
     async def ensure_stream(self, stream: str, replicas: int, max_age_s: float) -> None:
         """Create the stream if missing (an existing one is used as it is)."""

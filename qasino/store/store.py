@@ -294,8 +294,12 @@ class Store:
     def _open_generation(self, now: float, number: Optional[int] = None) -> WriterGeneration:
         if number is None:
             number = max(int(now), self._last_number + 1)
-        self._last_number = number
         path = os.path.join(self.gen_dir, f"gen-{number}.sqlite")
+        if number <= self._last_number:
+            # A number chosen by the caller (NATS mode) that an earlier
+            # generation of this run had: a file of its own all the same.
+            path = os.path.join(self.gen_dir, f"gen-{number}-{self._last_number}.sqlite")
+        self._last_number = max(number, self._last_number)
         gen_file = GenFile(path, number, self.static.path)
         gen_file.set_views(self._views)
         gen = WriterGeneration(gen_file, open_writer(path), now)

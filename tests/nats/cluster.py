@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -52,6 +51,14 @@ class NatsNode:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         routes = ",".join(f"nats-route://{HOST}:{p}" for p in self.routes)
+        cluster = [
+            "--cluster_name",
+            CLUSTER_NAME,
+            "--cluster",
+            f"nats://{HOST}:{self.cluster_port}",
+            "--routes",
+            routes,
+        ]
         args = [
             NATS_SERVER,
             "-js",
@@ -61,12 +68,7 @@ class NatsNode:
             HOST,
             "-p",
             str(self.client_port),
-            "--cluster_name",
-            CLUSTER_NAME,
-            "--cluster",
-            f"nats://{HOST}:{self.cluster_port}",
-            "--routes",
-            routes,
+            *(cluster if self.routes else []),
             "-sd",
             str(self.store_dir),
             "-l",
@@ -142,11 +144,11 @@ class NatsCluster:
         for node in self.nodes:
             node.stop()
 
-    def wait_all_alive(self) -> None:
+    def ensure_all_alive(self) -> None:
+        """Restart any node a test left down (the cluster is shared by a module)."""
         for node in self.nodes:
             if not node.alive():
                 node.start()
-        time.sleep(0)
 
 
 def _read(path: Path) -> str:

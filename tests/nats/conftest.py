@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.nats.cluster import NatsCluster, have_nats_server
-from tests.server_process import QasinoProcess, new_server
+from tests.nats.cluster import NatsCluster, NatsNode, have_nats_server
+from tests.server_process import QasinoProcess, free_port, new_server
 
 GENERATION_S = 1
 
@@ -34,15 +34,30 @@ def nats_server(tmp_path: Path, cluster: NatsCluster) -> Iterator[Callable[..., 
     made: list[QasinoProcess] = []
 
     def make(name: str, *extra: str, start: bool = True, **kwargs: Any) -> QasinoProcess:
-        args = ["--nats", kwargs.pop("nats_url", cluster.url), "--nats-replicas", "3", *extra]
+        url = kwargs.pop("nats_url", cluster.url)
+        caught_up = kwargs.pop("caught_up", True)
+        args = ["--nats", url, "--nats-replicas", "3", *extra]
         server = new_server(tmp_path / name, GENERATION_S, args)
         server.args[server.args.index("-i") + 1] = name
         made.append(server)
         if start:
             server.start(**kwargs)
-            server.wait_log("caught up with stream", timeout=20)
+            if caught_up:
+                server.wait_log("caught up with stream", timeout=20)
         return server
 
     yield make
     for server in made:
         server.close()
+    cluster.ensure_all_alive()
+
+
+@pytest.fixture
+def single_node(tmp_path: Path) -> Iterator[NatsNode]:
+    """A one-node JetStream server of the test's own (to take away entirely)."""
+    node = NatsNode("solo", tmp_path / "solo", free_port(), free_port())
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from typing import Any
 
-from tests.e2e.conftest import http_publish, http_query, make_table, publish_request
-from tests.server_process import QasinoProcess, poll_until
+from tests.e2e.conftest import (
+    http_publish,
+    http_query,
+    http_request,
+    make_table,
+    publish_request,
+    request_target,
+)
+from tests.nats.cluster import NatsCluster, NatsNode
+from tests.server_process import QasinoProcess, free_port, poll_until
 
 COLUMNS = [("host", "text"), ("n", "integer")]
 
@@ -72,3 +81,136 @@ def test_two_servers_on_one_stream_serve_identical_generations(
         a, b, "SELECT generation_number, generation_start_epoch FROM qasino_server_info"
     )
     assert ia == ib
+
+
+def static_table(rows: list[list[Any]]) -> dict[str, Any]:
+    return table("s", rows)
+
+
+def ctable(rows: list[list[Any]]) -> dict[str, Any]:
+    return table("cs", rows)
+
+
+def test_merge_rules_hold_through_the_stream(
+    nats_server: Callable[..., QasinoProcess],
+) -> None:
+    """Once per identity per generation, static, update/keycols and
+    name/value, applied from the stream, alike on two servers."""
+    a = nats_server("ma")
+    b = nats_server("mb")
+    port = a.ports["http"]
+    ok(http_publish(port, publish_request("h1", static_table([["x", 1]]), static=1)))
+    ok(http_publish(port, publish_request("h1", table("u", [["k", 1]]), update=1, keycols="host")))
+    ok(http_publish(port, publish_request("h1", table("u", [["k", 2]]), update=1, keycols="host")))
+    reply = http_request(
+        port,
+        "GET",
+        request_target(op="name_value_update", name="nv.load", value="7", identity="h9"),
+    )
+    assert reply.json()["response_op"] == "ok"
+    for sql, expected in [
+        ("SELECT host, n FROM s", [["x", "1"]]),
+        ("SELECT identity, load FROM nv", [["h9", "7"]]),
+    ]:
+        poll_until(lambda sql=sql: served(b, sql)[1], 15, f"{sql} on b")
+        g, ra, rb = same_generation(a, b, sql)
+        assert ra == rb == expected, (sql, g)
+    # Two publishes of one table by one identity in one generation: the
+    # stream acks both, the second is not applied (logged), on every server.
+    # (Two tries: a pair may straddle a generation boundary.)
+    for attempt in range(3):
+        ident = f"dup{attempt}"
+        ok(http_publish(port, publish_request(ident, table("d", [["first", 1]]))))
+        ok(http_publish(port, publish_request(ident, table("d", [["second", 2]]))))
+        refused = f"already published by identity {ident} in this generation"
+        try:
+            a.wait_log(refused, timeout=5)
+        except AssertionError:
+            continue
+        b.wait_log(refused, timeout=5)
+        break
+    else:
+        raise AssertionError("the second publish was never refused")
+
+
+def test_kill_of_one_nats_node_during_ingest_loses_no_acknowledged_publish(
+    nats_server: Callable[..., QasinoProcess], cluster: NatsCluster
+) -> None:
+    a = nats_server("ka")
+    acked: list[str] = []
+    errors: list[str] = []
+    for i in range(150):
+        if i == 50:
+            cluster.kill(1)
+        ident = f"k{i:03d}"
+        reply = http_publish(
+            a.ports["http"], publish_request(ident, table("kp", [[ident, i]]), persist=1)
+        )
+        if reply.get("response_op") == "ok":
+            acked.append(ident)
+        else:
+            errors.append(reply["error_message"])
+    assert len(acked) >= 100, errors[:5]
+    sql = "SELECT host FROM kp ORDER BY host"
+
+    def all_acked_served() -> bool:
+        return {r[0] for r in served(a, sql)[1]} >= set(acked)
+
+    poll_until(all_acked_served, 30, "every acknowledged publish to be served")
+    # A server started afterwards rebuilds the same from the stream.
+    b = nats_server("kb")
+    g, ra, rb = same_generation(a, b, sql, timeout=20)
+    assert ra == rb
+
+
+def test_killed_server_restarted_with_empty_db_dir_catches_up(
+    nats_server: Callable[..., QasinoProcess],
+) -> None:
+    a = nats_server("ca")
+    b = nats_server("cb")
+    port = a.ports["http"]
+    ok(http_publish(port, publish_request("h1", ctable([["st", 5]]), static=1)))
+    for i in range(10):
+        ok(http_publish(port, publish_request(f"h{i}", table("cp", [[f"h{i}", i]]), persist=1)))
+    poll_until(lambda: len(served(b, "SELECT * FROM cp")[1]) == 10, 15, "cp on b")
+    b.kill()
+    shutil.rmtree(b.workdir / "db")
+    ok(http_publish(port, publish_request("h1", table("cp", [["h1", 100]]))))  # persist ends
+    b.start()
+    b.wait_log("caught up with stream", timeout=30)
+    for sql in ("SELECT host, n FROM cp ORDER BY host", "SELECT host, n FROM cs"):
+        g, ra, rb = same_generation(a, b, sql)
+        assert ra == rb, sql
+    assert ["st", "5"] in served(b, "SELECT host, n FROM cs")[1]
+
+
+def test_nats_unreachable_at_start_is_a_clear_error_and_the_server_serves(
+    nats_server: Callable[..., QasinoProcess],
+) -> None:
+    nowhere = f"nats://127.0.0.1:{free_port()}"
+    s = nats_server("ua", nats_url=nowhere, caught_up=False)
+    s.wait_log("NATS unavailable: cannot reach NATS at " + nowhere)
+    reply = http_publish(s.ports["http"], publish_request("h", table("t", [["h", 1]])))
+    assert reply["response_op"] == "error"
+    assert "NATS unavailable" in reply["error_message"]
+    assert http_query(s.ports["http"], "SELECT 1")["response_op"] == "result_table"
+
+
+def test_nats_gone_later_keeps_the_last_snapshot_served(
+    nats_server: Callable[..., QasinoProcess], single_node: NatsNode
+) -> None:
+    s = nats_server("la", "--nats-replicas", "1", nats_url=single_node.url)
+    ok(http_publish(s.ports["http"], publish_request("h", table("p", [["h", 1]]), persist=1)))
+    poll_until(lambda: served(s, "SELECT * FROM p")[1], 15, "p served")
+    single_node.kill()
+    s.wait_log("NATS unavailable: disconnected from NATS")
+    g1, rows = served(s, "SELECT host, n FROM p")
+    assert rows == [["h", "1"]]
+    reply = http_publish(s.ports["http"], publish_request("h2", table("p", [["h2", 1]])))
+    assert "NATS unavailable" in reply.get("error_message", ""), reply
+    # Without stream time no generation is cut: the last snapshot stays.
+    assert served(s, "SELECT host, n FROM p") == (g1, rows)
+    single_node.start()
+    s.wait_log("reconnected to NATS", timeout=20)
+    ok(http_publish(s.ports["http"], publish_request("h3", table("q", [["h3", 3]]))))
+    poll_until(lambda: served(s, "SELECT host FROM q")[1] == [["h3"]], 15, "q after reconnect")
