@@ -677,6 +677,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for each reply (default %(default)g)",
     )
     p.add_argument(
+        "--nats",
+        default=None,
+        metavar="URL[,URL...]",
+        help="publish into the NATS JetStream stream QASINO and take the generation "
+        "signal from subject qasino.gensig (instead of -H/-p/-P)",
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error", "critical"],
@@ -684,8 +691,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_sender(args: argparse.Namespace) -> tuple[ZmqTransport | HttpTransport, str]:
+def make_sender(args: argparse.Namespace) -> tuple[Any, str]:
     """The transport the flags ask for, and a description for the log."""
+    if args.nats:
+        from qasino.nats.client import NatsPublisher
+
+        client = NatsPublisher(args.nats, args.timeout, name="qasino_csvpublisher")
+        return client, "NATS " + client.url
     if args.use_https or args.use_http:
         port = args.port or (HTTPS_PORT if args.use_https else HTTP_PORT)
         username = args.username or env_default("QASINO_CLIENT_USERNAME")
@@ -739,6 +751,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.interval is not None:
             run_on_interval(settings, sender, stopper, args.interval)
+        elif args.nats:
+            from qasino.nats.client import run_on_nats_signals
+
+            run_on_nats_signals(
+                settings, sender, stopper, transport, args.send_delay_max, args.gen_signal_timeout
+            )
         else:
             address = f"tcp://{args.hostname}:{args.pubsub_port}"
             run_on_signals(

@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--data-format", choices=["json", "csv"], default="json")
     p.add_argument("-f", "--file", default="-", help="input file (default stdin)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+    p.add_argument(
+        "--nats",
+        default=None,
+        metavar="URL[,URL...]",
+        help="publish into the NATS JetStream stream QASINO (subject qasino.publish.IDENTITY) "
+        "instead of to a server; sent once JetStream acknowledges it",
+    )
     return p
 
 
@@ -80,6 +87,10 @@ def build_request(data: bytes, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def make_transport(args: argparse.Namespace) -> Any:
+    if args.nats:
+        from qasino.nats.client import NatsPublisher
+
+        return NatsPublisher(args.nats, args.timeout, name="qasino_publish")
     if args.use_zmq:
         return ZmqTransport(args.hostname, args.port or 15598, args.timeout)
     https = not args.use_http

@@ -35,6 +35,7 @@ from qasino.nats.messages import (
     StreamMessage,
     parse_ack_reply,
 )
+from qasino.nats.publishing import publish_acked
 
 log = Logger(namespace="qasino.nats")
 
@@ -219,7 +220,7 @@ class NatsBridge:
         """Publish into the stream; returns JetStream's ack (raises without one)."""
         if self.js is None:
             raise ConnectionError("not connected to NATS")
-        return await self.js.publish(subject, data, headers=headers, timeout=ACK_TIMEOUT_S)
+        return await publish_acked(self.js, subject, data, headers, ACK_TIMEOUT_S)
 
     async def publish_plain(self, subject: str, data: bytes) -> None:
         """Core NATS publish (not stored): the generation signal."""

@@ -330,7 +330,8 @@ class NatsService(Service):
         d.addErrback(lambda f: log.debug("tick not published: {e}", e=f.getErrorMessage()))
 
     def _gensig(self, info: SnapshotInfo) -> None:
-        if not self.up:
+        # Not while replaying old generations: publishers would send for them.
+        if not self.up or info.generation_number < self.reactor.seconds() - 3 * self.duration:
             return
         duration: object = (
             int(info.generation_duration_s)
