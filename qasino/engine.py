@@ -248,6 +248,13 @@ class Engine:
         if not self._pumping and self._pump_call is None:
             self._pump()
 
+    def write_batch(
+        self, calls: Sequence[tuple[Callable[..., object], tuple[Any, ...]]], cells: int
+    ) -> Deferred[list[Any]]:
+        """Store writer calls applied in order in one transaction (see
+        ``Store.write_batch``); fires with each call's error or None."""
+        return self._write(cells <= self.inline_max_cells, self.store.write_batch, calls)
+
     def name_value_update(
         self, tablename: str, column: str, value: str, identity: str, now: Optional[float] = None
     ) -> Deferred[None]:

@@ -30,6 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qasino.nats.messages import (
+    KEEP_STREAM,
+    KEEP_SUBJECTS,
     PUBLISH_SUBJECTS,
     TICK_SUBJECT,
     StreamMessage,
@@ -176,6 +178,59 @@ class NatsBridge:
             age=max_age_s,
         )
 
+    async def ensure_keep_stream(self, replicas: int) -> None:
+        """The stream of the last static/persist publish per identity and table."""
+        try:
+            await self.js.stream_info(KEEP_STREAM)
+            return
+        except NotFoundError:
+            pass
+        config = api.StreamConfig(
+            name=KEEP_STREAM,
+            subjects=[KEEP_SUBJECTS],
+            num_replicas=replicas,
+            max_msgs_per_subject=1,
+            storage=api.StorageType.FILE,
+            duplicate_window=120.0,
+        )
+        await self.js.add_stream(config)
+        log.info(
+            "created stream {stream} ({replicas} replicas)", stream=KEEP_STREAM, replicas=replicas
+        )
+
+    async def first_seq(self, stream: str) -> int:
+        info = await self.js.stream_info(stream)
+        return int(info.state.first_seq)
+
+    async def read_all(self, stream: str) -> list[StreamMessage]:
+        """Every message a stream holds now, in order (an ephemeral consumer)."""
+        info = await self.js.stream_info(stream)
+        if not info.state.messages:
+            return []
+        last = int(info.state.last_seq)
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=30.0,
+            num_replicas=1,
+        )
+        consumer = await self.js.add_consumer(stream, config)
+        sub = await self.js.pull_subscribe_bind(consumer=consumer.name, stream=stream)
+        out: list[StreamMessage] = []
+        try:
+            while not out or out[-1].seq < last:
+                batch = await self.fetch(sub, 1000, 2.0)
+                if not batch:
+                    break
+                out.extend(batch)
+        finally:
+            try:
+                await sub.unsubscribe()
+                await self.js.delete_consumer(stream, consumer.name)
+            except Exception:  # noqa: BLE001 - it expires by itself
+                pass
+        return out
+
     async def consumer(self, stream: str, durable: str, start_seq: Optional[int]) -> Any:
         """(Re)create this server's durable consumer, from ``start_seq`` (or
         the start of the stream), and bind a pull subscription to it."""
@@ -193,6 +248,10 @@ class NatsBridge:
             opt_start_seq=opt_seq,
             ack_policy=api.AckPolicy.NONE,
             max_waiting=16,
+            # One replica: no quorum to wait for while a node is down; a
+            # consumer lost with its node is made again (from the next
+            # sequence) by the caller.
+            num_replicas=1,
         )
         await self.js.add_consumer(stream, config)
         return await self.js.pull_subscribe_bind(durable=durable, stream=stream)

@@ -24,6 +24,13 @@ from qasino.core.model import Publish
 from qasino.core.tables import parse_csv_publish, parse_json_publish
 
 STREAM = "QASINO"
+KEEP_STREAM = "QASINO_KEEP"
+KEEP_PREFIX = "qasino.keep."
+KEEP_SUBJECTS = KEEP_PREFIX + ">"
+# Headers of a kept copy: where and when the original was in stream QASINO.
+ORIGIN_SEQ = "Qasino-Seq"
+ORIGIN_TIME = "Qasino-Time"
+ORIGIN_SUBJECT = "Qasino-Subject"
 PUBLISH_PREFIX = "qasino.publish."
 PUBLISH_SUBJECTS = PUBLISH_PREFIX + ">"
 TICK_SUBJECT = "qasino.tick"
@@ -45,6 +52,42 @@ def identity_from_subject(subject: str) -> Optional[str]:
     if subject.startswith(PUBLISH_PREFIX):
         return subject[len(PUBLISH_PREFIX) :] or None
     return None
+
+
+def keep_subject(kind: str, identity: str, tablename: str, column: str = "") -> str:
+    """Where the last static (``s``), persist (``p``) or name/value (``n``)
+    publish of one identity and table is kept (one message per subject).
+    The identity is hex-encoded: any identity, one token, no collisions."""
+    subject = f"{KEEP_PREFIX}{kind}.{identity.encode('utf-8').hex() or '_'}.{tablename.lower()}"
+    return subject + (f".{column.lower()}" if column else "")
+
+
+def kept_copy_headers(msg: StreamMessage) -> dict[str, str]:
+    headers = dict(msg.headers or {})
+    headers.pop("Nats-Msg-Id", None)
+    headers[ORIGIN_SEQ] = str(msg.seq)
+    headers[ORIGIN_TIME] = str(msg.ts_ns)
+    headers[ORIGIN_SUBJECT] = msg.subject
+    headers["Nats-Msg-Id"] = f"keep-{msg.seq}"
+    return headers
+
+
+def original_of(kept: StreamMessage) -> Optional[StreamMessage]:
+    """The original message a kept copy stands for (None: a tombstone)."""
+    headers = kept.headers or {}
+    if not kept.data or ORIGIN_SEQ not in headers:
+        return None
+    try:
+        seq, ts_ns = int(headers[ORIGIN_SEQ]), int(headers[ORIGIN_TIME])
+    except (KeyError, ValueError):
+        return None
+    subject = headers.get(ORIGIN_SUBJECT, PUBLISH_PREFIX + "_")
+    rest = {
+        k: v
+        for k, v in headers.items()
+        if not k.startswith(("Qasino-Seq", "Qasino-Time", "Qasino-Subject", "Nats-"))
+    }
+    return StreamMessage(subject, kept.data, rest or None, seq, ts_ns)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 RETRY_WAIT_S = 0.25
 TRY_TIMEOUT_S = 2.0
@@ -37,7 +38,13 @@ async def publish_acked(
             return await js.publish(
                 subject, data, headers=headers, timeout=max(0.1, min(TRY_TIMEOUT_S, remaining))
             )
-        except (NoRespondersError, NatsTimeoutError, asyncio.TimeoutError):
+        except (
+            NoRespondersError,
+            NoStreamResponseError,
+            ServiceUnavailableError,
+            NatsTimeoutError,
+            asyncio.TimeoutError,
+        ):
             if time.monotonic() + RETRY_WAIT_S >= deadline:
                 raise
             await asyncio.sleep(RETRY_WAIT_S)

@@ -39,11 +39,15 @@ from qasino.nats.messages import (
     CSV_TYPE,
     GENSIG_SUBJECT,
     IDENTITY_HEADER,
+    KEEP_STREAM,
     STREAM,
     TICK_SUBJECT,
     NameValue,
     StreamMessage,
     decode,
+    keep_subject,
+    kept_copy_headers,
+    original_of,
     subject_for,
 )
 from qasino.ops import Dispatcher, encode_json
@@ -55,6 +59,10 @@ FETCH_BATCH = 2000
 FETCH_TIMEOUT_S = 0.5
 DEFAULT_RETENTION_GENERATIONS = 10
 MIN_MAX_AGE_S = 60.0
+# Messages younger than this (by the server's clock) are copied to
+# QASINO_KEEP when static/persist; older ones were copied when they were
+# new (copies are de-duplicated by JetStream for two minutes).
+KEEP_LIVE_S = 60.0
 
 
 def consumer_name(identity: str) -> str:
@@ -102,6 +110,7 @@ class NatsService(Service):
         self._main: Optional[Any] = None
         self._stop: Optional[asyncio.Event] = None
         self._next_seq: Optional[int] = None  # NATS thread only
+        self.kept: set[str] = set()  # persist subjects with a copy in QASINO_KEEP
         dispatcher.forwarder = self
         engine.on_generation(self._gensig)
 
@@ -161,18 +170,42 @@ class NatsService(Service):
             except Exception as e:  # noqa: BLE001 - retried
                 self.bridge._state(False, f"cannot create stream {self.stream}: {e!r}")
                 await _sleep(stop, 1.0)
+        while not stop.is_set():
+            try:
+                await self._restore_kept()
+                break
+            except Exception as e:  # noqa: BLE001 - retried
+                self.bridge._state(False, f"cannot read stream {KEEP_STREAM}: {e!r}")
+                await _sleep(stop, 1.0)
         sub = None
         fresh = True
+        loop = asyncio.get_running_loop()
+        last_message = loop.time()
+        stall_s = max(3.0, 4 * self.tick_s)
         while not stop.is_set():
             try:
                 if sub is None:
                     sub = await self.bridge.consumer(self.stream, self.durable, self._next_seq)
                     fresh = True
                 msgs = await self.bridge.fetch(sub, FETCH_BATCH, FETCH_TIMEOUT_S)
+                now = loop.time()
                 if not msgs:
                     if not self.caught_up:
                         self.reactor.callFromThread(self._caught_up)
+                    if now - last_message > stall_s:
+                        # Ticks come every tick_s: silence means the
+                        # consumer is gone (its node died). Make it again.
+                        self.reactor.callFromThread(
+                            log.warn,
+                            "no message from stream {stream} for {s:.0f}s: "
+                            "making the consumer again",
+                            stream=self.stream,
+                            s=now - last_message,
+                        )
+                        sub = None
+                        last_message = now
                     continue
+                last_message = now
                 msgs, gap = self._in_order(msgs, fresh)
                 fresh = False
                 if msgs:
@@ -192,6 +225,47 @@ class NatsService(Service):
                 )
                 sub = None
                 await _sleep(stop, 0.5)
+
+    async def _restore_kept(self) -> None:
+        """Before the stream: the last static/persist publishes per identity
+        and table that stream QASINO no longer holds (older than its first
+        message), from QASINO_KEEP, in their original order."""
+        await self.bridge.ensure_keep_stream(self.replicas)
+        first = await self.bridge.first_seq(self.stream)
+        kept = await self.bridge.read_all(KEEP_STREAM)
+        originals = []
+        subjects = []
+        for k in kept:
+            original = original_of(k)
+            if original is None:
+                continue
+            if k.subject.startswith("qasino.keep.p."):
+                subjects.append(k.subject)
+            if first and original.seq >= first:
+                continue  # the stream replays it itself
+            originals.append(original)
+        originals.sort(key=lambda m: m.seq)
+        if first:
+            self._next_seq = first
+        await self._hand_restore(originals, subjects)
+
+    async def _hand_restore(self, msgs: list[StreamMessage], subjects: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def on_reactor() -> None:
+            self.kept.update(subjects)
+            d = maybeDeferred(self.apply_batch, msgs, False)
+            d.addErrback(lambda f: log.failure("restoring kept publishes failed", f))
+            d.addBoth(lambda _: loop.call_soon_threadsafe(_resolve, done))
+            log.info(
+                "restored {n} static/persist publishes from {stream}",
+                n=len(msgs),
+                stream=KEEP_STREAM,
+            )
+
+        self.reactor.callFromThread(on_reactor)
+        await done
 
     def _in_order(self, msgs: list[StreamMessage], fresh: bool) -> tuple[list[StreamMessage], bool]:
         """Drop what was applied already; cut the batch at a sequence gap.
@@ -236,15 +310,33 @@ class NatsService(Service):
 
     # ------------------------------------------------------------ apply (reactor)
 
-    def apply_batch(self, msgs: list[StreamMessage]) -> Optional[Deferred[Any]]:
+    def apply_batch(
+        self, msgs: list[StreamMessage], from_stream: bool = True
+    ) -> Optional[Deferred[Any]]:
         """Apply messages in stream order: cut generations by their stream
         time, then publish each into the generation it falls in. Returns
-        the Deferred of the last write (writes run in order)."""
+        the Deferred of the last write (writes run in order).
+
+        ``from_stream`` False: restored copies (no cuts, not copied again)."""
         last: Optional[Deferred[Any]] = None
         limits = self.dispatcher.limits
+        store = self.engine.store
+        calls: list[tuple[Any, tuple[Any, ...]]] = []
+        applied: list[StreamMessage] = []
+        cells = 0
+
+        def flush() -> None:
+            nonlocal last, calls, applied, cells
+            if calls:
+                last = self.engine.write_batch(calls, cells)
+                last.addCallback(self._batch_done, applied)
+                last.addErrback(self._batch_failed, applied)
+                calls, applied, cells = [], [], 0
+
         for m in msgs:
-            cut = self.timeline.place(m.ts)
+            cut = self.timeline.place(m.ts) if from_stream else None
             if cut is not None:
+                flush()
                 last = self.engine.rotate(now=float(cut), next_number=cut)
                 last.addErrback(self._rotate_failed)
             if m.subject == TICK_SUBJECT:
@@ -261,16 +353,76 @@ class NatsService(Service):
                     error=e.message,
                 )
                 continue
+            if from_stream:
+                self._keep(m, decoded)
             if isinstance(decoded, Publish):
-                last = self.engine.publish(decoded, now=m.ts)
+                calls.append((store.publish, (decoded, m.ts)))
+                cells += len(decoded.table.rows) * len(decoded.table.column_names)
             elif isinstance(decoded, NameValue):
-                last = self.engine.name_value_update(
-                    decoded.tablename, decoded.column, decoded.value, decoded.identity, now=m.ts
+                calls.append(
+                    (
+                        store.name_value_update,
+                        (decoded.tablename, decoded.column, decoded.value, decoded.identity, m.ts),
+                    )
                 )
+                cells += 2
             else:
                 continue
-            last.addErrback(self._apply_failed, m)
+            applied.append(m)
+        flush()
         return last
+
+    def _batch_done(self, errors: list[Any], msgs: list[StreamMessage]) -> None:
+        for error, m in zip(errors, msgs):
+            if error is not None:
+                self._apply_failed(Failure(error), m)
+
+    def _batch_failed(self, failure: Failure, msgs: list[StreamMessage]) -> None:
+        log.error(
+            "messages {first}..{last} could not be applied: {error}",
+            first=msgs[0].seq,
+            last=msgs[-1].seq,
+            error=failure.getErrorMessage(),
+        )
+
+    def _keep(self, m: StreamMessage, decoded: Any) -> None:
+        """Copy a static/persist/name-value publish to QASINO_KEEP (the last
+        one per identity and table is kept there past the stream's age
+        limit); an ordinary publish that ends a persisted table replaces its
+        copy with an empty one."""
+        tombstone = False
+        if isinstance(decoded, Publish):
+            opts, name = decoded.options, decoded.table.tablename
+            if opts.static:
+                subject = keep_subject("s", opts.identity, name)
+            else:
+                subject = keep_subject("p", opts.identity, name)
+                if opts.persist:
+                    self.kept.add(subject)
+                elif opts.update or subject not in self.kept:
+                    return
+                else:
+                    self.kept.discard(subject)
+                    tombstone = True
+        elif isinstance(decoded, NameValue):
+            subject = keep_subject("n", decoded.identity, decoded.tablename, decoded.column)
+        else:
+            return
+        if self.reactor.seconds() - m.ts > KEEP_LIVE_S or not self.up:
+            return
+        if tombstone:
+            data, headers = b"", {"Nats-Msg-Id": f"drop-{m.seq}"}
+        else:
+            data, headers = m.data, kept_copy_headers(m)
+        d = self.bridge.submit(self.bridge.publish(subject, data, headers))
+        d.addErrback(
+            lambda f: log.warn(
+                "could not copy message {seq} to {stream}: {e}",
+                seq=m.seq,
+                stream=KEEP_STREAM,
+                e=f.getErrorMessage(),
+            )
+        )
 
     def _rotate_failed(self, failure: Failure) -> None:
         log.failure("rotation failed", failure)

@@ -437,6 +437,28 @@ class Store:
         self.persisted.record(publish, merge_cells=True, now=now)
         self.counters.add(updates_completed=1, inserts_completed=1)
 
+    def write_batch(
+        self, calls: Sequence[tuple[Callable[..., object], tuple[object, ...]]]
+    ) -> list[Optional[QasinoError]]:
+        """Run writer calls (``publish``, ``name_value_update``) in order in
+        one transaction of the writer generation: each call stays atomic on
+        its own (a savepoint), but the generation commits once, not once per
+        table. Returns each call's error (None when applied). NATS mode
+        applies stream batches this way."""
+        errors: list[Optional[QasinoError]] = []
+        try:
+            with self._writer.conn:
+                for fn, args in calls:
+                    try:
+                        fn(*args)
+                    except QasinoError as e:
+                        errors.append(e)
+                    else:
+                        errors.append(None)
+        except apsw.Error as e:
+            raise _failed_write(e, self._writer.conn) from None
+        return errors
+
     def set_views(self, views: Sequence[ViewDef]) -> None:
         """Use these views from the next snapshot on (any thread)."""
         with self._lock:

@@ -139,8 +139,8 @@ def test_kill_of_one_nats_node_during_ingest_loses_no_acknowledged_publish(
     a = nats_server("ka")
     acked: list[str] = []
     errors: list[str] = []
-    for i in range(150):
-        if i == 50:
+    for i in range(90):
+        if i == 30:
             cluster.kill(1)
         ident = f"k{i:03d}"
         reply = http_publish(
@@ -150,7 +150,7 @@ def test_kill_of_one_nats_node_during_ingest_loses_no_acknowledged_publish(
             acked.append(ident)
         else:
             errors.append(reply["error_message"])
-    assert len(acked) >= 100, errors[:5]
+    assert len(acked) >= 60, errors[:5]
     sql = "SELECT host FROM kp ORDER BY host"
 
     def all_acked_served() -> bool:
@@ -214,3 +214,44 @@ def test_nats_gone_later_keeps_the_last_snapshot_served(
     s.wait_log("reconnected to NATS", timeout=20)
     ok(http_publish(s.ports["http"], publish_request("h3", table("q", [["h3", 3]]))))
     poll_until(lambda: served(s, "SELECT host FROM q")[1] == [["h3"]], 15, "q after reconnect")
+
+
+def stream_first_seq(url: str, stream: str = "QASINO") -> int:
+    import asyncio
+
+    import nats
+
+    async def get() -> int:
+        nc = await nats.connect(servers=[url])
+        try:
+            info = await nc.jetstream().stream_info(stream)
+            return int(info.state.first_seq)
+        finally:
+            await nc.close()
+
+    return asyncio.run(get())
+
+
+def test_static_and_persist_outlive_the_streams_age_limit(
+    nats_server: Callable[..., QasinoProcess], single_node: NatsNode
+) -> None:
+    """QASINO keeps messages 3 s here; the last static/persist publish per
+    identity and table is kept in QASINO_KEEP, and a persisted table that
+    its identity ended is not brought back."""
+    flags = ("--nats-replicas", "1", "--nats-max-age", "3")
+    a = nats_server("ra", *flags, nats_url=single_node.url)
+    port = a.ports["http"]
+    ok(http_publish(port, publish_request("h1", table("rs", [["st", 1]]), static=1)))
+    ok(http_publish(port, publish_request("h1", table("rp", [["h1", 1]]), persist=1)))
+    ok(http_publish(port, publish_request("h2", table("rp", [["h2", 2]]), persist=1)))
+    poll_until(lambda: len(served(a, "SELECT * FROM rp")[1]) == 2, 15, "rp on a")
+    ok(http_publish(port, publish_request("h2", table("rp", [["h2", 3]]))))  # ends h2's persist
+    first = stream_first_seq(single_node.url)
+    poll_until(lambda: stream_first_seq(single_node.url) > first + 5, 20, "old messages to expire")
+    b = nats_server("rb", *flags, nats_url=single_node.url)
+    b.wait_log("restored 2 static/persist publishes")
+    for sql in ("SELECT host, n FROM rp ORDER BY host", "SELECT host, n FROM rs"):
+        g, ra, rb = same_generation(a, b, sql)
+        assert ra == rb, (sql, ra, rb)
+    assert served(b, "SELECT host, n FROM rp ORDER BY host")[1] == [["h1", "1"]]
+    assert served(b, "SELECT host, n FROM rs")[1] == [["st", "1"]]
