@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ from tests.e2e.conftest import (
     make_table,
     publish_request,
     request_target,
+    zmq_call,
 )
 from tests.nats.cluster import NatsCluster, NatsNode
 from tests.server_process import QasinoProcess, free_port, poll_until
@@ -255,3 +257,58 @@ def test_static_and_persist_outlive_the_streams_age_limit(
         assert ra == rb, (sql, ra, rb)
     assert served(b, "SELECT host, n FROM rp ORDER BY host")[1] == [["h1", "1"]]
     assert served(b, "SELECT host, n FROM rs")[1] == [["st", "1"]]
+
+
+def nats_publish(url: str, subject: str, body: bytes, headers: dict[str, str] | None) -> int:
+    """Publish straight into the stream as a third-party publisher would."""
+    import asyncio
+
+    import nats
+
+    async def go() -> int:
+        nc = await nats.connect(servers=url.split(","))
+        try:
+            ack = await nc.jetstream().publish(subject, body, headers=headers, timeout=10)
+            return int(ack.seq)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def test_every_way_in_reaches_the_stream(
+    nats_server: Callable[..., QasinoProcess], cluster: NatsCluster
+) -> None:
+    """JSON and CSV straight to qasino.publish.IDENTITY, ZeroMQ and HTTP CSV
+    publishes forwarded by a server: all applied, on both servers."""
+    a = nats_server("wa")
+    b = nats_server("wb")
+    body = {
+        "table": {
+            "tablename": "w",
+            "column_names": ["host", "n"],
+            "column_types": ["text", "int"],
+            "rows": [["json", 1]],
+        },
+        "persist": 1,
+    }
+    nats_publish(cluster.url, "qasino.publish.wj", json.dumps(body).encode(), None)
+    csv = b"persist=1\nw\nhost,n\ntext,int\nHost,N\ncsv,2\n"
+    nats_publish(cluster.url, "qasino.publish.wc", csv, {"Content-Type": "text/csv"})
+    ok(zmq_call(a.ports["zmq"], publish_request("wz", table("w", [["zmq", 3]]), persist=1)))
+    reply = http_request(
+        a.ports["http"],
+        "POST",
+        request_target(op="add_csv_table_data"),
+        b"persist=1,identity=wh\nw\nhost,n\ntext,int\nHost,N\nhttpcsv,4\n",
+        {"Content-Type": "text/csv"},
+    )
+    ok(reply.json())
+    sql = "SELECT host, n FROM w ORDER BY n"
+    expected = [["json", "1"], ["csv", "2"], ["zmq", "3"], ["httpcsv", "4"]]
+    poll_until(lambda: served(b, sql)[1] == expected, 15, "all four on b")
+    g, ra, rb = same_generation(a, b, sql)
+    assert ra == rb == expected
+    idents = "SELECT identity FROM qasino_server_connections ORDER BY identity"
+    g, ia, ib = same_generation(a, b, idents)
+    assert ia == ib
