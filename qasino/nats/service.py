@@ -63,6 +63,8 @@ MIN_MAX_AGE_S = 60.0
 # QASINO_KEEP when static/persist; older ones were copied when they were
 # new (copies are de-duplicated by JetStream for two minutes).
 KEEP_LIVE_S = 60.0
+# Batches handed to the reactor and not yet applied, at most.
+IN_FLIGHT = 2
 
 
 def consumer_name(identity: str) -> str:
@@ -110,6 +112,8 @@ class NatsService(Service):
         self._main: Optional[Any] = None
         self._stop: Optional[asyncio.Event] = None
         self._next_seq: Optional[int] = None  # NATS thread only
+        self._in_flight: Optional[asyncio.Semaphore] = None  # NATS thread only
+        self._handed = 0  # batches handed and not yet applied (NATS thread only)
         self.kept: set[str] = set()  # persist subjects with a copy in QASINO_KEEP
         dispatcher.forwarder = self
         engine.on_generation(self._gensig)
@@ -190,7 +194,7 @@ class NatsService(Service):
                 msgs = await self.bridge.fetch(sub, FETCH_BATCH, FETCH_TIMEOUT_S)
                 now = loop.time()
                 if not msgs:
-                    if not self.caught_up:
+                    if not self.caught_up and not self._handed:
                         self.reactor.callFromThread(self._caught_up)
                     if now - last_message > stall_s:
                         # Ticks come every tick_s: silence means the
@@ -211,8 +215,6 @@ class NatsService(Service):
                 if msgs:
                     await self._hand(msgs)
                     self._next_seq = msgs[-1].seq + 1
-                    if msgs[-1].pending == 0 and not self.caught_up:
-                        self.reactor.callFromThread(self._caught_up)
                 if gap:
                     # A batch went missing (a node died under it): start the
                     # consumer again right after the last applied message.
@@ -284,20 +286,36 @@ class NatsService(Service):
         return out, False
 
     async def _hand(self, msgs: list[StreamMessage]) -> None:
-        """Apply a batch on the reactor thread; return once it is applied."""
+        """Decode a batch here (on the NATS thread) and hand it to the
+        reactor thread to apply; returns once it is handed, with at most
+        ``IN_FLIGHT`` batches not yet applied, so decoding the next batch
+        overlaps with SQLite writing the last one. The reactor applies
+        batches in the order they are handed."""
+        limits = self.dispatcher.limits
+        decoded = [_decode_or_error(m, limits) for m in msgs]
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        if self._in_flight is None:
+            self._in_flight = asyncio.Semaphore(IN_FLIGHT)
+        slots = self._in_flight
+        await slots.acquire()
+
+        self._handed += 1
+
+        def released() -> None:
+            self._handed -= 1
+            slots.release()
 
         def finish(_: object) -> None:
-            loop.call_soon_threadsafe(_resolve, done)
+            loop.call_soon_threadsafe(released)
 
         def on_reactor() -> None:
-            d = maybeDeferred(self.apply_batch, msgs)
+            d = maybeDeferred(self.apply_batch, msgs, True, decoded)
             d.addErrback(lambda f: log.failure("applying a NATS batch failed", f))
+            if msgs[-1].pending == 0:
+                d.addBoth(lambda _: self._caught_up())
             d.addBoth(finish)
 
         self.reactor.callFromThread(on_reactor)
-        await done
 
     def _caught_up(self) -> None:
         if not self.caught_up:
@@ -311,13 +329,18 @@ class NatsService(Service):
     # ------------------------------------------------------------ apply (reactor)
 
     def apply_batch(
-        self, msgs: list[StreamMessage], from_stream: bool = True
+        self,
+        msgs: list[StreamMessage],
+        from_stream: bool = True,
+        decoded_msgs: Optional[list[Any]] = None,
     ) -> Optional[Deferred[Any]]:
         """Apply messages in stream order: cut generations by their stream
         time, then publish each into the generation it falls in. Returns
         the Deferred of the last write (writes run in order).
 
-        ``from_stream`` False: restored copies (no cuts, not copied again)."""
+        ``from_stream`` False: restored copies (no cuts, not copied again).
+        ``decoded_msgs``: each message already decoded (or the InvalidInput
+        it raised), as the NATS thread hands them."""
         last: Optional[Deferred[Any]] = None
         limits = self.dispatcher.limits
         store = self.engine.store
@@ -333,7 +356,7 @@ class NatsService(Service):
                 last.addErrback(self._batch_failed, applied)
                 calls, applied, cells = [], [], 0
 
-        for m in msgs:
+        for i, m in enumerate(msgs):
             cut = self.timeline.place(m.ts) if from_stream else None
             if cut is not None:
                 flush()
@@ -343,7 +366,12 @@ class NatsService(Service):
                 continue
             self.applied += 1
             try:
-                decoded = decode(m, limits)
+                if decoded_msgs is None:
+                    decoded = decode(m, limits)
+                elif isinstance(decoded_msgs[i], InvalidInput):
+                    raise decoded_msgs[i]
+                else:
+                    decoded = decoded_msgs[i]
             except InvalidInput as e:
                 self.engine.count_publish_error()
                 log.warn(
@@ -500,6 +528,13 @@ class NatsService(Service):
         )
         d = self.bridge.submit(self.bridge.publish_plain(GENSIG_SUBJECT, body))
         d.addErrback(lambda f: log.debug("gensig not sent: {e}", e=f.getErrorMessage()))
+
+
+def _decode_or_error(m: StreamMessage, limits: dict[str, int]) -> Any:
+    try:
+        return decode(m, limits)
+    except InvalidInput as e:
+        return e
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -130,3 +130,18 @@ def test_without_nats_nothing_nats_is_imported() -> None:
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_server_flags_nats_needs_whole_second_generations_and_a_replica() -> None:
+    from qasino.server_main import build_parser, config_from_args
+
+    parser = build_parser()
+    with pytest.raises(SystemExit, match="whole number of seconds"):
+        config_from_args(parser.parse_args(["--nats", "nats://h:4222", "-g", "1.5"]))
+    with pytest.raises(SystemExit, match="at least 1"):
+        config_from_args(parser.parse_args(["--nats", "nats://h:4222", "--nats-replicas", "0"]))
+    config = config_from_args(
+        parser.parse_args(["--nats", "nats://a:1,nats://b:2", "--nats-replicas", "3", "-g", "5"])
+    )
+    assert (config.nats, config.nats_replicas) == ("nats://a:1,nats://b:2", 3)
+    assert config_from_args(parser.parse_args([])).nats is None
