@@ -46,6 +46,8 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_S = 2.0
 RECONNECT_WAIT_S = 0.5
 ACK_TIMEOUT_S = 5.0
+# A consumer nobody fetched from for this long is removed by JetStream.
+CONSUMER_IDLE_S = 600.0
 
 
 class NatsBridge:
@@ -59,6 +61,8 @@ class NatsBridge:
         self.thread = threading.Thread(target=self._run, name="qasino-nats", daemon=True)
         self.nc: Any = None
         self.js: Any = None
+        self._consumers = 0  # consumers made so far this run
+        self._consumer_name: Optional[str] = None
         # Set on the reactor thread through callFromThread.
         self.on_state: Callable[[bool, str], None] = lambda up, why: None
 
@@ -232,18 +236,31 @@ class NatsBridge:
         return out
 
     async def consumer(self, stream: str, durable: str, start_seq: Optional[int]) -> Any:
-        """(Re)create this server's durable consumer, from ``start_seq`` (or
-        the start of the stream), and bind a pull subscription to it."""
+        """Make this server's durable consumer afresh, from ``start_seq`` (or
+        the start of the stream), and bind a pull subscription to it.
+
+        The first one of a run is named ``durable``; each one made again
+        (its node died, a sequence gap) gets a new name, ``durable-N``, so
+        that nothing waits for the old one, which may sit on a dead node:
+        deleting it is tried briefly, and an abandoned one is removed by
+        JetStream after ``inactive_threshold``."""
+        name = durable if self._consumers == 0 else f"{durable}-{self._consumers}"
+        if self._consumer_name is not None:
+            try:
+                await asyncio.wait_for(self.js.delete_consumer(stream, self._consumer_name), 2.0)
+            except Exception:  # noqa: BLE001 - it expires by itself
+                pass
+        self._consumers += 1
         try:
-            await self.js.delete_consumer(stream, durable)
-        except NotFoundError:
+            await asyncio.wait_for(self.js.delete_consumer(stream, name), 2.0)
+        except Exception:  # noqa: BLE001 - absent, or on a dead node
             pass
         if start_seq is None:
             policy, opt_seq = api.DeliverPolicy.ALL, None
         else:
             policy, opt_seq = api.DeliverPolicy.BY_START_SEQUENCE, start_seq
         config = api.ConsumerConfig(
-            durable_name=durable,
+            durable_name=name,
             deliver_policy=policy,
             opt_start_seq=opt_seq,
             ack_policy=api.AckPolicy.NONE,
@@ -252,9 +269,11 @@ class NatsBridge:
             # consumer lost with its node is made again (from the next
             # sequence) by the caller.
             num_replicas=1,
+            inactive_threshold=CONSUMER_IDLE_S,
         )
+        self._consumer_name = name
         await self.js.add_consumer(stream, config)
-        return await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+        return await self.js.pull_subscribe_bind(durable=name, stream=stream)
 
     async def fetch(self, sub: Any, batch: int, timeout: float) -> list[StreamMessage]:
         try:

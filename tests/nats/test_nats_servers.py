@@ -135,15 +135,35 @@ def test_merge_rules_hold_through_the_stream(
         raise AssertionError("the second publish was never refused")
 
 
+def consumer_node(cluster: NatsCluster, consumer: str, stream: str = "QASINO") -> int:
+    """Index of the cluster node that leads ``consumer``."""
+    import asyncio
+
+    import nats
+
+    async def get() -> str:
+        nc = await nats.connect(servers=cluster.urls)
+        try:
+            info = await nc.jetstream().consumer_info(stream, consumer)
+            return str(info.cluster.leader)
+        finally:
+            await nc.close()
+
+    leader = asyncio.run(get())
+    return [n.name for n in cluster.nodes].index(leader)
+
+
 def test_kill_of_one_nats_node_during_ingest_loses_no_acknowledged_publish(
     nats_server: Callable[..., QasinoProcess], cluster: NatsCluster
 ) -> None:
     a = nats_server("ka")
     acked: list[str] = []
     errors: list[str] = []
+    # The node that holds this server's consumer: the hardest one to lose.
+    victim = consumer_node(cluster, "qasino_ka")
     for i in range(90):
         if i == 30:
-            cluster.kill(1)
+            cluster.kill(victim)
         ident = f"k{i:03d}"
         reply = http_publish(
             a.ports["http"], publish_request(ident, table("kp", [[ident, i]]), persist=1)
