@@ -100,11 +100,6 @@ class NatsPublisher:
         ack = self._call(self._publish(subject_for(identity), body, None), self.timeout_s + 5)
         return {"response_op": "ok", "stream": ack.stream, "seq": ack.seq}
 
-    def publish_csv(self, identity: str, body: bytes) -> dict[str, Any]:
-        headers = {"Content-Type": "text/csv", "Qasino-Identity": identity}
-        ack = self._call(self._publish(subject_for(identity), body, headers), self.timeout_s + 5)
-        return {"response_op": "ok", "stream": ack.stream, "seq": ack.seq}
-
     async def _subscribe(self) -> None:
         await self._connect()
 

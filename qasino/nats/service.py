@@ -188,6 +188,11 @@ class NatsService(Service):
         last_message = loop.time()
         stall_s = max(3.0, 4 * self.tick_s)
         while not stop.is_set():
+            if not self.bridge.nc.is_connected:
+                # nats-py is reconnecting (logged once): wait for it quietly.
+                await _sleep(stop, 0.5)
+                last_message = loop.time()
+                continue
             try:
                 if sub is None:
                     sub = await self.bridge.consumer(self.stream, self.durable, self._next_seq)
