@@ -182,6 +182,8 @@ class NatsService(Service):
             except Exception as e:  # noqa: BLE001 - retried
                 self.bridge._state(False, f"cannot read stream {KEEP_STREAM}: {e!r}")
                 await _sleep(stop, 1.0)
+        # Up again if a failure above said otherwise.
+        self.bridge._state(self.bridge.nc.is_connected, f"reading stream {self.stream}")
         sub = None
         fresh = True
         loop = asyncio.get_running_loop()
