@@ -28,16 +28,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
         c.stop()
 
 
-@pytest.fixture
-def nats_server(tmp_path: Path, cluster: NatsCluster) -> Iterator[Callable[..., QasinoProcess]]:
-    """Start Qasino servers on the cluster: ``make(name, *extra_args)``."""
-    made: list[QasinoProcess] = []
-
+def _maker(
+    workdir: Path, cluster: NatsCluster, made: list[QasinoProcess]
+) -> Callable[..., QasinoProcess]:
     def make(name: str, *extra: str, start: bool = True, **kwargs: Any) -> QasinoProcess:
         url = kwargs.pop("nats_url", cluster.url)
         caught_up = kwargs.pop("caught_up", True)
         args = ["--nats", url, "--nats-replicas", "3", *extra]
-        server = new_server(tmp_path / name, GENERATION_S, args)
+        server = new_server(workdir / name, GENERATION_S, args)
         server.args[server.args.index("-i") + 1] = name
         made.append(server)
         if start:
@@ -46,10 +44,32 @@ def nats_server(tmp_path: Path, cluster: NatsCluster) -> Iterator[Callable[..., 
                 server.wait_log("caught up with stream", timeout=20)
         return server
 
-    yield make
+    return make
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path, cluster: NatsCluster) -> Iterator[Callable[..., QasinoProcess]]:
+    """Start Qasino servers on the cluster: ``make(name, *extra_args)``."""
+    made: list[QasinoProcess] = []
+    yield _maker(tmp_path, cluster, made)
     for server in made:
         server.close()
     cluster.ensure_all_alive()
+
+
+@pytest.fixture(scope="module")
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, cluster: NatsCluster
+) -> Iterator[tuple[QasinoProcess, QasinoProcess]]:
+    """Two servers on the module's cluster, shared by the tests that only
+    publish and compare (each uses tables of its own)."""
+    made: list[QasinoProcess] = []
+    make = _maker(tmp_path_factory.mktemp("pair"), cluster, made)
+    try:
+        yield make("pa1"), make("pa2")
+    finally:
+        for server in made:
+            server.close()
 
 
 @pytest.fixture

@@ -55,10 +55,9 @@ def same_generation(a: QasinoProcess, b: QasinoProcess, sql: str, timeout: float
 
 
 def test_two_servers_on_one_stream_serve_identical_generations(
-    nats_server: Callable[..., QasinoProcess],
+    pair: tuple[QasinoProcess, QasinoProcess],
 ) -> None:
-    a = nats_server("qa")
-    b = nats_server("qb")
+    a, b = pair
     for i in range(20):
         target = a if i % 2 else b
         ok(
@@ -94,12 +93,11 @@ def ctable(rows: list[list[Any]]) -> dict[str, Any]:
 
 
 def test_merge_rules_hold_through_the_stream(
-    nats_server: Callable[..., QasinoProcess],
+    pair: tuple[QasinoProcess, QasinoProcess],
 ) -> None:
     """Once per identity per generation, static, update/keycols and
     name/value, applied from the stream, alike on two servers."""
-    a = nats_server("ma")
-    b = nats_server("mb")
+    a, b = pair
     port = a.ports["http"]
     ok(http_publish(port, publish_request("h1", static_table([["x", 1]]), static=1)))
     ok(http_publish(port, publish_request("h1", table("u", [["k", 1]]), update=1, keycols="host")))
@@ -133,6 +131,60 @@ def test_merge_rules_hold_through_the_stream(
         break
     else:
         raise AssertionError("the second publish was never refused")
+
+
+def nats_publish(url: str, subject: str, body: bytes, headers: dict[str, str] | None) -> int:
+    """Publish straight into the stream as a third-party publisher would."""
+    import asyncio
+
+    import nats
+
+    async def go() -> int:
+        nc = await nats.connect(servers=url.split(","))
+        try:
+            ack = await nc.jetstream().publish(subject, body, headers=headers, timeout=10)
+            return int(ack.seq)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def test_every_way_in_reaches_the_stream(
+    pair: tuple[QasinoProcess, QasinoProcess], cluster: NatsCluster
+) -> None:
+    """JSON and CSV straight to qasino.publish.IDENTITY, ZeroMQ and HTTP CSV
+    publishes forwarded by a server: all applied, on both servers."""
+    a, b = pair
+    body = {
+        "table": {
+            "tablename": "w",
+            "column_names": ["host", "n"],
+            "column_types": ["text", "int"],
+            "rows": [["json", 1]],
+        },
+        "persist": 1,
+    }
+    nats_publish(cluster.url, "qasino.publish.wj", json.dumps(body).encode(), None)
+    csv = b"persist=1\nw\nhost,n\ntext,int\nHost,N\ncsv,2\n"
+    nats_publish(cluster.url, "qasino.publish.wc", csv, {"Content-Type": "text/csv"})
+    ok(zmq_call(a.ports["zmq"], publish_request("wz", table("w", [["zmq", 3]]), persist=1)))
+    reply = http_request(
+        a.ports["http"],
+        "POST",
+        request_target(op="add_csv_table_data"),
+        b"persist=1,identity=wh\nw\nhost,n\ntext,int\nHost,N\nhttpcsv,4\n",
+        {"Content-Type": "text/csv"},
+    )
+    ok(reply.json())
+    sql = "SELECT host, n FROM w ORDER BY n"
+    expected = [["json", "1"], ["csv", "2"], ["zmq", "3"], ["httpcsv", "4"]]
+    poll_until(lambda: served(b, sql)[1] == expected, 15, "all four on b")
+    g, ra, rb = same_generation(a, b, sql)
+    assert ra == rb == expected
+    idents = "SELECT identity FROM qasino_server_connections ORDER BY identity"
+    g, ia, ib = same_generation(a, b, idents)
+    assert ia == ib
 
 
 def consumer_node(cluster: NatsCluster, consumer: str, stream: str = "QASINO") -> int:
@@ -277,58 +329,3 @@ def test_static_and_persist_outlive_the_streams_age_limit(
         assert ra == rb, (sql, ra, rb)
     assert served(b, "SELECT host, n FROM rp ORDER BY host")[1] == [["h1", "1"]]
     assert served(b, "SELECT host, n FROM rs")[1] == [["st", "1"]]
-
-
-def nats_publish(url: str, subject: str, body: bytes, headers: dict[str, str] | None) -> int:
-    """Publish straight into the stream as a third-party publisher would."""
-    import asyncio
-
-    import nats
-
-    async def go() -> int:
-        nc = await nats.connect(servers=url.split(","))
-        try:
-            ack = await nc.jetstream().publish(subject, body, headers=headers, timeout=10)
-            return int(ack.seq)
-        finally:
-            await nc.close()
-
-    return asyncio.run(go())
-
-
-def test_every_way_in_reaches_the_stream(
-    nats_server: Callable[..., QasinoProcess], cluster: NatsCluster
-) -> None:
-    """JSON and CSV straight to qasino.publish.IDENTITY, ZeroMQ and HTTP CSV
-    publishes forwarded by a server: all applied, on both servers."""
-    a = nats_server("wa")
-    b = nats_server("wb")
-    body = {
-        "table": {
-            "tablename": "w",
-            "column_names": ["host", "n"],
-            "column_types": ["text", "int"],
-            "rows": [["json", 1]],
-        },
-        "persist": 1,
-    }
-    nats_publish(cluster.url, "qasino.publish.wj", json.dumps(body).encode(), None)
-    csv = b"persist=1\nw\nhost,n\ntext,int\nHost,N\ncsv,2\n"
-    nats_publish(cluster.url, "qasino.publish.wc", csv, {"Content-Type": "text/csv"})
-    ok(zmq_call(a.ports["zmq"], publish_request("wz", table("w", [["zmq", 3]]), persist=1)))
-    reply = http_request(
-        a.ports["http"],
-        "POST",
-        request_target(op="add_csv_table_data"),
-        b"persist=1,identity=wh\nw\nhost,n\ntext,int\nHost,N\nhttpcsv,4\n",
-        {"Content-Type": "text/csv"},
-    )
-    ok(reply.json())
-    sql = "SELECT host, n FROM w ORDER BY n"
-    expected = [["json", "1"], ["csv", "2"], ["zmq", "3"], ["httpcsv", "4"]]
-    poll_until(lambda: served(b, sql)[1] == expected, 15, "all four on b")
-    g, ra, rb = same_generation(a, b, sql)
-    assert ra == rb == expected
-    idents = "SELECT identity FROM qasino_server_connections ORDER BY identity"
-    g, ia, ib = same_generation(a, b, idents)
-    assert ia == ib
