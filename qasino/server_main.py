@@ -180,6 +180,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         )
     if args.nats_replicas < 1:
         raise SystemExit("qasino_server: --nats-replicas must be at least 1")
+    if args.nats:
+        from qasino.nats import require_client
+
+        require_client("qasino_server")
     return ServerConfig(
         identity=args.identity,
         bind=args.bind,

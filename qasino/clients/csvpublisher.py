@@ -694,6 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
 def make_sender(args: argparse.Namespace) -> tuple[Any, str]:
     """The transport the flags ask for, and a description for the log."""
     if args.nats:
+        from qasino.nats import require_client
+
+        require_client("qasino_csvpublisher")
         from qasino.nats.client import NatsPublisher
 
         client = NatsPublisher(args.nats, args.timeout, name="qasino_csvpublisher")

@@ -88,6 +88,9 @@ def build_request(data: bytes, args: argparse.Namespace) -> dict[str, Any]:
 
 def make_transport(args: argparse.Namespace) -> Any:
     if args.nats:
+        from qasino.nats import require_client
+
+        require_client("qasino_publish")
         from qasino.nats.client import NatsPublisher
 
         return NatsPublisher(args.nats, args.timeout, name="qasino_publish")

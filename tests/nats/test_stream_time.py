@@ -145,3 +145,18 @@ def test_server_flags_nats_needs_whole_second_generations_and_a_replica() -> Non
     )
     assert (config.nats, config.nats_replicas) == ("nats://a:1,nats://b:2", 3)
     assert config_from_args(parser.parse_args([])).nats is None
+
+
+def test_nats_without_the_client_library_is_one_clear_line() -> None:
+    code = (
+        "import sys; sys.modules['nats'] = None\n"
+        "from qasino.server_main import build_parser, config_from_args\n"
+        "config_from_args(build_parser().parse_args(['--nats', 'nats://h:4222']))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "qasino_server: --nats needs the NATS client library: pip install 'qasino[nats]' (nats-py)"
+    )
