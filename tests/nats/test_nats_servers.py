@@ -108,11 +108,25 @@ def test_merge_rules_hold_through_the_stream(
         request_target(op="name_value_update", name="nv.load", value="7", identity="h9"),
     )
     assert reply.json()["response_op"] == "ok"
+    for ident, row in (("h1", ["k", 1]), ("h2", ["k", 2]), ("h2", ["j", 3])):
+        ok(
+            http_publish(
+                port, publish_request(ident, table("su", [row]), static=1, update=1, keycols="host")
+            )
+        )
     for sql, expected in [
         ("SELECT host, n FROM s", [["x", "1"]]),
         ("SELECT identity, load FROM nv", [["h9", "7"]]),
+        ("SELECT host, n FROM su ORDER BY host", [["j", "3"], ["k", "2"]]),
     ]:
-        poll_until(lambda sql=sql: served(b, sql)[1], 15, f"{sql} on b")
+        for server in (a, b):
+            poll_until(
+                lambda sql=sql, server=server, expected=expected: (
+                    served(server, sql)[1] == expected
+                ),
+                15,
+                f"{sql} on {server.workdir.name}",
+            )
         g, ra, rb = same_generation(a, b, sql)
         assert ra == rb == expected, (sql, g)
     # Two publishes of one table by one identity in one generation: the
