@@ -54,6 +54,8 @@ setup(
             "qasinosql=qasino.cli:sqlclient_main",
             "qasino_publish=qasino.cli:publish_main",
             "qasino_csvpublisher=qasino.cli:csvpublisher_main",
+            # The original pip package's name for the agent.
+            "qasinocsvpub=qasino.cli:csvpublisher_main",
         ],
     },
 )

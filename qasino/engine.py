@@ -108,6 +108,7 @@ class ViewsSource:
     def __init__(self, path: Optional[str]) -> None:
         self.path = path
         self._stamp: Optional[tuple[int, ...]] = None
+        self._polled = False  # the first poll always reports what it found
         self.views: list[ViewDef] = []
         self.last_error: Optional[str] = None
         # A fixed set (views_from) is handed to the store at the first poll.
@@ -128,14 +129,19 @@ class ViewsSource:
             )
         except OSError:
             stamp = None
-        if stamp == self._stamp:
+        if stamp == self._stamp and self._polled:
             return False
         self._stamp = stamp
+        self._polled = True
         if stamp is None:
+            where = os.path.abspath(self.path)
             if self.views:
-                log.warn("views file {path} is gone; keeping the last views", path=self.path)
+                log.warn("views file {path} is gone; keeping the last views", path=where)
             else:
-                log.info("no views file at {path}; no views", path=self.path)
+                log.warn(
+                    "views file {path} not found: no views (it is read when it appears)",
+                    path=where,
+                )
             return False
         try:
             views = load_views_file(self.path)
@@ -150,6 +156,9 @@ class ViewsSource:
         self.last_error = None
         self.views = views
         log.info("loaded {n} views from {path}", n=len(views), path=self.path)
+        for view in views:
+            if view.warning:
+                log.warn("view {viewname}: {warning}", viewname=view.viewname, warning=view.warning)
         return True
 
 

@@ -37,6 +37,8 @@ Reply = dict[str, Any]
 NO_OP = "No op specified"
 UNKNOWN_OP_HTTP = "Unrecognized operation"
 MISSING_SQL = "Must specify 'sql' param"
+# The identity of a name_value_update that names none (the original's).
+UNKNOWN_IDENTITY = "unknown"
 
 
 def is_true(value: object) -> bool:
@@ -206,8 +208,10 @@ class Dispatcher:
             raise InvalidInput("'name' must be TABLE.COLUMN")
         if value is None or not isinstance(value, (str, int, float)):
             raise InvalidInput("'value' is required")
-        if not isinstance(identity, str) or not identity:
-            raise InvalidInput("'identity' is required")
+        if identity is None or identity == "":
+            identity = UNKNOWN_IDENTITY  # as the original server did
+        if not isinstance(identity, str):
+            raise InvalidInput("'identity' must be text")
         tablename, column = name.split(".")
         if self.forwarder is not None:
             forwarded = {"op": "name_value_update", "name": name, "value": str(value)}

@@ -16,8 +16,15 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+from qasino import __version__
 from qasino.core.errors import StoreError
-from qasino.service import ServerConfig, default_db_dir
+from qasino.service import (
+    DEFAULT_HTPASSWD_FILE,
+    DEFAULT_KEYS_DIR,
+    REDIRECT_AUTO,
+    ServerConfig,
+    default_db_dir,
+)
 
 # gc.set_threshold: young collections every 50,000 net allocations instead
 # of 700, full ones a hundred times rarer than young ones.
@@ -28,26 +35,64 @@ def _port(text: str) -> Optional[int]:
     """A port number; 0 picks a free one; 'off' disables the listener."""
     if text.strip().lower() in ("off", "none", "-1"):
         return None
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port: give a number 1-65535, 0 (pick a free port) or off"
+        ) from None
     if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+        raise argparse.ArgumentTypeError(
+            f"{value} is out of range: give a number 1-65535, 0 (pick a free port) or off"
+        )
     return value
+
+
+# argparse names a type function in its error ("invalid _port value"); this
+# name is what a user reads instead.
+_port.__name__ = "port"
+
+
+def _port_help(what: str, default: Optional[int]) -> str:
+    shown = "off" if default is None else str(default)
+    return f"{what} port; 0 picks a free one (logged), off disables it (default {shown})"
+
+
+def _redirect_port(text: str) -> Optional[int]:
+    """A port as for the listeners, or 'auto'."""
+    if text.strip().lower() == "auto":
+        return REDIRECT_AUTO
+    return _port(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qasino_server",
         description="Qasino stats server: merges tables published by many hosts "
-        "into one SQLite snapshot per generation and answers SQL about it.",
+        "into one SQLite snapshot per generation and answers SQL about it. "
+        "The protocol, publish formats and errors: docs/protocol.md in the Qasino source.",
     )
     d = ServerConfig()
-    p.add_argument("-i", "--identity", default="", help="server identity (default: hostname)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "-i",
+        "--identity",
+        default="",
+        help="server identity (default: the IP of eth0/eth1, else the MAC, as the original)",
+    )
     p.add_argument("--bind", default=d.bind, help="address to listen on (default %(default)s)")
     p.add_argument(
-        "-d", "--db-dir", default="", help=f"data directory (default {default_db_dir()})"
+        "-d",
+        "--db-dir",
+        default="",
+        help="data directory: generation files, the static DB and a lock file "
+        f"(one server per directory) (default {default_db_dir()})",
     )
     p.add_argument(
-        "-k", "--archive-db-dir", default=None, help="keep a copy of every retired snapshot here"
+        "-k",
+        "--archive-db-dir",
+        default=None,
+        help="keep a copy of every retired snapshot here (default: none kept)",
     )
     p.add_argument(
         "-g",
@@ -57,30 +102,99 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds per generation (default %(default)s)",
     )
     p.add_argument(
-        "-v", "--views-file", default=d.views_file, help="views YAML file (default %(default)s)"
+        "-v",
+        "--views-file",
+        default=d.views_file,
+        help="views YAML file, re-read when it changes; a missing file means no views "
+        "(default %(default)s in the working directory)",
     )
-    p.add_argument("--line-port", type=_port, default=d.line_port)
-    p.add_argument("--pubsub-port", type=_port, default=d.pubsub_port)
-    p.add_argument("--http-port", type=_port, default=d.http_port)
-    p.add_argument("--zmq-port", type=_port, default=d.zmq_port)
+    p.add_argument(
+        "--line-port",
+        type=_port,
+        default=d.line_port,
+        help=_port_help("telnet line protocol (SQL in, text out)", d.line_port),
+    )
+    p.add_argument(
+        "--pubsub-port",
+        type=_port,
+        default=d.pubsub_port,
+        help=_port_help("ZeroMQ PUB generation signal", d.pubsub_port),
+    )
+    p.add_argument(
+        "--http-port",
+        type=_port,
+        default=d.http_port,
+        help=_port_help("HTTP API and web UI", d.http_port),
+    )
+    p.add_argument(
+        "--zmq-port",
+        type=_port,
+        default=d.zmq_port,
+        help=_port_help("ZeroMQ REP JSON RPC", d.zmq_port),
+    )
     p.add_argument(
         "--https-port",
         type=_port,
         default=d.https_port,
-        help="HTTPS port, used when --tls-cert and --tls-key are given (default %(default)s)",
+        help=_port_help(
+            "HTTPS (API and web UI; with --tls-cert/--tls-key or the keys in --keys-dir)",
+            d.https_port,
+        ),
     )
-    p.add_argument("--tls-cert", default=None, help="PEM certificate (chain) for HTTPS")
-    p.add_argument("--tls-key", default=None, help="PEM private key for HTTPS")
+    p.add_argument(
+        "--tls-cert", default=None, help="PEM certificate (chain) for HTTPS (default: no HTTPS)"
+    )
+    p.add_argument("--tls-key", default=None, help="PEM private key for HTTPS (default: no HTTPS)")
     p.add_argument(
         "-p",
         "--htpasswd-file",
         default=None,
-        help="htpasswd file (bcrypt, apr1, SHA) for HTTP basic auth on the HTTPS listener",
+        help="htpasswd file (bcrypt, apr1, MD5-crypt, SHA, crypt) for HTTP basic auth on the "
+        "HTTPS listener; without HTTPS it protects nothing and a warning is logged "
+        f"(default {DEFAULT_HTPASSWD_FILE} when it exists)",
+    )
+    p.add_argument(
+        "-K",
+        "--keys-dir",
+        default=DEFAULT_KEYS_DIR,
+        help="the original's HTTPS set-up: with server.crt and server.key in this directory "
+        "and an htpasswd file, HTTPS with basic auth listens on --https-port "
+        "(default %(default)s; --tls-cert/--tls-key take precedence)",
+    )
+    p.add_argument(
+        "--redirect-port",
+        type=_redirect_port,
+        default=REDIRECT_AUTO,
+        help="plain HTTP port that redirects to HTTPS while HTTPS listens; 'auto' (the "
+        "default): port 80 when HTTPS comes from --keys-dir, as the original did, "
+        "otherwise off; a port that cannot be bound is logged and skipped",
+    )
+    original = p.add_argument_group(
+        "accepted for the original's start scripts", "these change nothing; each logs one line"
+    )
+    original.add_argument(
+        "-f",
+        "--db-file",
+        default=None,
+        help="ignored: generation files are kept under DB_DIR/generations (default: none)",
+    )
+    original.add_argument(
+        "-s",
+        "--static-content-dir",
+        default=None,
+        help="ignored: the web UI's assets are built in (default: none)",
+    )
+    original.add_argument(
+        "-t",
+        "--templates-dir",
+        default=None,
+        help="ignored: the web UI's templates are built in (default: none)",
     )
     p.add_argument(
         "--http-loopback-only",
         action="store_true",
-        help="bind the plain HTTP listener to 127.0.0.1 only (use --http-port off to disable it)",
+        help="bind the plain HTTP listener to 127.0.0.1 only (use --http-port off to "
+        "disable it) (default: off, HTTP listens on --bind)",
     )
     limits = p.add_argument_group("limits")
     limits.add_argument(
@@ -137,7 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.max_connections,
         help="concurrent connections per TCP listener; 0 = no limit (default %(default)s)",
     )
-    p.add_argument("--reader-threads", type=int, default=d.reader_threads)
+    p.add_argument(
+        "--reader-threads",
+        type=int,
+        default=d.reader_threads,
+        help="threads answering queries at once, each with its own SQLite connection "
+        "(default %(default)s)",
+    )
     nats = p.add_argument_group("NATS JetStream (docs/scaling.md)")
     nats.add_argument(
         "--nats",
@@ -163,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default="info",
         choices=["debug", "info", "warn", "error", "critical"],
+        help="least severe log level written (default %(default)s)",
     )
     return p
 
@@ -204,6 +325,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         htpasswd_file=args.htpasswd_file,
+        keys_dir=args.keys_dir,
+        redirect_port=args.redirect_port,
         http_loopback_only=args.http_loopback_only,
         max_table_rows=args.max_table_rows,
         max_table_columns=args.max_table_columns,
@@ -225,6 +348,15 @@ def start_logging(level: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
+    # One server per --db-dir, decided before anything (logging included)
+    # happens: a second server exits with one line and touches nothing.
+    from qasino.store.lock import DataDirLock
+
+    try:
+        dir_lock = DataDirLock.acquire(config.db_dir)
+    except StoreError as e:
+        sys.stderr.write(f"qasino_server: {e.message}\n")
+        return 1
     start_logging(args.log_level)
     # Reader threads hand the GIL back and forth with the busy reactor; a
     # shorter switch interval keeps query latency down under ingest.
@@ -247,10 +379,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         db_dir=config.db_dir,
         duration=config.generation_duration_s,
     )
+    for flag, value, meaning in (
+        ("-f/--db-file", args.db_file, "generation files are kept under DB_DIR/generations"),
+        ("-s/--static-content-dir", args.static_content_dir, "the web UI's assets are built in"),
+        ("-t/--templates-dir", args.templates_dir, "the web UI's templates are built in"),
+    ):
+        if value is not None:
+            log.info(
+                "{flag} {value} is accepted and ignored: {meaning}",
+                flag=flag,
+                value=value,
+                meaning=meaning,
+            )
     from qasino.frontends.tls import TLSConfigError
 
     try:
-        server = make_service(config, reactor)
+        server = make_service(config, reactor, dir_lock=dir_lock)
     except StoreError as e:
         sys.stderr.write(f"qasino_server: {e.message}\n")
         return 1

@@ -8,29 +8,48 @@ first, then the store, then the ZeroMQ sockets.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
+from zope.interface import alsoProvides
 
 from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFAULT_MAX_ROWS
 from qasino.engine import Engine, EngineService, ThreadRunner, ViewsSource
 from qasino.frontends.http import DEFAULT_MAX_BODY_BYTES, make_site
 from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory
-from qasino.frontends.tls import HtpasswdChecker, HtpasswdStore, load_tls_options, protect
+from qasino.frontends.redirect import RedirectSite
+from qasino.frontends.tls import (
+    HtpasswdChecker,
+    HtpasswdStore,
+    TLSConfigError,
+    load_tls_options,
+    protect,
+)
 from qasino.frontends.zmq import ZmqServices
+from qasino.identity import default_identity
 from qasino.ops import Dispatcher
+from qasino.store.lock import DataDirLock
 from qasino.store.query import QueryLimits
 from qasino.store.store import Store, StoreConfig
 
 log = Logger(namespace="qasino.server")
+
+# Where the original server looked for its HTTPS set-up.
+DEFAULT_KEYS_DIR = "/opt/qasino/etc/keys/"
+DEFAULT_HTPASSWD_FILE = "/opt/qasino/etc/htpasswd"
+KEY_FILE = "server.key"
+CERT_FILE = "server.crt"
+# --redirect-port auto: port 80 when HTTPS comes from the keys dir, else off.
+REDIRECT_AUTO = -2
+ORIGINAL_REDIRECT_PORT = 80
 
 # Twisted's default backlog of 50 drops SYNs when a fleet connects at once.
 LISTEN_BACKLOG = 1024
@@ -66,6 +85,8 @@ class ServerConfig:
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     htpasswd_file: Optional[str] = None
+    keys_dir: Optional[str] = DEFAULT_KEYS_DIR
+    redirect_port: Optional[int] = REDIRECT_AUTO
     http_loopback_only: bool = False
     max_table_rows: int = DEFAULT_MAX_ROWS
     max_table_columns: int = DEFAULT_MAX_COLUMNS
@@ -79,17 +100,48 @@ class ServerConfig:
         """Fill the defaults that depend on the machine."""
         from dataclasses import replace
 
+        htpasswd = self.htpasswd_file
+        if htpasswd is None and os.path.isfile(DEFAULT_HTPASSWD_FILE):
+            htpasswd = DEFAULT_HTPASSWD_FILE
         return replace(
             self,
-            identity=self.identity or socket.gethostname(),
+            identity=self.identity or default_identity(),
             db_dir=self.db_dir or default_db_dir(),
+            htpasswd_file=htpasswd,
         )
+
+    def keys_dir_files(self) -> Optional[tuple[str, str]]:
+        """(cert, key) of the original's HTTPS set-up, if both files exist."""
+        if not self.keys_dir:
+            return None
+        cert = os.path.join(self.keys_dir, CERT_FILE)
+        key = os.path.join(self.keys_dir, KEY_FILE)
+        if os.path.isfile(cert) and os.path.isfile(key):
+            return cert, key
+        return None
+
+
+class HalfCloseableWrapper(ProtocolWrapper):
+    """A ProtocolWrapper that passes a half-close on to a protocol that
+    handles one (the line protocol); others are closed as before."""
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+            alsoProvides(self, IHalfCloseableProtocol)
+
+    def readConnectionLost(self) -> None:
+        self.wrappedProtocol.readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        self.wrappedProtocol.writeConnectionLost()
 
 
 class ConnectionLimitFactory(WrappingFactory):
     """Refuses (closes at once) connections beyond ``limit`` open ones."""
 
     noisy = False
+    protocol = HalfCloseableWrapper
 
     def __init__(self, wrapped: Factory, limit: int, name: str) -> None:
         super().__init__(wrapped)
@@ -124,8 +176,10 @@ class TCPListenService(Service):
         bind: str,
         tls_options: Any = None,
         max_connections: int = 0,
+        optional: bool = False,
     ):
         self.setName(name)
+        self.optional = optional
         self.reactor = reactor
         self.port = port
         self.factory = factory
@@ -141,9 +195,23 @@ class TCPListenService(Service):
             factory = TLSMemoryBIOFactory(self.tls_options, False, factory)
         if self.max_connections:
             factory = ConnectionLimitFactory(factory, self.max_connections, self.name)
-        self.listening = self.reactor.listenTCP(
-            self.port, factory, backlog=LISTEN_BACKLOG, interface=self.bind
-        )
+        try:
+            self.listening = self.reactor.listenTCP(
+                self.port, factory, backlog=LISTEN_BACKLOG, interface=self.bind
+            )
+        except CannotListenError as e:
+            if not self.optional:
+                raise
+            # As the original server did for its HTTPS and redirect ports.
+            log.warn(
+                "{name}: cannot listen on {bind}:{port}, going on without it: {error}",
+                name=self.name,
+                bind=self.bind,
+                port=self.port,
+                error=e.socketError,
+            )
+            super().startService()
+            return
         self.port = self.listening.getHost().port
         log.info(
             "{name} listening on {bind}:{port}", name=self.name, bind=self.bind, port=self.port
@@ -177,7 +245,9 @@ class QasinoServer(MultiService):
     """The daemon. ``engine``, ``zmq`` and the listeners are attributes so
     tests and the CLI can read the real ports."""
 
-    def __init__(self, config: ServerConfig, reactor: Any) -> None:
+    def __init__(
+        self, config: ServerConfig, reactor: Any, dir_lock: Optional[DataDirLock] = None
+    ) -> None:
         super().__init__()
         self.config = config = config.resolved()
         self.reactor = reactor
@@ -194,6 +264,7 @@ class QasinoServer(MultiService):
             ),
             now=reactor.seconds(),
             views=views.views,
+            dir_lock=dir_lock,
         )
         self.engine = Engine(
             store, ThreadRunner(reactor, config.reader_threads), reactor, config.identity, views
@@ -218,9 +289,11 @@ class QasinoServer(MultiService):
         EngineService(
             self.engine, config.generation_duration_s, rotate_on_timer=not config.nats
         ).setServiceParent(self)
+        # The signal names the generation that starts filling, as the
+        # original's did: publishers key their sends on it.
         self.engine.on_generation(
             lambda info: self.zmq.publish_generation(
-                info.generation_number, info.generation_duration_s
+                info.filling_number, info.generation_duration_s
             )
         )
         self.nats: Optional[Service] = None
@@ -253,9 +326,17 @@ class QasinoServer(MultiService):
             )
             self.http.setServiceParent(self)
         self.https: Optional[TCPListenService] = None
-        if config.tls_cert and config.tls_key and config.https_port is not None:
-            self.https = self._https_service(config, reactor)
-            self.https.setServiceParent(self)
+        self.redirect: Optional[TCPListenService] = None
+        if config.https_port is not None:
+            self._setup_https(config, reactor)
+        if self.https is None and config.htpasswd_file:
+            # Not an error: the original's start lines pass -p without keys.
+            log.warn(
+                "-p/--htpasswd-file {path} protects nothing: there is no HTTPS listener "
+                "(it needs --tls-cert and --tls-key or the keys in --keys-dir, and "
+                "--https-port not off); plain HTTP stays open to anyone who can reach it",
+                path=config.htpasswd_file,
+            )
         if config.line_port is not None:
             factory = LineSQLFactory(self.dispatcher, config.max_statement_bytes)
             self.line = TCPListenService(
@@ -268,16 +349,66 @@ class QasinoServer(MultiService):
             )
             self.line.setServiceParent(self)
 
-    def _https_service(self, config: ServerConfig, reactor: Any) -> TCPListenService:
+    def _setup_https(self, config: ServerConfig, reactor: Any) -> None:
+        """HTTPS from --tls-cert/--tls-key, or, as the original server did,
+        from server.crt + server.key in --keys-dir together with an htpasswd
+        file (then a failure to load or listen is logged, not fatal), and
+        the port that redirects to it."""
+        from_keys_dir = False
+        if config.tls_cert and config.tls_key:
+            cert, key = config.tls_cert, config.tls_key
+        else:
+            files = config.keys_dir_files()
+            if files is None:
+                return
+            if not config.htpasswd_file or not os.path.isfile(config.htpasswd_file):
+                log.info(
+                    "HTTPS off: {keys} has server.crt and server.key but there is no htpasswd "
+                    "file ({htpasswd}); the original server needed both",
+                    keys=config.keys_dir,
+                    htpasswd=config.htpasswd_file or DEFAULT_HTPASSWD_FILE,
+                )
+                return
+            (cert, key), from_keys_dir = files, True
+        try:
+            self.https = self._https_service(config, reactor, cert, key, optional=from_keys_dir)
+        except TLSConfigError as e:
+            if not from_keys_dir:
+                raise
+            log.error("HTTPS off: {error}", error=e)
+            return
+        self.https.setServiceParent(self)
+        port = config.redirect_port
+        if port == REDIRECT_AUTO:
+            port = ORIGINAL_REDIRECT_PORT if from_keys_dir else None
+        # (Never on the plain HTTP port itself: the original skipped port 80
+        # when that was its HTTP port.)
+        if port is not None and (port == 0 or port != config.http_port):
+            https = self.https
+            self.redirect = TCPListenService(
+                "HTTP->HTTPS redirect",
+                reactor,
+                port,
+                RedirectSite(lambda: https.port if https.listening is not None else None),
+                config.bind,
+                max_connections=config.max_connections,
+                optional=True,
+            )
+            self.redirect.setServiceParent(self)
+
+    def _https_service(
+        self, config: ServerConfig, reactor: Any, cert: str, key: str, optional: bool = False
+    ) -> TCPListenService:
         """HTTPS on --https-port: the same API and UI, behind basic auth when
         an htpasswd file is given. Raises TLSConfigError on bad files."""
-        assert config.tls_cert and config.tls_key and config.https_port is not None
-        options = load_tls_options(config.tls_cert, config.tls_key)
+        assert config.https_port is not None
+        options = load_tls_options(cert, key)
         site = make_site(self.dispatcher, config.max_body_bytes)
         if config.htpasswd_file:
+            checker_store = HtpasswdStore(config.htpasswd_file)
             pool = ThreadPoolService("qasino-auth", maxthreads=2)
             pool.setServiceParent(self)
-            checker = HtpasswdChecker(HtpasswdStore(config.htpasswd_file), reactor, pool.pool)
+            checker = HtpasswdChecker(checker_store, reactor, pool.pool)
             site.resource = protect(site.resource, checker)
         else:
             log.warn("HTTPS without --htpasswd-file: no authentication on the HTTPS listener")
@@ -289,6 +420,7 @@ class QasinoServer(MultiService):
             config.bind,
             tls_options=options,
             max_connections=config.max_connections,
+            optional=optional,
         )
 
     def ports(self) -> dict[str, Optional[int]]:
@@ -297,10 +429,15 @@ class QasinoServer(MultiService):
             "line": self.line.port if self.line else None,
             "http": self.http.port if self.http else None,
             "https": self.https.port if self.https else None,
+            "redirect": self.redirect.port if self.redirect else None,
             "zmq": self.zmq.rpc_port,
             "pubsub": self.zmq.pub_port,
         }
 
 
-def make_service(config: ServerConfig, reactor: Any) -> QasinoServer:
-    return QasinoServer(config, reactor)
+def make_service(
+    config: ServerConfig, reactor: Any, dir_lock: Optional[DataDirLock] = None
+) -> QasinoServer:
+    """The daemon; ``dir_lock``: the --db-dir lock if the caller took it
+    already (otherwise the store takes it)."""
+    return QasinoServer(config, reactor, dir_lock)

@@ -275,7 +275,7 @@ def test_failed_query_errbacks(engine: Engine) -> None:
 
 def test_name_value_update_through_the_engine(engine: Engine, clock: Clock) -> None:
     assert fired(engine.name_value_update("nv", "load", "0.25", "host1")) == [None]
-    assert query(engine, "SELECT identity, load FROM nv", use_write_db=True) == [("host1", 0.25)]
+    assert query(engine, "SELECT identity, load FROM nv", use_write_db=True) == [("host1", "0.25")]
 
 
 def test_table_list_and_error_counts_through_the_engine(engine: Engine) -> None:
@@ -455,3 +455,15 @@ def test_stop_service_runs_after_queued_writes(store: Store, clock: Clock) -> No
     assert stopped == [None]
     with pytest.raises(apsw.ConnectionClosedError):
         store.static.conn.execute("SELECT 1")
+
+
+def test_missing_views_file_is_logged_once_with_its_full_path(
+    tmp_path: Path, log_events: list[LogEvent]
+) -> None:
+    source = ViewsSource(str(tmp_path / "missing.yaml"))
+    assert source.poll() is False
+    assert source.poll() is False
+    said = [formatEvent(e) for e in log_events if "missing.yaml" in formatEvent(e)]
+    assert said == [
+        f"views file {tmp_path / 'missing.yaml'} not found: no views (it is read when it appears)"
+    ], said

@@ -41,8 +41,8 @@ import json
 import logging
 import os
 import random
+import re
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -52,8 +52,10 @@ from typing import Any, Optional, Protocol
 
 import zmq
 
+from qasino import __version__
 from qasino.clients.transport import (
     DEFAULT_TIMEOUT_S,
+    Hints,
     HttpTransport,
     ServerError,
     TransportError,
@@ -64,6 +66,7 @@ from qasino.core import identifiers
 from qasino.core.errors import InvalidInput
 from qasino.core.model import Cell, Publish
 from qasino.core.tables import parse_csv_publish
+from qasino.identity import default_identity
 
 log = logging.getLogger("qasino.csvpublisher")
 
@@ -95,6 +98,15 @@ TABLES_COLUMNS = (
 )
 
 Clock = Callable[[], float]
+
+HINTS = Hints(
+    http="--use-http",
+    https="-s/--use-https",
+    zmq="no -s/--use-http",
+    skip_verify="-k/--skip-ssl-verify",
+    cacert="--cacert",
+    credentials="-u USER -w PASSWORD (or QASINO_CLIENT_USERNAME / QASINO_CLIENT_PASSWORD)",
+)
 
 
 class Sender(Protocol):
@@ -153,13 +165,31 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+class IndexFileError(Exception):
+    """An index file that is not in the index format (its message names the file)."""
+
+
+_VERSION_RE = re.compile(r"\d+(?:\.\d+)*\Z")
+
+
 def parse_index(text: str, index_path: str) -> list[IndexEntry]:
-    """The tables of an index file: skip the version line, then one table per
+    """The tables of an index file: the version line, then one table per
     line, ``FILENAME,TABLENAME`` or ``TABLENAME`` (file ``TABLENAME.csv``),
     relative to the index file's folder (absolute file names stay as they are).
+
+    A first line that is not a version number (``1``, ``2.0``) raises
+    IndexFileError naming the file: it would otherwise be a table silently
+    taken for the version line. An empty file lists no tables.
     """
     folder = os.path.dirname(index_path)
-    lines = text.splitlines()[1:]
+    all_lines = text.splitlines()
+    first = all_lines[0].strip() if all_lines else ""
+    if all_lines and not _VERSION_RE.match(first):
+        raise IndexFileError(
+            f"index file {index_path}: the first line must be a version number "
+            f"(e.g. 1), not {first[:80]!r}; none of its tables were read"
+        )
+    lines = all_lines[1:]
     entries = []
     for item in _list_lines("\n".join(lines)):
         if "," in item:
@@ -246,17 +276,12 @@ def read_table(entry: IndexEntry, identity: str, clock: Clock = time.time) -> Ta
             report.error = f"tablename {tablename!r} in the index is reserved for the server"
             return report
         try:
-            publish = parse_csv_publish(data, identity)
+            # The index names the table; the file's second line is not read
+            # (old files keep a description there), as the original agent did.
+            publish = parse_csv_publish(data, identity, tablename=tablename)
         except InvalidInput as e:
             report.error = f"invalid CSV: {e.message}"
             return report
-        if publish.table.tablename != tablename:
-            log.debug(
-                "%s: file names table %r, publishing it as %r (the index's name)",
-                entry.filepath,
-                publish.table.tablename,
-                tablename,
-            )
         report.publish = publish
         report.nr_rows = len(publish.table.rows)
         return report
@@ -284,6 +309,12 @@ def read_tables(
             entries = parse_index(_read_text(index_path), index_path)
         except OSError as e:
             reports.append(_source_error(index_path, "index file", e, clock))
+            continue
+        except IndexFileError as e:
+            log.error("%s", e)
+            reports.append(
+                TableReport(tablename="", filepath=index_path, read_epoch=clock(), error=str(e))
+            )
             continue
         if not entries:
             log.warning("no tables listed in index %s", index_path)
@@ -599,9 +630,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qasino_csvpublisher",
         description="Publish the CSV files named by index files to a Qasino server "
-        "after every generation signal (or every -x seconds).",
+        "after every generation signal (or every -x seconds). Index, list and CSV "
+        "formats: docs/protocol.md.",
+        epilog="Environment: QASINO_CLIENT_USERNAME and QASINO_CLIENT_PASSWORD give the "
+        "user name and password when -u/-w are not given.",
     )
-    p.add_argument("-I", "--identity", default=None, help="identity (default: the hostname)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "-I", "--identity", default=None, help="identity (default: IP or MAC, as the original)"
+    )
     p.add_argument("-H", "--hostname", default="localhost", help="server (default %(default)s)")
     p.add_argument(
         "-p",
@@ -619,18 +656,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="generation signal port (default %(default)s)",
     )
     p.add_argument(
-        "-i", "--index", dest="indexes", action="append", default=[], help="index file (repeatable)"
+        "-i",
+        "--index",
+        dest="indexes",
+        action="append",
+        default=[],
+        help="index file: a version line, then FILENAME,TABLENAME or TABLENAME per line "
+        "(repeatable; default: none)",
     )
-    p.add_argument("-f", "--index-list", default=None, help="file listing index files")
+    p.add_argument(
+        "-f",
+        "--index-list",
+        default=None,
+        help="file listing index files, one per line (default: none)",
+    )
     p.add_argument(
         "-T",
         "--table",
         dest="tables",
         action="append",
         default=[],
-        help="only publish this table (repeatable)",
+        help="only publish this table (repeatable; default: every table)",
     )
-    p.add_argument("-t", "--table-list", default=None, help="file listing the tables to publish")
+    p.add_argument(
+        "-t",
+        "--table-list",
+        default=None,
+        help="file listing the tables to publish, one per line (default: every table)",
+    )
     p.add_argument(
         "-d",
         "--send-delay-max",
@@ -643,25 +696,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval",
         type=float,
         default=None,
-        help="send every N seconds instead of waiting for generation signals",
+        help="send every N seconds instead of waiting for generation signals "
+        "(default: on each signal)",
     )
     transport = p.add_mutually_exclusive_group()
-    transport.add_argument("-s", "--use-https", action="store_true", help="send over HTTPS")
-    transport.add_argument("--use-http", action="store_true", help="send over plain HTTP")
+    transport.add_argument(
+        "-s", "--use-https", action="store_true", help="send over HTTPS (default: ZeroMQ)"
+    )
+    transport.add_argument(
+        "--use-http", action="store_true", help="send over plain HTTP (default: ZeroMQ)"
+    )
     p.add_argument(
-        "-k", "--skip-ssl-verify", action="store_true", help="do not verify the certificate"
+        "-k",
+        "--skip-ssl-verify",
+        action="store_true",
+        help="do not check the server's certificate (default: checked)",
+    )
+    p.add_argument(
+        "--cacert",
+        default=None,
+        metavar="FILE",
+        help="PEM file of the CA(s) to trust for the server's certificate "
+        "(default: the system's CAs)",
     )
     p.add_argument(
         "-u",
         "--username",
         default=None,
-        help="HTTP(S) basic auth user (env QASINO_CLIENT_USERNAME)",
+        help="HTTP(S) basic auth user (default: $QASINO_CLIENT_USERNAME, else none)",
     )
     p.add_argument(
         "-w",
         "--password",
         default=None,
-        help="HTTP(S) basic auth password (env QASINO_CLIENT_PASSWORD)",
+        help="HTTP(S) basic auth password (default: $QASINO_CLIENT_PASSWORD, else none)",
     )
     p.add_argument(
         "-g",
@@ -687,6 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error", "critical"],
+        help="least severe log level written (default %(default)s)",
     )
     return p
 
@@ -713,6 +782,8 @@ def make_sender(args: argparse.Namespace) -> tuple[Any, str]:
             password=password,
             verify=not args.skip_ssl_verify,
             timeout_s=args.timeout,
+            cacert=args.cacert,
+            hints=HINTS,
         )
         return http, http.url
     zmq_transport = ZmqTransport(args.hostname, args.port or ZMQ_RPC_PORT, args.timeout)
@@ -738,7 +809,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
-    identity = args.identity or socket.gethostname()
+    identity = args.identity or default_identity()
     settings = RoundSettings(
         identity=identity,
         indexes=list(args.indexes),

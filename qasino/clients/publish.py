@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from qasino import __version__
 from qasino.clients.transport import (
     DEFAULT_TIMEOUT_S,
+    Hints,
     HttpTransport,
     ServerError,
     TransportError,
@@ -19,25 +20,110 @@ from qasino.clients.transport import (
 )
 from qasino.core.errors import InvalidInput
 from qasino.core.tables import parse_csv_publish, parse_json_publish
+from qasino.identity import default_identity
+
+USER_ENV = "QASINO_CLIENT_USERNAME"
+PASSWORD_ENV = "QASINO_CLIENT_PASSWORD"
+HINTS = Hints(
+    http="-t/--use-http",
+    https="-s/--use-https",
+    zmq="-z/--use-zmq",
+    skip_verify="-k/--skip-ssl-verify",
+    cacert="--cacert",
+    credentials=f"-u USER -w PASSWORD (or {USER_ENV} / {PASSWORD_ENV})",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qasino_publish", description="Publish one table to Qasino.")
-    p.add_argument("-H", "--hostname", default="localhost")
-    p.add_argument("-p", "--port", type=int, default=None)
-    p.add_argument("-I", "--identity", default=None, help="publisher identity (default hostname)")
-    p.add_argument("-u", "--username", default=env_default("QASINO_CLIENT_USERNAME"))
-    p.add_argument("-w", "--password", default=env_default("QASINO_CLIENT_PASSWORD"))
-    p.add_argument("-P", "--persist", action="store_true", help="carry across generations")
-    p.add_argument("-S", "--static", action="store_true", help="store in the static DB")
+    p = argparse.ArgumentParser(
+        prog="qasino_publish",
+        description="Publish one table to Qasino. JSON input is the table object "
+        '{"tablename", "column_names", "column_types", "rows"}; CSV input is the '
+        "publish format (docs/protocol.md). Sends over HTTPS to port 443 unless told "
+        "otherwise, as the original did.",
+        epilog=f"Environment: {USER_ENV} and {PASSWORD_ENV} give the user name and "
+        "password when -u/-w are not given.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "-H", "--hostname", default="localhost", help="server host (default %(default)s)"
+    )
+    p.add_argument(
+        "-p",
+        "--port",
+        type=int,
+        default=None,
+        help="server port (default: 443 for HTTPS, 15597 for HTTP, 15598 for ZeroMQ)",
+    )
+    p.add_argument(
+        "-I",
+        "--identity",
+        default=None,
+        help="publisher identity (default: IP or MAC, as the original)",
+    )
+    p.add_argument(
+        "-u",
+        "--username",
+        default=env_default(USER_ENV),
+        help=f"HTTP(S) basic auth user name (default: ${USER_ENV}, else none)",
+    )
+    p.add_argument(
+        "-w",
+        "--password",
+        default=env_default(PASSWORD_ENV),
+        help=f"HTTP(S) basic auth password (default: ${PASSWORD_ENV}, else none)",
+    )
+    p.add_argument(
+        "-P",
+        "--persist",
+        action="store_true",
+        help="carry the table into every later generation (default: off)",
+    )
+    p.add_argument(
+        "-S",
+        "--static",
+        action="store_true",
+        help="store the table in the static DB, kept across restarts (default: off)",
+    )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("-t", "--use-http", action="store_true", help="plain HTTP (port 15597)")
-    mode.add_argument("-s", "--use-https", action="store_true", help="HTTPS (default, port 443)")
-    mode.add_argument("-z", "--use-zmq", action="store_true", help="ZeroMQ (port 15598)")
-    p.add_argument("-k", "--skip-ssl-verify", action="store_true")
-    p.add_argument("-d", "--data-format", choices=["json", "csv"], default="json")
-    p.add_argument("-f", "--file", default="-", help="input file (default stdin)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+    mode.add_argument(
+        "-t", "--use-http", action="store_true", help="plain HTTP, port 15597 (default: HTTPS)"
+    )
+    mode.add_argument(
+        "-s", "--use-https", action="store_true", help="HTTPS (the default, port 443)"
+    )
+    mode.add_argument(
+        "-z", "--use-zmq", action="store_true", help="ZeroMQ, port 15598 (default: HTTPS)"
+    )
+    p.add_argument(
+        "-k",
+        "--skip-ssl-verify",
+        action="store_true",
+        help="do not check the server's certificate (default: checked)",
+    )
+    p.add_argument(
+        "--cacert",
+        default=None,
+        metavar="FILE",
+        help="PEM file of the CA(s) to trust for the server's certificate "
+        "(default: the system's CAs)",
+    )
+    p.add_argument(
+        "-d",
+        "--data-format",
+        choices=["json", "csv"],
+        default="json",
+        help="input format (default %(default)s)",
+    )
+    p.add_argument(
+        "-f", "--file", "--filename", dest="file", default="-", help="input file (default: stdin)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds to wait for the reply (default %(default)g)",
+    )
     p.add_argument(
         "--nats",
         default=None,
@@ -53,7 +139,7 @@ def build_request(data: bytes, args: argparse.Namespace) -> dict[str, Any]:
 
     Raises InvalidInput with the same message the server would give.
     """
-    identity = args.identity or socket.gethostname()
+    identity = args.identity or default_identity()
     if args.data_format == "csv":
         publish = parse_csv_publish(data, identity)
         table = publish.table
@@ -105,6 +191,8 @@ def make_transport(args: argparse.Namespace) -> Any:
         password=args.password,
         verify=not args.skip_ssl_verify,
         timeout_s=args.timeout,
+        cacert=args.cacert,
+        hints=HINTS,
     )
 
 
@@ -133,7 +221,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write(f"qasino_publish: server refused table {table['tablename']}: {e}\n")
         return 1
     except TransportError as e:
-        sys.stderr.write(f"qasino_publish: {e}\n")
+        default = ""
+        if not (args.use_https or args.use_http or args.use_zmq):
+            default = (
+                " (qasino_publish uses HTTPS on port 443 unless told otherwise: "
+                "-t for the server's HTTP port 15597, -z for ZeroMQ on 15598)"
+            )
+        sys.stderr.write(f"qasino_publish: {e}{default}\n")
         return 1
     finally:
         transport.close()

@@ -8,11 +8,13 @@ import io
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional, TextIO
 
+from qasino import __version__
 from qasino.clients.transport import (
     DEFAULT_TIMEOUT_S,
+    Hints,
     HttpTransport,
     ServerError,
     TransportError,
@@ -26,22 +28,102 @@ CONTINUATION = "      > "
 HISTORY_FILE = os.path.join(os.path.expanduser("~"), ".qasinosql_history")
 
 
+USER_ENV = "QASINO_SQLCLIENT_USERNAME"
+PASSWORD_ENV = "QASINO_SQLCLIENT_PASSWORD"
+HINTS = Hints(
+    http="--use-http",
+    https="-t/--use-https",
+    zmq="-z/--use-zmq",
+    skip_verify="-s/--skip-ssl-verify",
+    cacert="--cacert",
+    credentials=f"-u USER -w PASSWORD (or {USER_ENV} / {PASSWORD_ENV})",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qasinosql", description="Query a Qasino server with SQL.")
-    p.add_argument("-H", "--hostname", default="localhost", help="server host (localhost)")
-    p.add_argument("-p", "--port", type=int, default=None, help="server port")
+    p = argparse.ArgumentParser(
+        prog="qasinosql",
+        description="Query a Qasino server with SQL: an interactive prompt on a terminal, "
+        "statements from stdin otherwise, or -q QUERY.",
+        epilog=f"Environment: {USER_ENV} and {PASSWORD_ENV} give the HTTPS user name and "
+        "password when -u/-w are not given. With -u and no password on a terminal, "
+        "qasinosql asks for it.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "-H", "--hostname", default="localhost", help="server host (default %(default)s)"
+    )
+    p.add_argument(
+        "-p",
+        "--port",
+        type=int,
+        default=None,
+        help="server port (default: 15598 for ZeroMQ, 443 for HTTPS, 15597 for HTTP)",
+    )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("-z", "--use-zmq", action="store_true", help="ZeroMQ (default, port 15598)")
-    mode.add_argument("-t", "--use-https", action="store_true", help="HTTPS (port 443)")
-    mode.add_argument("--use-http", action="store_true", help="plain HTTP (port 15597)")
-    p.add_argument("-u", "--username", default=env_default("QASINO_SQLCLIENT_USERNAME"))
-    p.add_argument("-w", "--password", default=env_default("QASINO_SQLCLIENT_PASSWORD"))
-    p.add_argument("-s", "--skip-ssl-verify", action="store_true")
-    p.add_argument("-q", "--query", action="append", default=[], help="run and exit (repeatable)")
-    p.add_argument("-I", "--identity", default=None, help="identity sent with requests")
-    p.add_argument("--format", choices=["text", "csv", "json"], default="text")
-    p.add_argument("--use-write-db", action="store_true", help="query the generation being written")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request")
+    mode.add_argument("-z", "--use-zmq", action="store_true", help="ZeroMQ JSON RPC (the default)")
+    mode.add_argument(
+        "-t",
+        "--use-https",
+        action="store_true",
+        help="HTTPS with basic auth, port 443 (default: ZeroMQ)",
+    )
+    mode.add_argument(
+        "--use-http", action="store_true", help="plain HTTP, port 15597 (default: ZeroMQ)"
+    )
+    p.add_argument(
+        "-u",
+        "--username",
+        default=env_default(USER_ENV),
+        help=f"HTTP(S) basic auth user name (default: ${USER_ENV}, else none)",
+    )
+    p.add_argument(
+        "-w",
+        "--password",
+        default=env_default(PASSWORD_ENV),
+        help=f"HTTP(S) basic auth password (default: ${PASSWORD_ENV}; asked for on a "
+        "terminal when -u is given without it)",
+    )
+    p.add_argument(
+        "-s",
+        "--skip-ssl-verify",
+        action="store_true",
+        help="do not check the server's certificate (default: checked)",
+    )
+    p.add_argument(
+        "--cacert",
+        default=None,
+        metavar="FILE",
+        help="PEM file of the CA(s) to trust for the server's certificate, e.g. a "
+        "self-signed one (default: the system's CAs)",
+    )
+    p.add_argument(
+        "-q",
+        "--query",
+        action="append",
+        default=[],
+        help="run this statement and exit (repeatable; default: prompt)",
+    )
+    p.add_argument(
+        "-I", "--identity", default=None, help="identity sent with requests (default: none)"
+    )
+    p.add_argument(
+        "--format",
+        choices=["text", "csv", "json"],
+        default="text",
+        help="how results are printed (default %(default)s)",
+    )
+    p.add_argument(
+        "--use-write-db",
+        action="store_true",
+        help="query the generation being written, not the snapshot (default: off)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds to wait for each reply (default %(default)g)",
+    )
     return p
 
 
@@ -56,8 +138,22 @@ def make_transport(args: argparse.Namespace) -> Any:
             password=args.password,
             verify=not args.skip_ssl_verify,
             timeout_s=args.timeout,
+            cacert=args.cacert,
+            hints=HINTS,
         )
     return ZmqTransport(args.hostname, args.port or 15598, args.timeout)
+
+
+def ask_password(args: argparse.Namespace, stdin: TextIO = sys.stdin) -> None:
+    """-u without -w (nor its variable) on a terminal: ask, without echo."""
+    if args.username is not None and args.password is None and stdin.isatty():
+        import getpass
+
+        try:
+            args.password = getpass.getpass(f"Password for {args.username}: ")
+        except (EOFError, KeyboardInterrupt):
+            sys.stderr.write("\n")
+            raise SystemExit(1) from None
 
 
 def format_reply(reply: dict[str, Any], fmt: str) -> str:
@@ -190,8 +286,37 @@ def interactive(session: Session) -> int:
             sys.stdout.write("\n")
 
 
+def split_statements(lines: Iterable[str]) -> Iterator[str]:
+    """Statements from lines: each ends with a line ending in ';'; a last
+    statement without its ';' counts too."""
+    buffer: list[str] = []
+    for line in lines:
+        if not buffer and not line.strip():
+            continue
+        buffer.append(line.rstrip("\n"))
+        text = "\n".join(buffer)
+        if statement_complete(text):
+            buffer = []
+            yield text.strip()
+    rest = "\n".join(buffer).strip()
+    if rest:
+        yield rest
+
+
+def batch(session: Session, stdin: TextIO) -> int:
+    """Statements from a pipe or file: no prompts; exit 1 if any failed."""
+    ok = True
+    for statement in split_statements(stdin):
+        if statement.rstrip(";").strip().lower() in ("quit", "exit"):
+            break
+        ok = session.run(statement) and ok
+    return 0 if ok else 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.use_https or args.use_http:
+        ask_password(args)
     transport = make_transport(args)
     session = Session(transport, args.format, args.use_write_db, args.identity)
     try:
@@ -200,6 +325,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for query in args.query:
                 ok = session.run(query) and ok
             return 0 if ok else 1
+        if not sys.stdin.isatty():
+            return batch(session, sys.stdin)
         return interactive(session)
     finally:
         transport.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import requests
@@ -21,6 +22,76 @@ POLL_SLICE_MS = 100
 
 class TransportError(Exception):
     """The server could not be reached or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class Hints:
+    """How one client spells the flags its error messages point to."""
+
+    http: str = "--use-http"
+    https: str = "--use-https"
+    zmq: str = "--use-zmq"
+    skip_verify: str = "--skip-ssl-verify"
+    cacert: str = "--cacert"
+    credentials: str = "-u USER -w PASSWORD"
+
+
+def explain_http_failure(error: Exception, url: str, https: bool, hints: Hints) -> str:
+    """One line: what went wrong talking to ``url`` and what to do about it."""
+    text = str(error)
+    low = text.lower()
+    if isinstance(error, requests.exceptions.SSLError) or "ssl" in low and https:
+        if "hostname" in low and "match" in low:
+            return (
+                f"the certificate of {url} is for another host name: connect by the name "
+                f"in the certificate, or skip the check with {hints.skip_verify}"
+            )
+        if "certificate verify failed" in low or "certificate_verify_failed" in low:
+            why = "self-signed" if "self-signed" in low or "self signed" in low else "not trusted"
+            return (
+                f"the certificate of {url} is {why}: pass the CA that signed it with "
+                f"{hints.cacert} FILE (or REQUESTS_CA_BUNDLE=FILE), or skip the check "
+                f"with {hints.skip_verify}"
+            )
+        return (
+            f"no TLS at {url} ({_short(text)}): if that is qasino_server's plain HTTP "
+            f"port (default 15597) use {hints.http}; HTTPS listens only when the server "
+            "was started with --tls-cert and --tls-key"
+        )
+    if isinstance(error, requests.exceptions.Timeout):
+        if https:
+            return (
+                f"no answer from {url} within the time limit (--timeout): if that is "
+                f"qasino_server's plain HTTP port (default 15597) use {hints.http}; HTTPS "
+                "listens only when the server was started with --tls-cert and --tls-key"
+            )
+        return f"no answer from {url} within the time limit (--timeout): is qasino_server there?"
+    if "refused" in low:
+        default = (
+            "HTTPS on --https-port, only with --tls-cert/--tls-key" if https else "HTTP on 15597"
+        )
+        return (
+            f"cannot reach {url}: connection refused. Is qasino_server running there, on "
+            f"that port ({default})? Use -H/-p to point elsewhere"
+            + (f", {hints.http} for plain HTTP or {hints.zmq} for ZeroMQ" if https else "")
+        )
+    if any(w in low for w in ("name or service not known", "failed to resolve", "nodename")):
+        return f"cannot reach {url}: unknown host name (-H)"
+    if not https and any(w in low for w in ("remotedisconnected", "reset by peer", "aborted")):
+        return (
+            f"{url} closed the connection without an HTTP answer: if that port is HTTPS, "
+            f"use {hints.https}"
+        )
+    return f"cannot reach {url}: {_short(text)}"
+
+
+def _short(text: str) -> str:
+    """The innermost reason of a requests/urllib3 error chain, on one line."""
+    text = " ".join(text.split())
+    for marker in ("(Caused by ", "Caused by "):
+        if marker in text:
+            text = text.split(marker, 1)[1].rstrip(")")
+    return text[:300]
 
 
 class ServerError(Exception):
@@ -76,7 +147,9 @@ class ZmqTransport:
         except zmq.Again:
             self.close()
             raise TransportError(
-                f"no reply from {self.address} within {self.timeout_ms / 1000:g}s"
+                f"no reply from {self.address} within {self.timeout_ms / 1000:g}s: is "
+                "qasino_server running there, and is that its ZeroMQ port (--zmq-port, "
+                "default 15598)?"
             ) from None
         except zmq.ZMQError as e:
             self.close()
@@ -111,13 +184,18 @@ class HttpTransport:
         password: Optional[str] = None,
         verify: bool = True,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        cacert: Optional[str] = None,
+        hints: Hints = Hints(),
     ) -> None:
         scheme = "https" if https else "http"
+        self.https = https
         self.url = f"{scheme}://{host}:{port}/request"
         self.session = requests.Session()
         if username is not None:
             self.session.auth = (username, password or "")
-        self.verify = verify
+        self.hints = hints
+        # requests takes a CA bundle path where it takes verify=True.
+        self.verify: bool | str = (cacert or True) if verify else False
         if not verify:
             # The user asked for it (-s/-k); don't print a warning per request.
             import urllib3
@@ -138,9 +216,17 @@ class HttpTransport:
                 verify=self.verify,
             )
         except requests.RequestException as e:
-            raise TransportError(f"cannot reach {self.url}: {e}") from None
+            raise TransportError(
+                explain_http_failure(e, self.url, self.https, self.hints)
+            ) from None
+        except OSError as e:  # a --cacert file that cannot be read
+            raise TransportError(f"cannot use the CA file {self.verify}: {e}") from None
         if response.status_code == 401:
-            raise ServerError("authentication failed (401): check the user name and password")
+            who = "no user name was given" if self.session.auth is None else "refused"
+            raise ServerError(
+                f"authentication failed (401, {who}): give the user name and password "
+                f"of the server's htpasswd file with {self.hints.credentials}"
+            )
         try:
             return response.json()
         except ValueError:

@@ -17,24 +17,58 @@ from qasino.core.identifiers import check_identifier
 
 SELECT_KEYWORDS = frozenset({"select", "with", "values"})
 
+# The first words of SQLite's other statements: refused with one plain
+# message. A statement starting with any other word is no SQL SQLite knows;
+# it goes to SQLite (under the same read-only guard) so the client sees
+# SQLite's own syntax error (``SELEC 1`` -> near "SELEC": syntax error).
+WRITE_KEYWORDS = frozenset(
+    {
+        "alter",
+        "analyze",
+        "attach",
+        "begin",
+        "commit",
+        "create",
+        "delete",
+        "detach",
+        "drop",
+        "end",
+        "explain",
+        "insert",
+        "pragma",
+        "reindex",
+        "release",
+        "replace",
+        "rollback",
+        "savepoint",
+        "update",
+        "vacuum",
+    }
+)
+
 REFUSED_MESSAGE = "Only SELECT statements (and SHOW/DESC) are allowed"
 
+# The original server's columns, in its order, and its datetime format
+# ("2013-10-18 14:04:53.123 UTC": SQLite's %f is seconds with milliseconds).
+DATETIME_FORMAT = "%Y-%m-%d %H:%M:%f UTC"
+
 SHOW_TABLES_SQL = (
-    "SELECT tablename, nr_rows, nr_updates, last_update_epoch,"
-    " datetime(last_update_epoch, 'unixepoch') AS last_update_datetime, static"
+    "SELECT tablename, nr_rows, nr_updates, last_update_epoch, static,"
+    f" strftime('{DATETIME_FORMAT}', last_update_epoch, 'unixepoch') AS last_update_datetime"
     " FROM qasino_server_tables{where} ORDER BY tablename"
 )
 SHOW_TABLES_LIKE_WHERE = " WHERE tablename LIKE ?"
 
 SHOW_CONNECTIONS_SQL = (
     "SELECT identity, nr_tables, last_update_epoch,"
-    " datetime(last_update_epoch, 'unixepoch') AS last_update_datetime"
+    f" strftime('{DATETIME_FORMAT}', last_update_epoch, 'unixepoch') AS last_update_datetime"
     " FROM qasino_server_connections ORDER BY identity"
 )
 
 SHOW_INFO_SQL = (
     "SELECT generation_number, generation_duration_s, generation_start_epoch,"
-    " datetime(generation_start_epoch, 'unixepoch') AS generation_start_datetime"
+    f" strftime('{DATETIME_FORMAT}', generation_start_epoch, 'unixepoch')"
+    " AS generation_start_datetime"
     " FROM qasino_server_info"
 )
 
@@ -107,9 +141,10 @@ def parse_command(text: str) -> Command:
         return _parse_show(body)
     if keyword in ("desc", "describe"):
         return _parse_desc(body)
-    if keyword in SELECT_KEYWORDS:
-        return Command(kind="select", sql=strip_trailing(text).strip())
-    raise QueryRefused(REFUSED_MESSAGE)
+    if keyword in WRITE_KEYWORDS:
+        raise QueryRefused(REFUSED_MESSAGE)
+    # SELECT, or something SQLite will call a syntax error (guarded all the same).
+    return Command(kind="select", sql=strip_trailing(text).strip())
 
 
 def _parse_show(body: str) -> Command:

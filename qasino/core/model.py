@@ -66,3 +66,13 @@ class ViewDef:
     select_sql: str  # the part after AS, used to build the TEMP view
     column_list: Optional[tuple[str, ...]] = None  # CREATE VIEW v(a, b) AS ...
     error: Optional[str] = None  # set when the entry itself is malformed
+    # The statement's own name when it differs from viewname (the original
+    # server created the view under that name): the view gets it, and
+    # ``warning`` says so in qasino_server_views.
+    create_name: Optional[str] = None
+    warning: Optional[str] = None
+
+    @property
+    def sql_name(self) -> str:
+        """The name the view is created (and queried) under."""
+        return self.create_name or self.viewname

@@ -6,6 +6,7 @@ results of up to ``--max-result-rows`` (100,000 by default) rows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
@@ -15,6 +16,42 @@ import orjson
 from qasino.core.model import Result
 
 COLUMN_SEPARATOR = "  "
+
+# What the original server showed for a query that returned no rows (its
+# SQLite binding could not name the columns then); scripts look for it.
+ZERO_ROWS_HEADER = "query returned zero rows"
+
+# Text cells are escaped as the original's ``unicode_escape`` did for ASCII:
+# a backslash doubled, tab/newline/return as \t \n \r, other control
+# characters as \xNN, so every row stays on one line. (Non-ASCII text is
+# left as UTF-8; the original escaped it too, a known bug of its own.)
+_NEEDS_ESCAPE_RE = re.compile(r"[\x00-\x1f\x7f\\]")
+_NAMED_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group(0)
+    return _NAMED_ESCAPES.get(char) or f"\\x{ord(char):02x}"
+
+
+def escape_text_cell(cell: str) -> str:
+    """One cell as the text rendering shows it (see ``_NEEDS_ESCAPE_RE``)."""
+    return _NEEDS_ESCAPE_RE.sub(_escape_char, cell)
+
+
+def _escaped_columns(columns: Sequence[Sequence[str]]) -> list[Sequence[str]]:
+    """Columns with their cells escaped; a column that needs none (C-level
+    checks over its joined text) is passed through as it is."""
+    out: list[Sequence[str]] = []
+    for column in columns:
+        text = "".join(column)
+        # isprintable() is the fast common case (it is also False for some
+        # non-ASCII characters, which the regex then clears).
+        if not (text.isprintable() and "\\" not in text) and _NEEDS_ESCAPE_RE.search(text):
+            out.append([escape_text_cell(cell) for cell in column])
+        else:
+            out.append(column)
+    return out
 
 
 def cell_to_str(value: object) -> str:
@@ -102,7 +139,9 @@ def result_shape(result: Result, identity: str) -> dict[str, Any]:
     a tuple, for the JSON encoder)."""
     column_names = list(result.column_names)
     columns = _string_columns(result.rows)
-    widths = _widths(column_names, columns)
+    # Widths as the text rendering shows the cells (escaped), which is what
+    # old clients right-justify them to.
+    widths = _widths(column_names, _escaped_columns(columns))
     shape: dict[str, Any] = {
         "response_op": "result_table",
         "identity": identity,
@@ -135,14 +174,19 @@ def render_text(
     Header and cells are right-justified to the column width, columns are
     joined by two spaces, a line of ``=`` sits under the header and the
     result ends with ``N rows returned`` (plus a truncation note when cut).
-    Every line ends with a newline.
+    Every line ends with a newline. As on the original server, cells are
+    escaped to stay on one line, and a result without rows shows the header
+    ``query returned zero rows`` instead of its column names.
     """
-    widths = _widths(column_names, list(zip(*str_rows, strict=False)))
+    if not str_rows:
+        column_names = [ZERO_ROWS_HEADER]
+    columns = _escaped_columns(list(zip(*str_rows, strict=False)))
+    widths = _widths(column_names, columns)
     lines = [
         _justified_line(column_names, widths),
         COLUMN_SEPARATOR.join(["=" * width for width in widths]),
     ]
-    lines.extend([_justified_line(row, widths) for row in str_rows])
+    lines.extend([_justified_line(row, widths) for row in _rows_of(columns)])
     lines.append(f"{len(str_rows)} rows returned")
     if truncated:
         lines.append(f"(result truncated at {len(str_rows)} rows)")

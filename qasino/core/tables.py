@@ -704,8 +704,13 @@ def parse_csv_publish(
     max_rows: int = DEFAULT_MAX_ROWS,
     max_columns: int = DEFAULT_MAX_COLUMNS,
     max_cell_bytes: int = DEFAULT_MAX_CELL_BYTES,
+    tablename: str | None = None,
 ) -> Publish:
     """Parse a table in the CSV publish format of PROTOCOL.md.
+
+    With ``tablename`` (the CSV agent: the index file names the table) the
+    second line is not read at all, as the original agent did: it may hold
+    any text, a description say, even with commas or quotes.
 
     Lines: (1) a version number and/or ``key=value`` options (``static``,
     ``update``, ``persist``, ``keycols=a;b``, ``identity``; keys
@@ -722,6 +727,13 @@ def parse_csv_publish(
     it is an error. bytes are decoded as UTF-8 (a BOM is stripped).
     """
     content = _decode(text)
+    if tablename is not None:
+        _check_tablename(tablename)
+        first, newline, rest = content.partition("\n")
+        if newline:
+            _second, _, rest = rest.partition("\n")
+            # Same line numbers; line 2 now holds the index's name.
+            content = f"{first}\n{tablename}\n{rest}"
     _ensure_field_limit(max_cell_bytes)
     records = _csv_records(content)
     line, cells = _next_header(records, 0)
@@ -733,7 +745,7 @@ def parse_csv_publish(
         options = replace(options, identity=_parse_identity(identity, True))
     line, cells = _next_header(records, 1)
     with _context(f"line {line}"):
-        tablename = _csv_tablename(cells)
+        tablename = _csv_tablename(cells)  # (the index's name when given)
     line, cells = _next_header(records, 2)
     with _context(f"line {line}"):
         names = _check_column_names([cell.strip() for cell in cells], max_columns)

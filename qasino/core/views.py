@@ -143,10 +143,16 @@ def _parse_view_text(viewname: str, view: str) -> ViewDef:
     if match is None:
         return _broken(viewname, view, f"view text is not of the form {VIEW_FORM}")
     name = _statement_name(match)
+    create_name: Optional[str] = None
+    warning: Optional[str] = None
     if name.lower() != viewname.lower():
-        return _broken(
-            viewname, view, f"the statement creates view {name!r} but viewname is {viewname!r}"
-        )
+        mismatch = f"the statement creates view {name!r} but viewname is {viewname!r}"
+        if not is_identifier(name) or name.lower() in INTERNAL_TABLE_NAMES:
+            return _broken(viewname, view, mismatch)
+        # The original server ran the statement as written: the view is
+        # queried by the statement's name. Keep that, and say so.
+        create_name = name
+        warning = f"warning: {mismatch}; created as {name!r} (as the original server did)"
     columns: Optional[tuple[str, ...]] = None
     if match.group("columns") is not None:
         columns, problem = _parse_column_list(match.group("columns"))
@@ -155,7 +161,14 @@ def _parse_view_text(viewname: str, view: str) -> ViewDef:
     select_sql = strip_trailing(match.group("select").strip())
     if first_keyword(select_sql) not in SELECT_KEYWORDS:
         return _broken(viewname, view, "the part after AS must be a SELECT (or WITH / VALUES)")
-    return ViewDef(viewname=viewname, view=view, select_sql=select_sql, column_list=columns)
+    return ViewDef(
+        viewname=viewname,
+        view=view,
+        select_sql=select_sql,
+        column_list=columns,
+        create_name=create_name,
+        warning=warning,
+    )
 
 
 def _statement_name(match: re.Match[str]) -> str:

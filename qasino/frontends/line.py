@@ -1,4 +1,4 @@
-"""The telnet line protocol: SQL in, the text rendering out.
+"""The telnet line protocol: SQL in, the text rendering out (CRLF line ends).
 
 Lines collect until the statement ends in ``;``; each statement is answered
 in order. A statement may not grow past ``max_statement_bytes``: the client
@@ -11,8 +11,10 @@ from typing import Optional
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from zope.interface import implementer
 
 from qasino.ops import Dispatcher
 
@@ -20,8 +22,32 @@ log = Logger(namespace="qasino.line")
 
 DEFAULT_MAX_STATEMENT_BYTES = 1024 * 1024
 QUIT_WORDS = frozenset({"quit", "exit", "logout"})
+UNFINISHED_TEXT = "SQL error: the input ended inside a statement (end each statement with ';')\n"
+HELP_WORDS = frozenset({"help", "?", "\\h", "\\?"})
+HELP_TEXT = """\
+Qasino line protocol: type one SQL statement, end it with ';' (it may span lines).
+  SELECT ... ;                       any read-only query (WITH ... SELECT too)
+  SHOW tables;                       every table, its rows, updates and last update
+  SHOW tables LIKE 'pat%';           the same, filtered
+  SHOW connections;                  who published this generation
+  SHOW info;                         the generation being served
+  SHOW views;                        the views and whether they loaded
+  DESC tablename;                    a table's columns and types
+  DESC VIEW viewname;                a view's definition
+  help;                              this text
+  quit;  (or exit; logout; Ctrl-D)   close the connection
+Internal tables: qasino_server_info, qasino_server_tables, qasino_server_connections,
+qasino_server_views, qasino_server_sql_stats, qasino_server_update_stats.
+Only reading statements run; anything that would change state is refused.
+"""
 # Ctrl-C / Ctrl-D as typed, and the telnet IAC sequences a client sends for them.
 _BREAK_BYTES = frozenset(b"\x03\x04\xff\xf4\xfd\x06\xec")
+
+
+def crlf(text: str) -> bytes:
+    """A reply as sent: every line ends in CRLF, as the original's (Twisted
+    LineReceiver's) sendLine wrote it."""
+    return text.replace("\n", "\r\n").encode("utf-8")
 
 
 def is_break_line(line: bytes) -> bool:
@@ -29,7 +55,11 @@ def is_break_line(line: bytes) -> bool:
     return bool(stripped) and all(b in _BREAK_BYTES for b in stripped)
 
 
+@implementer(IHalfCloseableProtocol)
 class LineSQLProtocol(LineReceiver):
+    """A client that half-closes (``printf 'SELECT 1;' | nc -N``) gets the
+    answer to every complete statement it sent, then the connection closes."""
+
     delimiter = b"\n"
 
     def __init__(self, dispatcher: Dispatcher, max_statement_bytes: int) -> None:
@@ -68,8 +98,12 @@ class LineSQLProtocol(LineReceiver):
             return
         statement = "\n".join(self._parts).strip()
         self._parts, self._size = [], 0
-        if statement.rstrip(";").strip().lower() in QUIT_WORDS:
+        word = statement.rstrip(";").strip().lower()
+        if word in QUIT_WORDS:
             self._bye()
+            return
+        if word in HELP_WORDS:
+            self._reply(HELP_TEXT)
             return
         self._run(statement)
 
@@ -79,7 +113,7 @@ class LineSQLProtocol(LineReceiver):
 
         def write(text: str) -> None:
             if self.transport is not None and not self._lost:
-                self.transport.write(text.encode("utf-8"))
+                self.transport.write(crlf(text))
 
         # Chain on the previous statement so answers come back in order.
         d = self._tail.addCallback(run)
@@ -87,10 +121,19 @@ class LineSQLProtocol(LineReceiver):
         d.addErrback(lambda f: log.failure("line protocol reply failed", f))
         self._tail = d
 
+    def _reply(self, text: str) -> None:
+        """A fixed answer, in turn with the statements before it."""
+
+        def write(_: object) -> None:
+            if self.transport is not None and not self._lost:
+                self.transport.write(crlf(text))
+
+        self._tail.addCallback(write)
+
     def _bye(self) -> None:
         def bye(_: object) -> None:
             if self.transport is not None and not self._lost:
-                self.transport.write(b"Bye!\n")
+                self.transport.write(b"Bye!\r\n")
                 self.transport.loseConnection()
 
         self._closing = True
@@ -101,13 +144,40 @@ class LineSQLProtocol(LineReceiver):
         self._parts, self._size = [], 0
         if self.transport is not None:
             self.transport.write(
-                f"SQL error: statement longer than {self.max_statement_bytes} bytes\n".encode()
+                crlf(f"SQL error: statement longer than {self.max_statement_bytes} bytes\n")
             )
             self.transport.loseConnection()
         self._closing = True
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._too_long()
+
+    def readConnectionLost(self) -> None:
+        """The client sent all it will send: a last line without a newline
+        still counts; answer everything, then close."""
+        if not self._closing and self._buffer.strip():
+            last, self._buffer = self._buffer, b""
+            if len(last) > self.MAX_LENGTH:
+                self.lineLengthExceeded(last)
+            else:
+                self.lineReceived(last)
+        if not self._closing and self._parts:
+            # A script that forgot the ';' would otherwise get nothing back.
+            self._parts, self._size = [], 0
+            self._reply(UNFINISHED_TEXT)
+        self._closing = True
+
+        def close(_: object) -> None:
+            if self.transport is not None and not self._lost:
+                self.transport.loseConnection()
+
+        self._tail.addCallback(close)
+
+    def writeConnectionLost(self) -> None:
+        """The client no longer reads: nothing more to do for it."""
+        self._closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: object = None) -> None:
         self._closing = True

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from OpenSSL import crypto
-from passlib.apache import HtpasswdFile
+from passlib.apache import HtpasswdFile, htpasswd_context
+from passlib.context import CryptContext
 from twisted.cred import credentials, error, portal
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import ssl
@@ -66,6 +67,15 @@ def load_tls_options(cert_path: str, key_path: str) -> ssl.CertificateOptions:
         raise TLSConfigError(f"bad TLS certificate or key: {e}") from None
 
 
+# htpasswd's own schemes plus "$1$" MD5-crypt (openssl passwd -1), which the
+# original server accepted too; checked before plaintext, which matches anything.
+HTPASSWD_CONTEXT = CryptContext(
+    schemes=[s for s in htpasswd_context.schemes() if s != "plaintext"]
+    + ["md5_crypt", "plaintext"],
+    default="bcrypt",
+)
+
+
 class HtpasswdStore:
     """An htpasswd file, reloaded when it changes, with a short positive cache."""
 
@@ -91,7 +101,7 @@ class HtpasswdStore:
         if stamp == self._stamp:
             return
         try:
-            self._file = HtpasswdFile(self.path)
+            self._file = HtpasswdFile(self.path, context=HTPASSWD_CONTEXT)
         except (OSError, ValueError) as e:
             raise TLSConfigError(f"cannot load htpasswd file {self.path}: {e}") from None
         self._stamp = stamp

@@ -523,6 +523,8 @@ class NatsService(Service):
         # Not while replaying old generations: publishers would send for them.
         if not self.up or info.generation_number < self.reactor.seconds() - 3 * self.duration:
             return
+        # As on ZeroMQ: the number of the generation that starts filling.
+        number = info.filling_number or info.generation_number
         duration: object = (
             int(info.generation_duration_s)
             if float(info.generation_duration_s).is_integer()
@@ -532,7 +534,7 @@ class NatsService(Service):
             {
                 "op": "generation_signal",
                 "identity": self.engine.identity,
-                "generation_number": info.generation_number,
+                "generation_number": number,
                 "generation_duration_s": duration,
             }
         )

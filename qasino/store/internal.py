@@ -6,41 +6,44 @@ from dataclasses import dataclass, field
 
 import apsw
 
+# Declared with the original server's type words, so DESC shows what it did
+# (SQLite spells "int" as INT). Epochs keep their fraction: an INTEGER-affinity
+# column stores a float with a fraction as REAL.
 INTERNAL_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "qasino_server_info": (
-        ("generation_number", "INTEGER"),
-        ("generation_duration_s", "INTEGER"),
-        ("generation_start_epoch", "REAL"),
+        ("generation_number", "int"),
+        ("generation_duration_s", "int"),
+        ("generation_start_epoch", "int"),
     ),
     "qasino_server_tables": (
-        ("tablename", "TEXT"),
-        ("nr_rows", "INTEGER"),
-        ("nr_updates", "INTEGER"),
-        ("last_update_epoch", "REAL"),
-        ("static", "INTEGER"),
+        ("tablename", "varchar"),
+        ("nr_rows", "int"),
+        ("nr_updates", "int"),
+        ("last_update_epoch", "int"),
+        ("static", "int"),
     ),
     "qasino_server_connections": (
-        ("identity", "TEXT"),
-        ("nr_tables", "INTEGER"),
-        ("last_update_epoch", "REAL"),
+        ("identity", "varchar"),
+        ("nr_tables", "int"),
+        ("last_update_epoch", "int"),
     ),
     "qasino_server_views": (
-        ("viewname", "TEXT"),
-        ("loaded", "INTEGER"),
-        ("errormsg", "TEXT"),
-        ("view", "TEXT"),
+        ("viewname", "varchar"),
+        ("loaded", "int"),
+        ("errormsg", "varchar"),
+        ("view", "varchar"),
     ),
     "qasino_server_sql_stats": (
-        ("sql_received", "INTEGER"),
-        ("sql_completed", "INTEGER"),
-        ("sql_errors", "INTEGER"),
+        ("sql_received", "int"),
+        ("sql_completed", "int"),
+        ("sql_errors", "int"),
     ),
     "qasino_server_update_stats": (
-        ("updates_received", "INTEGER"),
-        ("updates_completed", "INTEGER"),
-        ("update_errors", "INTEGER"),
-        ("inserts_received", "INTEGER"),
-        ("inserts_completed", "INTEGER"),
+        ("updates_received", "int"),
+        ("updates_completed", "int"),
+        ("update_errors", "int"),
+        ("inserts_received", "int"),
+        ("inserts_completed", "int"),
     ),
 }
 
@@ -103,7 +106,8 @@ def write_internal_tables(conn: apsw.Connection, report: GenerationReport) -> No
     nr_table_rows = len(entries) + len(INTERNAL_TABLES)
     for name in INTERNAL_TABLES:
         n = nr_table_rows if name == "qasino_server_tables" else len(internal_rows[name])
-        entries.append((name, n, 0, report.generation_start_epoch, 0))
+        # One update each, as the original counted its own insert of them.
+        entries.append((name, n, 1, report.generation_start_epoch, 0))
     internal_rows["qasino_server_tables"] = entries
     with conn:
         for name in INTERNAL_TABLES:

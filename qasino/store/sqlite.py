@@ -105,6 +105,18 @@ def copy_database(path: str, target: str) -> None:
         conn.close()
 
 
+def copy_connection(conn: apsw.Connection, target: str) -> None:
+    """Copy what ``conn`` sees of its main DB into a new file ``target``
+    (the backup API: works even when ``conn``'s file was deleted, as long as
+    ``conn`` still holds it open)."""
+    dest = apsw.Connection(target, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+    try:
+        with dest.backup("main", conn, "main") as backup:
+            backup.step(-1)
+    finally:
+        dest.close()
+
+
 def read_only_authorizer(
     action: int,
     arg1: Optional[str],

@@ -16,9 +16,8 @@ Threading contract (see docs/concurrency.md):
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
-import re
 import shutil
 import threading
 import time
@@ -38,15 +37,13 @@ from qasino.core.errors import (
     StoreError,
 )
 from qasino.core.identifiers import (
-    INTEGER,
     INTERNAL_PREFIX,
-    REAL,
     TEXT,
     check_identifier,
     is_identifier,
     quote_ident,
 )
-from qasino.core.model import Cell, Publish, PublishOptions, Result, Table, ViewDef
+from qasino.core.model import Publish, PublishOptions, Result, Table, ViewDef
 from qasino.core.persist import PersistRegistry
 from qasino.core.tables import explain_cells
 from qasino.store.internal import (
@@ -55,9 +52,11 @@ from qasino.store.internal import (
     write_internal_tables,
     write_views_table,
 )
+from qasino.store.lock import DataDirLock
 from qasino.store.query import QueryLimits, describe_table, run_select
 from qasino.store.schema import TableSchema, count_rows, ensure_table, insert_rows, load_schemas
 from qasino.store.sqlite import (
+    copy_connection,
     copy_database,
     open_reader,
     open_writer,
@@ -66,8 +65,13 @@ from qasino.store.sqlite import (
 )
 from qasino.store.views import build_views, create_temp_view
 
-STATIC_FILE = "static.sqlite"
+# The original Qasino's name for the static DB, so an existing data dir is
+# served as it is; our first release called it static.sqlite (migrated).
+STATIC_FILE = "qasino_table_store_static.db"
+FIRST_RELEASE_STATIC_FILE = "static.sqlite"
 GENERATIONS_DIR = "generations"
+# The static DB's own bookkeeping table (not an identifier: never a user table).
+STATIC_META = "_qasino_static_updates"
 
 log = Logger(namespace="qasino.store")
 
@@ -82,9 +86,13 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class SnapshotInfo:
+    """A snapshot being served; ``filling_number`` is the number of the writer
+    generation opened with it (what the generation signal announces)."""
+
     generation_number: int
     generation_duration_s: float
     generation_start_epoch: float
+    filling_number: int = 0
 
 
 class Counters:
@@ -140,6 +148,9 @@ class GenFile:
         self.views_version = 0
         self.info: Optional[SnapshotInfo] = None
         self.table_list: dict[str, dict[str, object]] = {}
+        # (st_dev, st_ino) of the file once created: tells a file deleted or
+        # replaced under the server from the one it wrote.
+        self.file_id: Optional[tuple[int, int]] = None
         self._idle: list[tuple[int, apsw.Connection]] = []
         self._lock = threading.Lock()
 
@@ -162,7 +173,14 @@ class GenFile:
         try:
             conn = open_reader(self.path, self.static_path)
         except apsw.Error as e:
-            raise StoreError(f"cannot open generation {self.number}: {sqlite_message(e)}") from None
+            gone = (
+                ""
+                if os.path.exists(self.path)
+                else " (its file is gone; the next generation heals it)"
+            )
+            raise StoreError(
+                f"cannot open generation {self.number}: {sqlite_message(e)}{gone}"
+            ) from None
         for view in views:
             create_temp_view(conn, view)
         return version, conn
@@ -227,13 +245,31 @@ class StaticDB:
     def __init__(self, path: str) -> None:
         self.path = path
         self.conn = open_writer(path, durable=True)
+        self.file_id = file_id(path)
         self.schemas = load_schemas(self.conn)
-        # When each table was last published; after a restart the best
-        # known answer is the file's modification time.
+        # When each table was last published, kept in the file itself (a
+        # name that is not an identifier, so never listed as a table). A
+        # file from before that has only its modification time to go by.
+        with self.conn:
+            self.conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {STATIC_META} "
+                "(tablename TEXT PRIMARY KEY, last_update_epoch REAL)"
+            )
         mtime = os.path.getmtime(path)
         self.last_update: dict[str, float] = dict.fromkeys(self.schemas, mtime)
+        for name, epoch in self.conn.execute(
+            f"SELECT tablename, last_update_epoch FROM {STATIC_META}"
+        ):
+            if isinstance(name, str) and name.lower() in self.schemas:
+                self.last_update[name.lower()] = float(epoch or 0.0)
 
     def apply(self, publish: Publish, now: float) -> None:
+        """Replace (or, with ``update``, upsert into) a static table.
+
+        As the original server did, the table keeps the union of the columns
+        of every publish: a re-publish without a column empties that column
+        (its rows are gone) but keeps it in the schema.
+        """
         table, opts = publish.table, publish.options
         lower = table.tablename.lower()
         current = self.schemas.get(lower)
@@ -244,14 +280,49 @@ class StaticDB:
                 insert_rows(self.conn, table, "replace", target=schema.name)
             else:
                 if current is not None:
-                    self.conn.execute(f"DROP TABLE {quote_ident(current.name)}")
-                schema = ensure_table(self.conn, None, table, opts.keycols or None)
-                insert_rows(self.conn, table, "insert")
+                    # Rows first, so a new key index is built on an empty table.
+                    self.conn.execute(f"DELETE FROM {quote_ident(current.name)}")
+                schema = ensure_table(self.conn, current, table, opts.keycols or None)
+                insert_rows(self.conn, table, "insert", target=schema.name)
+            self.conn.execute(f"INSERT OR REPLACE INTO {STATIC_META} VALUES (?, ?)", (lower, now))
         self.schemas[lower] = schema
         self.last_update[lower] = now
 
     def close(self) -> None:
         self.conn.close()
+
+
+def static_db_path(db_dir: str) -> str:
+    """The static DB of ``db_dir``: ``qasino_table_store_static.db``.
+
+    A ``static.sqlite`` left by our first release is moved to that name
+    (after folding its WAL in) when the new name does not exist yet; if both
+    exist the original's name wins and the other file is left alone.
+    """
+    path = os.path.join(db_dir, STATIC_FILE)
+    old = os.path.join(db_dir, FIRST_RELEASE_STATIC_FILE)
+    if os.path.exists(path):
+        if os.path.exists(old):
+            log.warn(
+                "both {path} and {old} exist: serving {path}, ignoring {old}",
+                path=path,
+                old=old,
+            )
+        return path
+    if os.path.exists(old):
+        conn = apsw.Connection(old)
+        try:
+            conn.pragma("wal_checkpoint", "TRUNCATE")
+        finally:
+            conn.close()
+        os.rename(old, path)
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.unlink(old + suffix)
+            except FileNotFoundError:
+                pass
+        log.info("moved the static DB {old} to {path}", old=old, path=path)
+    return path
 
 
 class Store:
@@ -263,6 +334,7 @@ class Store:
         now: float,
         views: Sequence[ViewDef] = (),
         monotonic: Callable[[], float] = time.monotonic,
+        dir_lock: Optional[DataDirLock] = None,
     ) -> None:
         self.config = config
         self.monotonic = monotonic
@@ -272,16 +344,20 @@ class Store:
         self._views: tuple[ViewDef, ...] = tuple(views)
         self._last_number = 0
         self._closed = False
+        self._file_seq = 0
+        # One store per directory: the lock comes before anything else
+        # touches it (raises DataDirBusy naming the holder's PID).
+        self.dir_lock = dir_lock or DataDirLock.acquire(config.db_dir)
         try:
-            os.makedirs(config.db_dir, exist_ok=True)
             self.gen_dir = os.path.join(config.db_dir, GENERATIONS_DIR)
             # Generation files are transient: whatever a previous run left is stale.
             shutil.rmtree(self.gen_dir, ignore_errors=True)
             os.makedirs(self.gen_dir)
             if config.archive_dir:
                 os.makedirs(config.archive_dir, exist_ok=True)
-            self.static = StaticDB(os.path.join(config.db_dir, STATIC_FILE))
+            self.static = StaticDB(static_db_path(config.db_dir))
         except (OSError, apsw.Error) as e:
+            self.dir_lock.release()
             raise StoreError(f"cannot open the db dir {config.db_dir!r}: {e}") from None
         self._snapshot: Optional[GenFile] = None
         self._writer = self._open_generation(now)
@@ -291,18 +367,38 @@ class Store:
 
     # ------------------------------------------------------------------ writer
 
+    def _new_gen_path(self, number: int, healing: bool = False) -> str:
+        """A file name for generation ``number`` with no file (nor -wal/-shm
+        file) there. A healed generation never reuses its lost file's name:
+        SQLite would pair a new file with the old one's WAL."""
+        # The directory may have been deleted under the server: make it again.
+        os.makedirs(self.gen_dir, exist_ok=True)
+        while True:
+            if healing:
+                self._file_seq += 1
+                name = f"gen-{number}.{self._file_seq}.sqlite"
+            else:
+                name = f"gen-{number}.sqlite"
+            path = os.path.join(self.gen_dir, name)
+            if not any(os.path.lexists(path + x) for x in ("", "-wal", "-shm")):
+                return path
+            healing = True
+
     def _open_generation(self, now: float, number: Optional[int] = None) -> WriterGeneration:
+        # ``number``: chosen by the caller (NATS mode: stream time); it may
+        # be one an earlier generation of this run had (_new_gen_path then
+        # gives it a file of its own).
         if number is None:
             number = max(int(now), self._last_number + 1)
-        path = os.path.join(self.gen_dir, f"gen-{number}.sqlite")
-        if number <= self._last_number:
-            # A number chosen by the caller (NATS mode) that an earlier
-            # generation of this run had: a file of its own all the same.
-            path = os.path.join(self.gen_dir, f"gen-{number}-{self._last_number}.sqlite")
         self._last_number = max(number, self._last_number)
+        try:
+            path = self._new_gen_path(number)
+        except OSError as e:
+            raise StoreError(f"cannot make {self.gen_dir}: {e.strerror or e}") from None
         gen_file = GenFile(path, number, self.static.path)
         gen_file.set_views(self._views)
         gen = WriterGeneration(gen_file, open_writer(path), now)
+        gen_file.file_id = file_id(path)
         for carried in self.persisted.carried():
             try:
                 self._apply(gen, carried.publish, now, carried=True)
@@ -410,8 +506,9 @@ class Store:
     ) -> None:
         """Upsert (identity, column=value) into a persisted table keyed by identity.
 
-        The value is stored as INTEGER or REAL when it reads as one, else TEXT.
-        Other columns of the identity's row keep their values.
+        The value is stored exactly as sent, as TEXT (the original's columns
+        were varchar): "01000" stays "01000". Other columns of the identity's
+        row keep their values.
         """
         _check_tablename(check_identifier(tablename, "table name"))
         check_identifier(column, "column name")
@@ -424,8 +521,7 @@ class Store:
             raise InvalidInput("identity must be non-empty, without control characters")
         if column.lower() == "identity":
             raise InvalidInput("the column name 'identity' is reserved for the key")
-        cell, type_ = _typed_value(value)
-        table = Table(tablename, ("identity", column), (TEXT, type_), [[identity, cell]])
+        table = Table(tablename, ("identity", column), (TEXT, TEXT), [[identity, value]])
         opts = PublishOptions(identity=identity, persist=True, update=True, keycols=("identity",))
         publish = Publish(table, opts)
         self.counters.add(updates_received=1, inserts_received=1)
@@ -473,7 +569,23 @@ class Store:
         decides it (NATS mode: generations cut by stream time); by default
         ``now`` in whole seconds, above every earlier number.
         """
-        gen = self._writer
+        renewed = self.dir_lock.renew_if_gone()
+        if renewed:
+            log.warn("{what}", what=renewed)
+        self._heal_static()
+        gen = self._heal_writer(self._writer, now)
+        try:
+            return self._rotate(gen, now, next_number)
+        except (QasinoError, apsw.Error) as e:
+            if not self._is_broken(gen, e):
+                raise  # disk full, read-only, ...: keep the generation, retry later
+            reason = e.message if isinstance(e, QasinoError) else sqlite_message(e)
+            fresh = self._replace_broken_writer(gen, now, reason)
+        return self._rotate(fresh, now, next_number)
+
+    def _rotate(
+        self, gen: WriterGeneration, now: float, next_number: Optional[int] = None
+    ) -> SnapshotInfo:
         with self._lock:
             views = self._views
         report = GenerationReport(
@@ -502,6 +614,145 @@ class Store:
             assert old is not None
             self._dispose(old)
         return info
+
+    # ------------------------------------------------------------ self-healing
+
+    def _heal_writer(self, gen: WriterGeneration, now: float) -> WriterGeneration:
+        """The writer generation, moved to a new file if its file was deleted
+        or replaced under the server.
+
+        The writer's connection still holds the deleted file open, so SQLite
+        can copy every acknowledged row out of it (backup API) into a new
+        file. If even that fails the generation is replaced, and what is
+        lost is logged (``_replace_broken_writer``).
+        """
+        if gen.file.file_id is not None and file_id(gen.file.path) == gen.file.file_id:
+            return gen
+        old_path = gen.file.path
+        try:
+            path = self._new_gen_path(gen.file.number, healing=True)
+            copy_connection(gen.conn, path)
+            conn = open_writer(path)
+        except (OSError, apsw.Error) as e:
+            message = (e.strerror or str(e)) if isinstance(e, OSError) else sqlite_message(e)
+            if isinstance(e, _BROKEN_FILE_ERRORS):
+                return self._replace_broken_writer(
+                    gen, now, f"its file was deleted or replaced, and is corrupt: {message}"
+                )
+            # The disk, not the file: the rows are still in the open
+            # connection; keep them and try again at the next rotation.
+            raise StoreError(
+                f"generation {gen.file.number}: its file {old_path} was deleted or replaced "
+                f"under the server and cannot be copied out yet: {message}"
+            ) from None
+        gen.conn.close()
+        with self._lock:
+            gen.file.retired = True
+        gen.file.close_connections()
+        new_file = GenFile(path, gen.file.number, self.static.path)
+        new_file.set_views(gen.file.views)
+        new_file.file_id = file_id(path)
+        healed = WriterGeneration(
+            new_file,
+            conn,
+            gen.opened_at,
+            gen.schemas,
+            gen.published,
+            gen.carried,
+            gen.table_stats,
+            gen.identity_stats,
+        )
+        with self._lock:
+            self._writer = healed
+        log.warn(
+            "generation {number}: its file {old} was deleted or replaced under the server; "
+            "its {tables} tables were copied to {new}, nothing lost",
+            number=gen.file.number,
+            old=old_path,
+            new=path,
+            tables=len(gen.schemas),
+        )
+        return healed
+
+    def _heal_static(self) -> None:
+        """Put the static DB back at its path if it was deleted under the server
+        (its connection still reads it), so readers can attach it again."""
+        static = self.static
+        if static.file_id is not None and file_id(static.path) == static.file_id:
+            return
+        tmp = static.path + ".healing"
+        try:
+            os.makedirs(self.config.db_dir, exist_ok=True)
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp + suffix)
+            copy_connection(static.conn, tmp)
+        except (OSError, apsw.Error) as e:
+            log.error(
+                "the static DB {path} was deleted or replaced under the server and could "
+                "not be written again: {error}",
+                path=static.path,
+                error=e,
+            )
+            return
+        # Close the old connection first: closing it removes its -wal and
+        # -shm files by name, which must not be the new file's.
+        static.conn.close()
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(static.path + suffix)
+        os.replace(tmp, static.path)
+        static.conn = open_writer(static.path, durable=True)
+        static.file_id = file_id(static.path)
+        # Pooled readers attached the old file: let them go.
+        with self._lock:
+            pooled = [g for g in (self._snapshot, self._writer.file) if g is not None]
+        for gen_file in pooled:
+            gen_file.set_views(gen_file.views)
+        log.warn(
+            "the static DB {path} was deleted or replaced under the server; "
+            "written again from the server's open copy ({n} tables)",
+            path=static.path,
+            n=len(static.schemas),
+        )
+
+    def _is_broken(self, gen: WriterGeneration, error: BaseException) -> bool:
+        """Whether a failed rotation means the writer's file is broken (not
+        the disk): corrupt, not a database, or gone."""
+        cause: Optional[BaseException] = error
+        while cause is not None:
+            if isinstance(cause, _BROKEN_FILE_ERRORS):
+                return True
+            cause = cause.__cause__ or cause.__context__
+        return file_id(gen.file.path) != gen.file.file_id
+
+    def _replace_broken_writer(
+        self, gen: WriterGeneration, now: float, reason: str
+    ) -> WriterGeneration:
+        """Give up a broken writer generation for a fresh one (persisted
+        tables carried in again); log what was lost, loudly."""
+        lost = sorted(gen.published)
+        log.error(
+            "generation {number}: its file {path} is broken ({reason}); started a fresh "
+            "writer generation. Lost: {n} acknowledged publishes of this generation "
+            "({tables}); persisted and static tables are kept",
+            number=gen.file.number,
+            path=gen.file.path,
+            reason=reason,
+            n=len(lost),
+            tables=", ".join(f"{t} from {i}" for t, i in lost[:20])
+            + (" ..." if len(lost) > 20 else ""),
+        )
+        with contextlib.suppress(apsw.Error):
+            gen.conn.close()
+        gen.file.close_connections()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.unlink(gen.file.path + suffix)
+        fresh = self._open_generation(now)
+        with self._lock:
+            self._writer = fresh
+        return fresh
 
     def _finish_generation(
         self,
@@ -534,14 +785,22 @@ class Store:
             finally:
                 checker.close()
             report.views = [
-                (v.viewname, int(status[v.viewname] is None), status[v.viewname] or "", v.view)
+                (
+                    v.viewname,
+                    int(status[v.viewname] is None),
+                    status[v.viewname] or v.warning or "",
+                    v.view,
+                )
                 for v in views
             ]
             write_views_table(gen.conn, report.views)
             gen.conn.pragma("wal_checkpoint", "PASSIVE")
         except apsw.Error as e:
             raise _failed_write(e, gen.conn, always_reclaim=True) from None
-        info = SnapshotInfo(gen.file.number, self.config.generation_duration_s, now)
+        new_gen = self._open_generation(now, next_number)
+        info = SnapshotInfo(
+            gen.file.number, self.config.generation_duration_s, now, new_gen.file.number
+        )
         gen.file.info = info
         gen.file.table_list = {
             t.tablename: {
@@ -553,7 +812,6 @@ class Store:
         }
         loaded = [v for v in views if status.get(v.viewname) is None]
         gen.file.set_views(loaded)
-        new_gen = self._open_generation(now, next_number)
         return info, new_gen
 
     def _table_entries(self, gen: WriterGeneration) -> list[TableEntry]:
@@ -596,6 +854,7 @@ class Store:
         if snapshot is not None:
             snapshot.close_connections()
         self.static.close()
+        self.dir_lock.release()
 
     # ------------------------------------------------------------------ readers
 
@@ -661,7 +920,7 @@ class Store:
         """Remove (or archive) a snapshot nobody reads any more."""
         gen_file.close_connections()
         if self.config.archive_dir:
-            target = os.path.join(self.config.archive_dir, os.path.basename(gen_file.path))
+            target = os.path.join(self.config.archive_dir, f"gen-{gen_file.number}.sqlite")
             try:
                 copy_database(gen_file.path, target)
             except apsw.Error as e:
@@ -676,26 +935,6 @@ class Store:
                 os.unlink(gen_file.path + suffix)
             except FileNotFoundError:
                 pass
-
-
-_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
-_REAL_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
-_INT64 = range(-(2**63), 2**63)
-
-
-def _typed_value(value: str) -> tuple[Cell, str]:
-    """INTEGER or REAL for a plain decimal number (ASCII digits), else TEXT.
-
-    Python's int()/float() alone would also take "1_000", " 12", "nan",
-    "inf" and non-ASCII digits, and an int beyond 64 bits cannot be bound.
-    """
-    if _INT_RE.match(value) and len(value) <= 20 and int(value) in _INT64:
-        return int(value), INTEGER
-    if _REAL_RE.match(value):
-        number = float(value)
-        if math.isfinite(number):
-            return number, REAL
-    return value, TEXT
 
 
 def _check_tablename(tablename: str) -> None:
@@ -720,6 +959,9 @@ def _check_keycols(publish: Publish) -> None:
                 f"key column {keycol!r} is not a column of table {publish.table.tablename!r}"
             )
 
+
+# A generation file that SQLite finds broken: no use retrying it.
+_BROKEN_FILE_ERRORS = (apsw.CorruptError, apsw.NotADBError)
 
 _STORAGE_ERRORS = (apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError)
 
@@ -764,6 +1006,15 @@ def _write_error(e: BaseException) -> QasinoError:
     if cause is not None:
         return StoreError(f"storage error: {sqlite_message(cause)}")
     return PublishRejected(f"could not store the table: {sqlite_message(e)}")
+
+
+def file_id(path: str) -> Optional[tuple[int, int]]:
+    """(st_dev, st_ino) of ``path``, or None if there is no such file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 __all__ = ["Store", "StoreConfig", "SnapshotInfo", "is_identifier"]

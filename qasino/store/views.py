@@ -50,7 +50,7 @@ def create_view_sql(view: ViewDef) -> str:
     cols = ""
     if view.column_list:
         cols = " (" + ", ".join(quote_ident(c) for c in view.column_list) + ")"
-    return f"CREATE TEMP VIEW {quote_ident(view.viewname)}{cols} AS {view.select_sql}"
+    return f"CREATE TEMP VIEW {quote_ident(view.sql_name)}{cols} AS {view.select_sql}"
 
 
 def create_temp_view(conn: apsw.Connection, view: ViewDef) -> Optional[str]:
@@ -83,22 +83,19 @@ def check_view(conn: apsw.Connection, viewname: str) -> Optional[str]:
 def build_views(conn: apsw.Connection, views: Sequence[ViewDef]) -> dict[str, Optional[str]]:
     """Create every view, then check each; drop the ones that fail.
 
-    Returns viewname -> None (loaded) or its error message.
+    Returns viewname -> None (loaded) or its error message. A view whose
+    create failed is not dropped: the name may be another entry's view.
     """
     status: dict[str, Optional[str]] = {}
     for view in views:
         status[view.viewname] = create_temp_view(conn, view)
-    for view in views:
-        if status[view.viewname] is None:
-            status[view.viewname] = check_view(conn, view.viewname)
-    for name, error in status.items():
-        if error is not None and not views_error_is_entry_error(views, name):
+    created = [view for view in views if status[view.viewname] is None]
+    for view in created:
+        status[view.viewname] = check_view(conn, view.sql_name)
+    for view in created:
+        if status[view.viewname] is not None:
             try:
-                conn.execute(f"DROP VIEW IF EXISTS temp.{quote_ident(name)}")
+                conn.execute(f"DROP VIEW IF EXISTS temp.{quote_ident(view.sql_name)}")
             except apsw.Error:
                 pass
     return status
-
-
-def views_error_is_entry_error(views: Sequence[ViewDef], name: str) -> bool:
-    return any(v.viewname == name and v.error for v in views)

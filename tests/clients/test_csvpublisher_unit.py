@@ -82,10 +82,32 @@ def test_parse_index_both_forms_relative_to_the_index_folder() -> None:
     ]
 
 
-def test_parse_index_first_line_is_always_the_version() -> None:
-    # Even if the first line looks like a table, it is skipped.
-    assert cp.parse_index("tbl_x\ntbl_y\n", "i.txt") == [cp.IndexEntry("tbl_y", "tbl_y.csv")]
+@pytest.mark.parametrize("version", ["1", "2.0", " 3 "])
+def test_parse_index_first_line_is_the_version(version: str) -> None:
+    text = f"{version}\ntbl_y\n"
+    assert cp.parse_index(text, "i.txt") == [cp.IndexEntry("tbl_y", "tbl_y.csv")]
     assert cp.parse_index("", "i.txt") == []
+
+
+@pytest.mark.parametrize("first", ["tbl_x", "", "v1", "# tables"])
+def test_index_whose_first_line_is_not_a_version_is_an_error_naming_the_file(
+    first: str,
+) -> None:
+    """Not silently dropped as if it were the version line."""
+    with pytest.raises(cp.IndexFileError) as info:
+        cp.parse_index(f"{first}\ntbl_y\n", "/data/index.txt")
+    assert "/data/index.txt" in str(info.value)
+    assert "version" in str(info.value)
+
+
+def test_index_without_version_is_reported_in_the_round(tmp_path: Any) -> None:
+    index = tmp_path / "index.txt"
+    index.write_text("tbl_a\n")
+    (tmp_path / "tbl_a.csv").write_text("1\ntbl_a\na\nint\nA\n1\n")
+    reports = cp.read_tables([str(index)], None, "me")
+    assert len(reports) == 1
+    assert reports[0].filepath == str(index) and reports[0].tablename == ""
+    assert reports[0].error is not None and "first line must be a version" in reports[0].error
 
 
 def test_list_files_skip_comments_and_blank_lines() -> None:
@@ -186,6 +208,37 @@ def test_index_names_the_table(tmp_path: Path) -> None:
         "name_in_index"
     )
     assert not bad.ok and "invalid tablename" in (bad.error or "")
+
+
+@pytest.mark.parametrize(
+    "second_line",
+    [
+        "Disk usage per host, by mount",
+        '"An unclosed quote, then commas',
+        "",
+        "qasino_server_tables",
+    ],
+)
+def test_an_old_file_with_free_text_on_its_second_line_is_published(
+    tmp_path: Path, second_line: str
+) -> None:
+    """The original agent never read that line: the index names the table."""
+    (tmp_path / "disk.csv").write_text(
+        f"1\n{second_line}\nhost,pct\nstring,int\nHost,Percent\nh1,91\nh2,15\n"
+    )
+    (tmp_path / "index").write_text("1\ndisk.csv,disk_usage\n")
+    (report,) = cp.read_tables([str(tmp_path / "index")], None, "agent1")
+    assert report.ok, report.error
+    message = cp.publish_message(report.publish, report.tablename)
+    assert message["table"]["tablename"] == "disk_usage"
+    assert message["table"]["rows"] == [["h1", 91], ["h2", 15]]
+
+
+def test_a_broken_data_line_is_reported_with_its_file_line_number(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("1\nfree text\nx\nint\nX\n1\nnope\n")
+    (tmp_path / "index").write_text("1\nt\n")
+    (report,) = cp.read_tables([str(tmp_path / "index")], None, "agent1")
+    assert not report.ok and "line 7" in (report.error or "")
 
 
 def test_files_are_reread_every_round(tree: Path) -> None:

@@ -120,14 +120,20 @@ def test_select_after_leading_comments_is_accepted(text: str) -> None:
         "REPLACE INTO t VALUES (1)",
         "-- SELECT\nDROP TABLE t",
         "/* SELECT */ DELETE FROM t",
-        "(SELECT 1)",
         "EXPLAIN SELECT 1",
-        "SELECTX 1",
     ],
 )
 def test_statements_other_than_select_are_refused(text: str) -> None:
     with pytest.raises(QueryRefused, match="Only SELECT"):
         parse_command(text)
+
+
+@pytest.mark.parametrize("text", ["SELEC 1", "SELECTX 1", "(SELECT 1)", "help"])
+def test_unknown_first_words_go_to_sqlite_for_its_syntax_error(text: str) -> None:
+    """Not SQL SQLite knows: the store's guarded prepare reports SQLite's own
+    syntax error rather than a refusal that hides the typo."""
+    command = parse_command(text)
+    assert command.kind == "select" and command.sql == text
 
 
 @pytest.mark.parametrize("text", ["", "   ", ";", " ;; \n", "-- just a comment", "/* x */"])
@@ -156,13 +162,13 @@ def test_show_tables_returns_documented_columns_ordered_by_tablename() -> None:
         "nr_rows",
         "nr_updates",
         "last_update_epoch",
-        "last_update_datetime",
         "static",
+        "last_update_datetime",
     ]
     tablenames = [str(row[0]) for row in rows]
     assert tablenames == sorted(tablenames)
-    assert ("alpha", 10, 2, 1382105090.5, "2013-10-18 14:04:50", 0) in rows
-    assert ("settings", 4, 1, 1000000000, "2001-09-09 01:46:40", 1) in rows
+    assert ("alpha", 10, 2, 1382105090.5, 0, "2013-10-18 14:04:50.500 UTC") in rows
+    assert ("settings", 4, 1, 1000000000, 1, "2001-09-09 01:46:40.000 UTC") in rows
 
 
 @pytest.mark.parametrize(
@@ -213,8 +219,8 @@ def test_show_connections_returns_documented_columns_ordered_by_identity(text: s
     names, rows = run(command)
     assert names == ["identity", "nr_tables", "last_update_epoch", "last_update_datetime"]
     assert rows == [
-        ("host1", 1, 1382105080, "2013-10-18 14:04:40"),
-        ("host2", 2, 1382105090, "2013-10-18 14:04:50"),
+        ("host1", 1, 1382105080, "2013-10-18 14:04:40.000 UTC"),
+        ("host2", 2, 1382105090, "2013-10-18 14:04:50.000 UTC"),
     ]
 
 
@@ -229,7 +235,7 @@ def test_show_info_returns_documented_columns(text: str) -> None:
         "generation_start_epoch",
         "generation_start_datetime",
     ]
-    assert rows == [(1382105093, 30, 1382105093, "2013-10-18 14:04:53")]
+    assert rows == [(1382105093, 30, 1382105093, "2013-10-18 14:04:53.000 UTC")]
 
 
 @pytest.mark.parametrize("text", ["SHOW views", "show VIEWS;", "SHOW\tviews ;"])

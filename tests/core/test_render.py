@@ -34,9 +34,17 @@ def test_text_rendering_reproduces_the_protocol_example_byte_for_byte() -> None:
     assert render_result_text(result) == PROTOCOL_EXAMPLE
 
 
-def test_text_rendering_of_zero_rows_has_header_rule_and_count() -> None:
+def test_text_rendering_of_zero_rows_is_the_originals() -> None:
     text = render_result_text(Result(column_names=("a", "bcd"), rows=[]))
-    assert text == "a  bcd\n=  ===\n0 rows returned\n"
+    assert text == "query returned zero rows\n========================\n0 rows returned\n"
+
+
+def test_text_rendering_escapes_control_characters_and_backslashes_as_the_original() -> None:
+    rows = [("two\nlines", "tab\there", "C:\\dir", "bell\x07\x7f", "café")]
+    text = render_result_text(Result(column_names=("a", "b", "c", "d", "e"), rows=rows))
+    cells = ["two\\nlines", "tab\\there", "C:\\\\dir", "bell\\x07\\x7f", "café"]
+    assert text.splitlines()[2] == "  ".join(cells)
+    assert len(text.splitlines()) == 4
 
 
 def test_text_rendering_right_justifies_header_to_widest_cell() -> None:
@@ -173,3 +181,28 @@ def test_a_float_column_without_exponents_is_rendered_like_str() -> None:
     assert stringify_rows([(v, i) for i, v in enumerate(values)]) == [
         [str(v), str(i)] for i, v in enumerate(values)
     ]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text(max_size=12),
+            st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=5)),
+        ),
+        max_size=8,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_text_rendering_keeps_one_row_per_line_and_ascii_text_as_unicode_escape(
+    rows: list[tuple[str, object]],
+) -> None:
+    """Whatever the cells hold, N rows are N lines between the rule and the
+    count (CR, LF, NUL never split a row); printable ASCII is shown as is and
+    other ASCII as Python's unicode_escape writes it (the original's way)."""
+    text = render_result_text(Result(column_names=("a", "b"), rows=rows))
+    lines = text.split("\n")
+    assert lines[-1] == "" and lines[-2] == f"{len(rows)} rows returned"
+    assert len(lines) == len(rows) + 4
+    for cell, line in zip((r[0] for r in rows), lines[2:], strict=False):
+        if cell.isascii():
+            assert cell.encode("unicode_escape").decode("ascii") in line

@@ -224,9 +224,20 @@ def test_view_text_not_of_the_create_view_form_is_an_error_entry(statement: str)
     assert view.select_sql == ""
 
 
-def test_name_in_statement_differing_from_viewname_is_an_error_entry() -> None:
+def test_name_in_statement_differing_from_viewname_loads_under_the_statements_name() -> None:
+    """As the original server did (it ran the statement as written), with a warning."""
     view = one("- viewname: v1\n  view: CREATE VIEW v2 AS SELECT 1\n")
-    assert view.error and "'v2'" in view.error and "'v1'" in view.error
+    assert view.error is None
+    assert view.sql_name == "v2" and view.select_sql == "SELECT 1"
+    assert view.warning and "'v2'" in view.warning and "'v1'" in view.warning
+
+
+@pytest.mark.parametrize("name", ["qasino_server_tables", '"v 2"'])
+def test_a_differing_statement_name_that_is_internal_or_no_identifier_is_an_error(
+    name: str,
+) -> None:
+    view = one(f"- viewname: v1\n  view: 'CREATE VIEW {name} AS SELECT 1'\n")
+    assert view.error and "v1" in view.error
     assert view.select_sql == ""
 
 
@@ -254,7 +265,7 @@ def test_duplicate_viewname_marks_second_and_later_entries() -> None:
 def test_one_bad_entry_does_not_stop_the_others() -> None:
     views = parse_views_yaml(
         "- {viewname: good1, view: CREATE VIEW good1 AS SELECT 1}\n"
-        "- {viewname: bad, view: CREATE VIEW wrong AS SELECT 1}\n"
+        "- {viewname: bad, view: CREATE TABLE wrong AS SELECT 1}\n"
         "- {viewname: good2, view: CREATE VIEW good2 AS SELECT 2}\n"
     )
     assert [view.error is None for view in views] == [True, False, True]

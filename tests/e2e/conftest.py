@@ -174,11 +174,17 @@ def zmq_call(port: int, request: ZmqRequest) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- line protocol
 
-ANSWER_RE = re.compile(rb"^(?:\d+ rows returned|SQL error: .*)$", re.MULTILINE)
+ANSWER_RE = re.compile(rb"^(?:\d+ rows returned|SQL error: .*)\r?$", re.MULTILINE)
 
 
 class LineClient:
-    """A raw TCP client of the telnet line protocol."""
+    """A raw TCP client of the telnet line protocol.
+
+    The server ends every line in CRLF; ``read_answers`` and
+    ``read_until_closed`` return the text with plain ``\n`` line ends (the
+    bytes as received are in ``last_raw``)."""
+
+    last_raw = b""
 
     def __init__(self, port: int, timeout: float = REQUEST_TIMEOUT) -> None:
         self.sock = socket.create_connection((HOST, port), timeout=timeout)
@@ -212,14 +218,16 @@ class LineClient:
         while len(ANSWER_RE.findall(self.buffer)) < count or not self.buffer.endswith(b"\n"):
             if not self._receive():
                 break
-        data, self.buffer = self.buffer, b""
-        return data.decode("utf-8")
+        return self._take()
 
     def read_until_closed(self) -> str:
         while self._receive():
             pass
-        data, self.buffer = self.buffer, b""
-        return data.decode("utf-8")
+        return self._take()
+
+    def _take(self) -> str:
+        self.last_raw, self.buffer = self.buffer, b""
+        return self.last_raw.replace(b"\r\n", b"\n").decode("utf-8")
 
 
 def line_query(port: int, text: str, answers: int = 1) -> str:

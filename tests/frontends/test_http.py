@@ -177,13 +177,21 @@ def test_get_name_value_update_upserts_row_keyed_by_identity(resource: RequestRe
     assert reply["table"]["rows"] == [["h1", "42"]]
 
 
-def test_get_name_value_update_without_identity_is_invalid_input(
+def test_get_name_value_update_without_identity_is_stored_as_unknown(
     resource: RequestResource,
 ) -> None:
+    """As the original server did."""
     reply = json_reply(
-        resource, make_request(b"GET", {"op": "name_value_update", "name": "nv.t", "value": "1"})
+        resource, make_request(b"GET", {"op": "name_value_update", "name": "nv.t", "value": "01"})
     )
-    assert reply == error("Invalid input format: 'identity' is required")
+    assert reply == OK
+    reply = json_reply(
+        resource,
+        make_request(
+            b"GET", {"op": "query", "sql": "SELECT identity, t FROM nv", "use_write_db": "1"}
+        ),
+    )
+    assert reply["table"]["rows"] == [["unknown", "01"]]
 
 
 # ---------------------------------------------------------------- POST

@@ -9,13 +9,19 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory, LineSQLProtocol
+from qasino.frontends.line import (
+    DEFAULT_MAX_STATEMENT_BYTES,
+    UNFINISHED_TEXT,
+    LineSQLFactory,
+    LineSQLProtocol,
+    crlf,
+)
 from qasino.ops import Dispatcher
 from qasino.store.store import Store
 from tests.helpers import ManualRunner
 
-ONE = b"a\n=\n1\n1 rows returned\n"
-TWO = b"b\n=\n2\n1 rows returned\n"
+ONE = b"a\r\n=\r\n1\r\n1 rows returned\r\n"
+TWO = b"b\r\n=\r\n2\r\n1 rows returned\r\n"
 
 
 def connect(
@@ -37,10 +43,10 @@ def test_statement_is_answered_with_the_exact_text_rendering(dispatcher: Dispatc
     protocol, transport = connect(dispatcher)
     protocol.dataReceived(b"SELECT 1382105093 AS generation_number, 'x' AS s, NULL AS n;\n")
     assert transport.value() == (
-        b"generation_number  s  n\n"
-        b"=================  =  =\n"
-        b"       1382105093  x   \n"
-        b"1 rows returned\n"
+        b"generation_number  s  n\r\n"
+        b"=================  =  =\r\n"
+        b"       1382105093  x   \r\n"
+        b"1 rows returned\r\n"
     )  # fmt: skip
     assert not transport.disconnecting
 
@@ -75,7 +81,7 @@ def test_sql_error_is_one_sql_error_line_and_the_connection_stays(
     protocol.dataReceived(b"SELECT * FROM nowhere;\n")
     reply = transport.value()
     assert reply.startswith(b"SQL error: ")
-    assert reply.endswith(b"\n") and reply.count(b"\n") == 1
+    assert reply.endswith(b"\r\n") and reply.count(b"\r\n") == 1
     assert b"nowhere" in reply
     assert not transport.disconnecting
     transport.clear()
@@ -95,7 +101,7 @@ def test_writing_statement_is_refused_with_sql_error(dispatcher: Dispatcher) -> 
 def test_quit_words_say_bye_and_close(dispatcher: Dispatcher, line: bytes) -> None:
     protocol, transport = connect(dispatcher)
     protocol.dataReceived(line + b"\r\n")
-    assert transport.value() == b"Bye!\n"
+    assert transport.value() == b"Bye!\r\n"
     assert transport.disconnecting
 
 
@@ -112,7 +118,7 @@ def test_line_of_only_ctrl_d_or_ctrl_c_says_bye_and_closes(
 ) -> None:
     protocol, transport = connect(dispatcher)
     protocol.dataReceived(line + b"\n")
-    assert transport.value() == b"Bye!\n"
+    assert transport.value() == b"Bye!\r\n"
     assert transport.disconnecting
 
 
@@ -126,7 +132,7 @@ def test_ctrl_c_from_telnet_says_bye_without_waiting_for_a_newline(
 ) -> None:
     protocol, transport = connect(dispatcher)
     protocol.dataReceived(data)
-    assert transport.value() == b"Bye!\n"
+    assert transport.value() == b"Bye!\r\n"
     assert transport.disconnecting
 
 
@@ -136,35 +142,35 @@ def test_ctrl_c_after_part_of_a_line_waits_for_the_newline(dispatcher: Dispatche
     protocol.dataReceived(b"\x03")
     assert transport.value() == b"" and not transport.disconnecting
     protocol.dataReceived(b"\n\x03\n")
-    assert transport.value() == b"Bye!\n"
+    assert transport.value() == b"Bye!\r\n"
 
 
 def test_ctrl_d_in_the_middle_of_a_statement_says_bye(dispatcher: Dispatcher) -> None:
     protocol, transport = connect(dispatcher)
     protocol.dataReceived(b"SELECT 1\n\x04\n")
-    assert transport.value() == b"Bye!\n"
+    assert transport.value() == b"Bye!\r\n"
     assert transport.disconnecting
 
 
 def test_ctrl_d_inside_a_line_with_text_is_not_a_break(dispatcher: Dispatcher) -> None:
     protocol, transport = connect(dispatcher)
     protocol.dataReceived(b"SELECT 1 AS a; \x04\n")
-    assert transport.value() != b"Bye!\n"
+    assert transport.value() != b"Bye!\r\n"
     assert not transport.disconnecting
 
 
 def test_nothing_is_answered_after_bye(dispatcher: Dispatcher) -> None:
     protocol, transport = connect(dispatcher)
     protocol.dataReceived(b"quit;\nSELECT 1 AS a;\n")
-    assert transport.value() == b"Bye!\n"
+    assert transport.value() == b"Bye!\r\n"
 
 
 def test_several_statements_in_one_packet_are_answered_in_order(dispatcher: Dispatcher) -> None:
     protocol, transport = connect(dispatcher)
     protocol.dataReceived(b"SELECT 1 AS a;\nSELECT nope;\nSELECT 2 AS b;\n")
-    first, rest = transport.value().split(b"1 rows returned\n", 1)
-    assert first + b"1 rows returned\n" == ONE
-    error_line, last = rest.split(b"\n", 1)
+    first, rest = transport.value().split(b"1 rows returned\r\n", 1)
+    assert first + b"1 rows returned\r\n" == ONE
+    error_line, last = rest.split(b"\r\n", 1)
     assert error_line.startswith(b"SQL error: ")
     assert last == TWO
 
@@ -172,7 +178,7 @@ def test_several_statements_in_one_packet_are_answered_in_order(dispatcher: Disp
 def test_statements_then_quit_in_one_packet_answer_all_then_bye(dispatcher: Dispatcher) -> None:
     protocol, transport = connect(dispatcher)
     protocol.dataReceived(b"SELECT 1 AS a;\nSELECT 2 AS b;\nquit;\n")
-    assert transport.value() == ONE + TWO + b"Bye!\n"
+    assert transport.value() == ONE + TWO + b"Bye!\r\n"
     assert transport.disconnecting
 
 
@@ -195,7 +201,7 @@ def test_slow_statement_before_quit_is_answered_before_bye(
     protocol, transport = connect(slow_dispatcher)
     protocol.dataReceived(b"SELECT 1 AS a;\nquit;\n")
     manual_runner.run_pending()
-    assert transport.value() == ONE + b"Bye!\n"
+    assert transport.value() == ONE + b"Bye!\r\n"
     assert transport.disconnecting
 
 
@@ -217,10 +223,10 @@ def test_single_line_over_the_statement_limit_is_refused_and_disconnected(
 ) -> None:
     protocol, transport = connect(dispatcher, max_statement_bytes=64)
     protocol.dataReceived(b"SELECT '" + b"x" * 100)  # no newline yet
-    assert transport.value() == b"SQL error: statement longer than 64 bytes\n"
+    assert transport.value() == b"SQL error: statement longer than 64 bytes\r\n"
     assert transport.disconnecting
     protocol.dataReceived(b"';\nSELECT 1 AS a;\n")
-    assert transport.value() == b"SQL error: statement longer than 64 bytes\n"
+    assert transport.value() == b"SQL error: statement longer than 64 bytes\r\n"
     assert store.counters.peek()["sql_received"] == 0
 
 
@@ -229,10 +235,10 @@ def test_multi_line_statement_over_the_limit_is_refused_and_disconnected(
 ) -> None:
     protocol, transport = connect(dispatcher, max_statement_bytes=64)
     protocol.dataReceived(b"SELECT\n" + b"1 AS a,\n" * 8)
-    assert transport.value() == b"SQL error: statement longer than 64 bytes\n"
+    assert transport.value() == b"SQL error: statement longer than 64 bytes\r\n"
     assert transport.disconnecting
     protocol.dataReceived(b"2 AS b;\n")
-    assert transport.value() == b"SQL error: statement longer than 64 bytes\n"
+    assert transport.value() == b"SQL error: statement longer than 64 bytes\r\n"
     assert store.counters.peek()["sql_received"] == 0
 
 
@@ -275,6 +281,63 @@ def test_invalid_utf8_is_answered_not_raised(dispatcher: Dispatcher) -> None:
     transport.clear()
     protocol.dataReceived(b"SELECT '\xff\xfe' AS v;\n")
     reply = transport.value()
-    assert reply.endswith(b"1 rows returned\n")
+    assert reply.endswith(b"1 rows returned\r\n")
     assert "\ufffd\ufffd" in reply.decode("utf-8")
     assert not transport.disconnecting
+
+
+def test_half_close_answers_every_complete_statement_then_closes(
+    slow_dispatcher: Dispatcher, manual_runner: ManualRunner
+) -> None:
+    """A client that half-closes after its statements (``nc -N``) still gets
+    every answer, in order; only then does the server close."""
+    protocol, transport = connect(slow_dispatcher)
+    protocol.dataReceived(b"SELECT 1 AS a;\nSELECT 2 AS b;\nSELECT 3 AS c")  # no ';'
+    protocol.readConnectionLost()
+    assert not transport.disconnecting  # answers still to come
+    manual_runner.run_pending()
+    assert transport.value() == ONE + TWO + crlf(UNFINISHED_TEXT)
+    assert transport.disconnecting
+
+
+def test_half_close_counts_a_last_statement_without_a_newline(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT 1 AS a;\nSELECT 2 AS b;")
+    protocol.readConnectionLost()
+    assert transport.value() == ONE + TWO
+    assert transport.disconnecting
+
+
+def test_half_close_after_quit_says_bye_once(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELECT 1 AS a;\nquit;\nSELECT 2 AS b;\n")
+    protocol.readConnectionLost()
+    assert transport.value() == ONE + b"Bye!\r\n"
+    assert transport.disconnecting
+
+
+def test_line_protocol_provides_half_close(dispatcher: Dispatcher) -> None:
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+
+    protocol, _ = connect(dispatcher)
+    assert IHalfCloseableProtocol.providedBy(protocol)
+
+
+@pytest.mark.parametrize("word", [b"help;", b"HELP ;", b"?;", b"\\h;"])
+def test_help_lists_what_can_be_typed_and_keeps_the_connection(
+    dispatcher: Dispatcher, word: bytes
+) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(word + b"\nSELECT 1 AS a;\n")
+    text = transport.value()
+    for shortcut in (b"SHOW tables;", b"DESC VIEW viewname;", b"quit;", b"qasino_server_info"):
+        assert shortcut in text, text
+    assert text.endswith(ONE)
+    assert b"\n" not in text.replace(b"\r\n", b""), "every line ends in CRLF"
+    assert not transport.disconnecting
+
+
+def test_a_typo_is_answered_with_sqlites_syntax_error(dispatcher: Dispatcher) -> None:
+    protocol, transport = connect(dispatcher)
+    protocol.dataReceived(b"SELEC 1;\n")
+    assert transport.value() == b'SQL error: near "SELEC": syntax error\r\n'

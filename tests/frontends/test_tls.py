@@ -7,7 +7,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from passlib.hash import apr_md5_crypt, ldap_sha1
+from passlib.hash import apr_md5_crypt, des_crypt, ldap_sha1, md5_crypt
 
 from qasino.frontends.tls import HtpasswdStore, TLSConfigError, load_tls_options
 from tests.tls_helpers import make_cert
@@ -29,13 +29,23 @@ def htpasswd(tmp_path: Path) -> Path:
             .replace("$2b$", "$2y$"),
             "apr": apr_md5_crypt.hash("apr-pw"),
             "sha": ldap_sha1.hash("sha-pw"),
+            # The two the original server checked: crypt(3) DES and "$1$" MD5.
+            "des": des_crypt.hash("des-pw"),
+            "md5": md5_crypt.hash("md5-pw"),
         },
     )
     return path
 
 
 @pytest.mark.parametrize(
-    ("user", "password"), [("bee", b"bee-pw"), ("apr", b"apr-pw"), ("sha", b"sha-pw")]
+    ("user", "password"),
+    [
+        ("bee", b"bee-pw"),
+        ("apr", b"apr-pw"),
+        ("sha", b"sha-pw"),
+        ("des", b"des-pw"),
+        ("md5", b"md5-pw"),
+    ],
 )
 def test_each_htpasswd_hash_format_accepts_its_password(
     htpasswd: Path, user: str, password: bytes
@@ -45,7 +55,14 @@ def test_each_htpasswd_hash_format_accepts_its_password(
 
 @pytest.mark.parametrize(
     ("user", "password"),
-    [("bee", b"wrong"), ("apr", b"bee-pw"), ("sha", b""), ("nobody", b"bee-pw")],
+    [
+        ("bee", b"wrong"),
+        ("apr", b"bee-pw"),
+        ("sha", b""),
+        ("nobody", b"bee-pw"),
+        ("des", b"md5-pw"),
+        ("md5", b"des-pw"),
+    ],
 )
 def test_wrong_password_or_unknown_user_is_refused(
     htpasswd: Path, user: str, password: bytes

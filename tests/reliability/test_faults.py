@@ -149,7 +149,7 @@ def integrity(path: Path) -> list[str]:
 
 
 def static_db(server: ReliabilityProcess) -> Path:
-    return server.workdir / "db" / "static.sqlite"
+    return server.workdir / "db" / "qasino_table_store_static.db"
 
 
 # ---------------------------------------------------------------- (a) kill -9 mid-ingest
@@ -763,15 +763,17 @@ def test_read_only_generations_dir_gives_errors_or_acks_a_log_line_and_loses_no_
     assert restored.returncode == 0, restored.stderr
     print(f"[readonly] rotation failures logged: {server.count_log('rotation failed')}")
     # No snapshot was announced during the outage: the first one after it is
-    # the writer generation that took the acknowledged publishes.
-    first = server.wait_generation(after=last_good, timeout=PROMPT_S)["generation_number"]
+    # the writer generation that took the acknowledged publishes, the one
+    # the last signal before the outage named (signals name the generation
+    # that starts filling).
+    server.wait_generation(after=last_good, timeout=PROMPT_S)
     reply = http_q(
         ports["http"],
         "SELECT (SELECT generation_number FROM qasino_server_info), i FROM ro_during ORDER BY i",
     )
     if expected:
         assert reply.get("response_op") == "result_table", reply
-        assert reply["table"]["rows"] == [[str(first), *row] for row in expected], reply
+        assert reply["table"]["rows"] == [[str(last_good), *row] for row in expected], reply
     else:
         assert "no such table" in reply.get("error_message", ""), reply
     served_soon(ports["http"], "SELECT v FROM ro_static", [["7"]])

@@ -124,8 +124,12 @@ class LoadRun:
 
 
 def watch_signals(run: LoadRun) -> None:
-    """Record every generation signal (number, receive time); queue its snapshot."""
+    """Record every snapshot a generation signal announces (number, receive
+    time) and queue it. A signal names the generation that starts filling,
+    so the snapshot it announces is the one the signal before named; the
+    first signal seen only tells that number."""
     sock = ZMQ_CONTEXT.socket(zmq.SUB)
+    filling: Optional[int] = None
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"GENSIG")
@@ -135,11 +139,14 @@ def watch_signals(run: LoadRun) -> None:
                 continue
             message = parse_gensig(sock.recv())
             t = time.monotonic()
+            served, filling = filling, int(message["generation_number"])
+            if served is None:
+                continue
             with run.cond:
-                run.announced.append((int(message["generation_number"]), t))
+                run.announced.append((served, t))
                 idx = len(run.announced) - 1
                 run.cond.notify_all()
-            run.to_read.put((idx, int(message["generation_number"])))
+            run.to_read.put((idx, served))
     except Exception as e:  # pragma: no cover - reported by the test
         run.fail(f"signal watcher died: {e!r}")
     finally:

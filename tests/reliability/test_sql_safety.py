@@ -325,7 +325,7 @@ def via_line(proc: QasinoProcess, sql: str) -> Answer:
         REQUEST_TIMEOUT_S,
         half_close=False,
     )
-    text = ex.data.decode("utf-8", "replace")
+    text = ex.data.replace(b"\r\n", b"\n").decode("utf-8", "replace")
     errors = re.findall(r"^SQL error: (.*)$", text, re.MULTILINE)
     if not ex.closed:
         return Answer(False, f"no end of the conversation: {text[-200:]!r}", True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from qasino.core.errors import QueryError, QueryTimeout
+from qasino.core.errors import QueryError, QueryRefused, QueryTimeout
 from qasino.core.model import Publish, PublishOptions, Table
 from qasino.store.query import QueryLimits, run_select
 from qasino.store.sqlite import MAX_SQL_LENGTH, open_reader
@@ -364,3 +364,16 @@ def test_a_result_under_the_byte_cap_is_whole() -> None:
     sql = SERIES.format(4, "printf('%.*c', 100, 'x'), zeroblob(50)")
     result = run_select(conn, sql, limits=QueryLimits(max_bytes=2000), guard=False)
     assert len(result.rows) == 4 and not result.truncated
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [("SELEC 1;", 'near "SELEC": syntax error'), ("help;", 'near "help": syntax error')],
+)
+def test_a_typo_gets_sqlites_syntax_error_not_a_refusal(
+    store: Store, sql: str, message: str
+) -> None:
+    with pytest.raises(QueryError) as info:
+        store.query(sql)
+    assert not isinstance(info.value, QueryRefused)
+    assert message in info.value.message
