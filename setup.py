@@ -1,6 +1,6 @@
 import re
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 
 def _version() -> str:
@@ -12,13 +12,14 @@ def _version() -> str:
 setup(
     name="qasino",
     version=_version(),
-    description="Qasino: the current state of your fleet, in SQL",
-    long_description=open("README.md", encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=find_packages(include=["qasino", "qasino.*"]),
-    include_package_data=True,
-    package_data={"qasino.web": ["templates/*", "static/*"]},
+    # Name, description, licence, classifiers, scripts: pyproject.toml.
+    # The web UI's templates and static files are data packages of their own.
+    packages=find_namespace_packages(include=["qasino", "qasino.*"]),
+    package_data={
+        "qasino": ["py.typed"],
+        "qasino.web.templates": ["*"],
+        "qasino.web.static": ["*"],
+    },
     install_requires=[
         "twisted[tls]>=23.10",
         "txzmq>=1.0",
@@ -30,6 +31,8 @@ setup(
         "libpass>=1.9",
         "bcrypt>=4",
         "orjson>=3.9",
+        "prometheus_client>=0.17",
+        "tomli>=1.1; python_version < '3.11'",
     ],
     extras_require={
         # NATS JetStream mode (--nats): only servers and clients that use it
@@ -41,21 +44,12 @@ setup(
             "hypothesis>=6",
             "ruff>=0.6",
             "mypy>=1.10",
+            "mypy-zope>=1.0",
             "types-PyYAML",
             "types-requests",
             "pexpect>=4.8",
             "playwright>=1.40",
             "cryptography>=41",
-        ],
-    },
-    entry_points={
-        "console_scripts": [
-            "qasino_server=qasino.cli:server_main",
-            "qasinosql=qasino.cli:sqlclient_main",
-            "qasino_publish=qasino.cli:publish_main",
-            "qasino_csvpublisher=qasino.cli:csvpublisher_main",
-            # The original pip package's name for the agent.
-            "qasinocsvpub=qasino.cli:csvpublisher_main",
         ],
     },
 )

@@ -114,6 +114,10 @@ class ViewsSource:
         # A fixed set (views_from) is handed to the store at the first poll.
         self._fixed_pending = False
 
+    def forget(self) -> None:
+        """Make the next poll read the file even if it looks unchanged."""
+        self._stamp = None
+
     def poll(self) -> bool:
         """Reload if the file changed; return True if the views changed."""
         if not self.path:
@@ -181,7 +185,10 @@ class Engine:
         self.identity = identity
         self.views = views or ViewsSource(None)
         self._generation_listeners: list[Callable[[SnapshotInfo], None]] = []
+        self._rotation_timers: list[Callable[[float], None]] = []
         self._snapshot_ms: Optional[float] = None
+        # Rotations done since this engine started (readiness needs one).
+        self.rotations = 0
         self.inline_max_cells = inline_max_cells
         self.inline_slice_s = inline_slice_s
         # Writes waiting for the one on the writer thread (see _write).
@@ -303,6 +310,27 @@ class Engine:
         """Call ``listener(info)`` on the reactor thread after each snapshot."""
         self._generation_listeners.append(listener)
 
+    def reload_views(self) -> Deferred[bool]:
+        """Read the views file now (SIGHUP), in order with the writes; the
+        views apply from the next snapshot. Fires True if they changed."""
+
+        def job() -> bool:
+            self.views.forget()
+            changed = self.views.poll()
+            if changed:
+                self.store.set_views(self.views.views)
+            return changed
+
+        return self._write(True, job)
+
+    def on_rotation_timed(self, listener: Callable[[float], None]) -> None:
+        """Call ``listener(seconds)`` on the reactor thread after each rotation."""
+        self._rotation_timers.append(listener)
+
+    def snapshot_age(self) -> float:
+        """Seconds since the snapshot being served was taken."""
+        return max(0.0, self._now() - self.store.snapshot_info().generation_start_epoch)
+
     def rotate(
         self, now: Optional[float] = None, next_number: Optional[int] = None
     ) -> Deferred[SnapshotInfo]:
@@ -332,6 +360,13 @@ class Engine:
 
     def _announce(self, info: SnapshotInfo) -> SnapshotInfo:
         took, self._snapshot_ms = self._snapshot_ms, None
+        if took is not None:
+            self.rotations += 1
+            for timer in list(self._rotation_timers):
+                try:
+                    timer(took / 1000)
+                except Exception:
+                    log.failure("rotation timer failed")
         log.info(
             "generation {number} is being served (duration {duration}s{took})",
             number=info.generation_number,

@@ -9,8 +9,10 @@ shape, so no request can be left without a reply.
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from collections.abc import Callable
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, TypeVar
 
 import orjson
 from twisted.internet.defer import Deferred, succeed
@@ -32,6 +34,7 @@ from qasino.engine import Engine
 log = Logger(namespace="qasino.ops")
 
 Reply = dict[str, Any]
+T = TypeVar("T")
 
 # The texts old clients know; the ZeroMQ one names the op.
 NO_OP = "No op specified"
@@ -84,6 +87,47 @@ def decode_body(data: bytes | str) -> tuple[Any, Optional[int]]:
         raise ValueError("JSON nested too deeply") from None
 
 
+PUBLISH_OPS = frozenset({"add_table_data", "add_csv_table_data", "name_value_update"})
+
+
+class RequestStats:
+    """Publishes and queries answered, by transport (``http``, ``https``,
+    ``zmq``, ``line``) and outcome (``ok``, ``error``): plain counts that
+    ``/metrics`` reads when it is scraped. Reactor thread only."""
+
+    def __init__(self) -> None:
+        self.publishes: Counter[tuple[str, str]] = Counter()
+        self.queries: Counter[tuple[str, str]] = Counter()
+        # Called with (transport, seconds) for each query answered.
+        self.query_timers: list[Callable[[str, float], None]] = []
+
+    def publish_done(self, transport: str, ok: bool) -> None:
+        self.publishes[(transport, "ok" if ok else "error")] += 1
+
+    def query_done(self, transport: str, ok: bool, seconds: float) -> None:
+        self.queries[(transport, "ok" if ok else "error")] += 1
+        for timer in self.query_timers:
+            timer(transport, seconds)
+
+    def count(self, op: object, transport: str, started: float, reply: T) -> T:
+        """A callback: count ``reply`` (a reply dict, text or a Failure) of ``op``."""
+        if not isinstance(op, str):
+            return reply
+        if isinstance(reply, Failure):
+            ok = False
+        elif isinstance(reply, dict):
+            ok = reply.get("response_op") != "error"
+        elif isinstance(reply, str):
+            ok = not reply.startswith("SQL error: ")
+        else:
+            ok = True
+        if op == "query":
+            self.query_done(transport, ok, time.perf_counter() - started)
+        elif op in PUBLISH_OPS:
+            self.publish_done(transport, ok)
+        return reply
+
+
 class PublishForwarder(Protocol):
     """Where checked publishes go instead of the engine (NATS mode: into the
     stream; the reply waits for the stream's acknowledgement)."""
@@ -118,6 +162,7 @@ class Dispatcher:
             "get_table_list": self.get_table_list,
             "name_value_update": self.name_value_update,
         }
+        self.stats = RequestStats()
 
     @property
     def identity(self) -> str:
@@ -137,6 +182,12 @@ class Dispatcher:
         ``body_bytes``: ``request`` was decoded by orjson from a body that
         long (see :func:`decode_body`); it lets a publish leave the checks
         of its cells to SQLite."""
+        op = request.get("op") if isinstance(request, dict) else None
+        started = time.perf_counter()
+        d = self._dispatch(request, source, body_bytes)
+        return d.addCallback(lambda reply: self.stats.count(op, source, started, reply))
+
+    def _dispatch(self, request: object, source: str, body_bytes: Optional[int]) -> Deferred[Reply]:
         if not isinstance(request, dict):
             return succeed(self.error("Request must be a JSON object"))
         op = request.get("op")
@@ -158,13 +209,14 @@ class Dispatcher:
         return d
 
     def _failed(self, failure: Failure, op: object) -> Reply:
-        if failure.check(InvalidInput):
-            message = "Invalid input format: " + failure.value.message
+        error = failure.value
+        if isinstance(error, InvalidInput):
+            message = "Invalid input format: " + error.message
             log.info("refused {op}: {message}", op=op, message=message)
             return self.error(message)
-        if failure.check(QasinoError):
-            log.info("{op} failed: {message}", op=op, message=failure.value.message)
-            return self.error(failure.value.message)
+        if isinstance(error, QasinoError):
+            log.info("{op} failed: {message}", op=op, message=error.message)
+            return self.error(error.message)
         log.failure("unexpected error in {op}", failure, op=op)
         return self.error(f"Internal error: {failure.getErrorMessage()}")
 
@@ -185,22 +237,33 @@ class Dispatcher:
             return d.addCallback(lambda _: self.ok())
         return self.engine.publish(publish).addCallback(lambda _: self.ok())
 
-    def add_csv_table_data(self, body: bytes, identity: Optional[str] = None) -> Deferred[Reply]:
+    def add_csv_table_data(
+        self, body: bytes, identity: Optional[str] = None, transport: str = "http"
+    ) -> Deferred[Reply]:
         """The CSV publish format (HTTP op add_csv_table_data)."""
+        d = self._add_csv_table_data(body, identity)
+        return d.addCallback(lambda r: self.stats.count("add_csv_table_data", transport, 0, r))
+
+    def _add_csv_table_data(self, body: bytes, identity: Optional[str]) -> Deferred[Reply]:
         try:
-            publish = parse_csv_publish(body, identity, **self.limits)
+            publish = parse_csv_publish(
+                body,
+                identity,
+                max_rows=self.limits["max_rows"],
+                max_columns=self.limits["max_columns"],
+                max_cell_bytes=self.limits["max_cell_bytes"],
+            )
         except InvalidInput as e:
             self.engine.count_publish_error()
             return succeed(self._failed(Failure(e), "add_csv_table_data"))
-        d: Deferred[Any]
         if self.forwarder is not None:
             raw = body if isinstance(body, bytes) else str(body).encode("utf-8")
             d = self.forwarder.forward_csv(publish.options.identity, raw)
         else:
             d = self.engine.publish(publish)
-        d.addCallback(lambda _: self.ok())
-        d.addErrback(self._failed, "add_csv_table_data")
-        return d
+        reply = d.addCallback(lambda _: self.ok())
+        reply.addErrback(self._failed, "add_csv_table_data")
+        return reply
 
     def name_value_update(self, request: dict[str, Any]) -> Deferred[Reply]:
         name, value, identity = request.get("name"), request.get("value"), request.get("identity")
@@ -216,7 +279,8 @@ class Dispatcher:
         if self.forwarder is not None:
             forwarded = {"op": "name_value_update", "name": name, "value": str(value)}
             forwarded["identity"] = identity
-            return self.forwarder.forward_json(identity, forwarded).addCallback(lambda _: self.ok())
+            sent: Deferred[Any] = self.forwarder.forward_json(identity, forwarded)
+            return sent.addCallback(lambda _: self.ok())
         d = self.engine.name_value_update(tablename, column, str(value), identity)
         return d.addCallback(lambda _: self.ok())
 
@@ -240,17 +304,26 @@ class Dispatcher:
             sql, use_write_db, lambda result: result_shape(result, identity)
         )
 
-    def query_text(self, sql: Optional[str], use_write_db: bool = False) -> Deferred[str]:
+    def query_text(
+        self, sql: Optional[str], use_write_db: bool = False, transport: str = "http"
+    ) -> Deferred[str]:
         """The text rendering of a query, or ``SQL error: ...`` (never errbacks)."""
+        started = time.perf_counter()
         if not isinstance(sql, str) or not sql.strip():
-            return succeed(render_error_text(MISSING_SQL))
-        d = self.engine.query_then(sql, use_write_db, render_result_text)
+            d = succeed(render_error_text(MISSING_SQL))
+        else:
+            d = self.engine.query_then(sql, use_write_db, render_result_text)
 
-        def failed(failure: Failure) -> str:
-            return render_error_text(self._failed(failure, "query")["error_message"])
+            def failed(failure: Failure) -> str:
+                return render_error_text(self._failed(failure, "query")["error_message"])
 
-        return d.addErrback(failed)
+            d.addErrback(failed)
+        return d.addCallback(lambda text: self.stats.count("query", transport, started, text))
 
-    def query_result(self, sql: str, use_write_db: bool = False) -> Deferred[Result]:
+    def query_result(
+        self, sql: str, use_write_db: bool = False, transport: str = "http"
+    ) -> Deferred[Result]:
         """The raw Result (errbacks with QasinoError); for the web UI."""
-        return self.engine.query(sql, use_write_db)
+        started = time.perf_counter()
+        d = self.engine.query(sql, use_write_db)
+        return d.addBoth(lambda r: self.stats.count("query", transport, started, r))

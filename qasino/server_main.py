@@ -6,18 +6,13 @@ import argparse
 import gc
 import sys
 from collections.abc import Sequence
-from typing import Optional
-
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
+from typing import Any, Optional, Union
 
 from qasino import __version__
+from qasino.config import parse_args as parse_config_args
+from qasino.config import render as render_config
 from qasino.core.errors import StoreError
+from qasino.logs import add_logging_arguments, start_logging
 from qasino.service import (
     DEFAULT_HTPASSWD_FILE,
     DEFAULT_KEYS_DIR,
@@ -58,7 +53,7 @@ def _port_help(what: str, default: Optional[int]) -> str:
     return f"{what} port; 0 picks a free one (logged), off disables it (default {shown})"
 
 
-def _redirect_port(text: str) -> Optional[int]:
+def _redirect_port(text: str) -> Union[int, str, None]:
     """A port as for the listeners, or 'auto'."""
     if text.strip().lower() == "auto":
         return REDIRECT_AUTO
@@ -279,11 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds stream QASINO keeps a message when this server creates it "
         "(default 0: 10 generations, at least 60 s)",
     )
+    add_logging_arguments(p)
     p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warn", "error", "critical"],
-        help="least severe log level written (default %(default)s)",
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="TOML file of settings: keys are the long flags with _ for - "
+        "(http_port = 15597); env QASINO_<FLAG> overrides it, a flag overrides both",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings (secrets masked) and exit",
     )
     return p
 
@@ -339,14 +341,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     ).resolved()
 
 
-def start_logging(level: str) -> None:
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [predicate])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse_config_args(parser, argv)
+    if args.print_config:
+        sys.stdout.write(render_config(parser, args))
+        return 0
     config = config_from_args(args)
     # One server per --db-dir, decided before anything (logging included)
     # happens: a second server exits with one line and touches nothing.
@@ -357,7 +357,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except StoreError as e:
         sys.stderr.write(f"qasino_server: {e.message}\n")
         return 1
-    start_logging(args.log_level)
+    try:
+        log_file = start_logging(args.log_level, args.log_format, args.log_file)
+    except OSError as e:
+        sys.stderr.write(f"qasino_server: cannot open the log file: {e}\n")
+        return 1
     # Reader threads hand the GIL back and forth with the busy reactor; a
     # shorter switch interval keeps query latency down under ingest.
     sys.setswitchinterval(0.001)
@@ -372,6 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from qasino.service import make_service
 
+    stop_on_early_sigterm(reactor)
     log = Logger(namespace="qasino.server")
     log.info(
         "qasino_server {identity} starting: db dir {db_dir}, generation {duration}s",
@@ -415,15 +420,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             d.addBoth(lambda _: reactor.stop())
 
         reactor.callWhenRunning(shut_down)
-        reactor.run(installSignalHandlers=False)
+        reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    if log_file is not None:
+        server.reload_hooks.append(log_file.reopen)  # logrotate: move, then SIGHUP
+    install_sighup(reactor, server)
     # What start-up built lives as long as the process: keep it out of the
     # cyclic GC's full collections.
     gc.freeze()
     reactor.run()
     log.info("qasino_server stopped")
     return 0
+
+
+def stop_on_early_sigterm(reactor: Any) -> None:
+    """A SIGTERM that comes between start-up and reactor.run (which installs
+    Twisted's own handler) still stops cleanly, exit 0."""
+    import signal
+
+    def on_term(signum: int, frame: object) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def install_sighup(reactor: Any, server: Any) -> None:
+    """SIGHUP reloads (``server.reload``) instead of ending the process."""
+    import signal
+
+    if not hasattr(signal, "SIGHUP"):
+        return
+
+    def on_hup(signum: int, frame: object) -> None:
+        reactor.callFromThread(server.reload)
+
+    signal.signal(signal.SIGHUP, on_hup)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ first, then the store, then the ZeroMQ sockets.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Factory
@@ -29,16 +31,20 @@ from qasino.frontends.redirect import RedirectSite
 from qasino.frontends.tls import (
     HtpasswdChecker,
     HtpasswdStore,
+    ReloadableTLSOptions,
     TLSConfigError,
-    load_tls_options,
     protect,
 )
 from qasino.frontends.zmq import ZmqServices
 from qasino.identity import default_identity
+from qasino.metrics import ServerMetrics, install_ops_pages
 from qasino.ops import Dispatcher
 from qasino.store.lock import DataDirLock
 from qasino.store.query import QueryLimits
 from qasino.store.store import Store, StoreConfig
+
+if TYPE_CHECKING:  # only for the annotation: nothing NATS is imported at run time
+    from qasino.nats.service import NatsService
 
 log = Logger(namespace="qasino.server")
 
@@ -48,7 +54,7 @@ DEFAULT_HTPASSWD_FILE = "/opt/qasino/etc/htpasswd"
 KEY_FILE = "server.key"
 CERT_FILE = "server.crt"
 # --redirect-port auto: port 80 when HTTPS comes from the keys dir, else off.
-REDIRECT_AUTO = -2
+REDIRECT_AUTO = "auto"
 ORIGINAL_REDIRECT_PORT = 80
 
 # Twisted's default backlog of 50 drops SYNs when a fleet connects at once.
@@ -86,7 +92,7 @@ class ServerConfig:
     tls_key: Optional[str] = None
     htpasswd_file: Optional[str] = None
     keys_dir: Optional[str] = DEFAULT_KEYS_DIR
-    redirect_port: Optional[int] = REDIRECT_AUTO
+    redirect_port: Union[int, str, None] = REDIRECT_AUTO
     http_loopback_only: bool = False
     max_table_rows: int = DEFAULT_MAX_ROWS
     max_table_columns: int = DEFAULT_MAX_COLUMNS
@@ -131,10 +137,10 @@ class HalfCloseableWrapper(ProtocolWrapper):
             alsoProvides(self, IHalfCloseableProtocol)
 
     def readConnectionLost(self) -> None:
-        self.wrappedProtocol.readConnectionLost()
+        cast(Any, self.wrappedProtocol).readConnectionLost()
 
     def writeConnectionLost(self) -> None:
-        self.wrappedProtocol.writeConnectionLost()
+        cast(Any, self.wrappedProtocol).writeConnectionLost()
 
 
 class ConnectionLimitFactory(WrappingFactory):
@@ -172,7 +178,7 @@ class TCPListenService(Service):
         name: str,
         reactor: Any,
         port: int,
-        factory: Factory,
+        factory: Any,
         bind: str,
         tls_options: Any = None,
         max_connections: int = 0,
@@ -194,7 +200,7 @@ class TCPListenService(Service):
             # TLS inside the connection limit: the limit counts raw sockets.
             factory = TLSMemoryBIOFactory(self.tls_options, False, factory)
         if self.max_connections:
-            factory = ConnectionLimitFactory(factory, self.max_connections, self.name)
+            factory = ConnectionLimitFactory(factory, self.max_connections, str(self.name))
         try:
             self.listening = self.reactor.listenTCP(
                 self.port, factory, backlog=LISTEN_BACKLOG, interface=self.bind
@@ -212,7 +218,7 @@ class TCPListenService(Service):
             )
             super().startService()
             return
-        self.port = self.listening.getHost().port
+        self.port = int(getattr(self.listening.getHost(), "port", self.port))
         log.info(
             "{name} listening on {bind}:{port}", name=self.name, bind=self.bind, port=self.port
         )
@@ -251,6 +257,11 @@ class QasinoServer(MultiService):
         super().__init__()
         self.config = config = config.resolved()
         self.reactor = reactor
+        self.tls: Optional[ReloadableTLSOptions] = None
+        self.htpasswd: Optional[HtpasswdStore] = None
+        # Called by reload() (SIGHUP) after the built-in reloads; e.g. the
+        # alerts file watcher's reload.
+        self.reload_hooks: list[Callable[[], object]] = []
         views = ViewsSource(config.views_file)
         views.poll()  # the first snapshot, served at once, has the views
         store = Store(
@@ -275,6 +286,7 @@ class QasinoServer(MultiService):
             max_table_columns=config.max_table_columns,
             max_cell_bytes=config.max_cell_bytes,
         )
+        self.metrics = ServerMetrics(self.engine, self.dispatcher)
         self.zmq = ZmqServices(
             self.dispatcher,
             reactor,
@@ -296,7 +308,7 @@ class QasinoServer(MultiService):
                 info.filling_number, info.generation_duration_s
             )
         )
-        self.nats: Optional[Service] = None
+        self.nats: Optional[NatsService] = None
         if config.nats:
             # Only here: without --nats nothing NATS-related is imported.
             from qasino.nats.service import NatsService
@@ -311,10 +323,12 @@ class QasinoServer(MultiService):
                 generation_duration_s=config.generation_duration_s,
             )
             self.nats.setServiceParent(self)
+            self.metrics.readiness_checks.append(self.nats.status)
         self.http: Optional[TCPListenService] = None
         self.line: Optional[TCPListenService] = None
         if config.http_port is not None:
             site = make_site(self.dispatcher, config.max_body_bytes)
+            install_ops_pages(site.resource, self.metrics)
             bind = "127.0.0.1" if config.http_loopback_only else config.bind
             self.http = TCPListenService(
                 "HTTP",
@@ -378,9 +392,11 @@ class QasinoServer(MultiService):
             log.error("HTTPS off: {error}", error=e)
             return
         self.https.setServiceParent(self)
-        port = config.redirect_port
-        if port == REDIRECT_AUTO:
+        port: Optional[int]
+        if config.redirect_port == REDIRECT_AUTO:
             port = ORIGINAL_REDIRECT_PORT if from_keys_dir else None
+        else:
+            port = int(config.redirect_port) if config.redirect_port is not None else None
         # (Never on the plain HTTP port itself: the original skipped port 80
         # when that was its HTTP port.)
         if port is not None and (port == 0 or port != config.http_port):
@@ -402,13 +418,14 @@ class QasinoServer(MultiService):
         """HTTPS on --https-port: the same API and UI, behind basic auth when
         an htpasswd file is given. Raises TLSConfigError on bad files."""
         assert config.https_port is not None
-        options = load_tls_options(cert, key)
-        site = make_site(self.dispatcher, config.max_body_bytes)
+        options = self.tls = ReloadableTLSOptions(cert, key)
+        site = make_site(self.dispatcher, config.max_body_bytes, transport="https")
+        install_ops_pages(site.resource, self.metrics)
         if config.htpasswd_file:
-            checker_store = HtpasswdStore(config.htpasswd_file)
             pool = ThreadPoolService("qasino-auth", maxthreads=2)
             pool.setServiceParent(self)
-            checker = HtpasswdChecker(checker_store, reactor, pool.pool)
+            self.htpasswd = HtpasswdStore(config.htpasswd_file)
+            checker = HtpasswdChecker(self.htpasswd, reactor, pool.pool)
             site.resource = protect(site.resource, checker)
         else:
             log.warn("HTTPS without --htpasswd-file: no authentication on the HTTPS listener")
@@ -422,6 +439,41 @@ class QasinoServer(MultiService):
             max_connections=config.max_connections,
             optional=optional,
         )
+
+    def reload(self) -> Deferred[None]:
+        """SIGHUP: read the TLS certificate and key, the htpasswd file and
+        the views again, then run ``reload_hooks``. Nothing stops listening
+        and no connection is dropped; a file that fails to load is logged and
+        the last good one kept. Reactor thread."""
+        log.info("reloading (SIGHUP)")
+        for what, thing in (("TLS certificate and key", self.tls), ("htpasswd", self.htpasswd)):
+            if thing is None:
+                continue
+            try:
+                thing.reload()
+            except TLSConfigError as e:
+                log.error(
+                    "{what} not reloaded, keeping the last good one: {error}", what=what, error=e
+                )
+            else:
+                log.info("reloaded the {what}", what=what)
+        for hook in list(self.reload_hooks):
+            try:
+                hook()
+            except Exception:
+                log.failure("a reload hook failed")
+        d = self.engine.reload_views()
+
+        def done(changed: bool) -> None:
+            log.info(
+                "views file {path} {how}",
+                path=self.config.views_file,
+                how="reloaded" if changed else "not reloaded, the last good views stay",
+            )
+
+        reloaded: Deferred[None] = d.addCallback(done)
+        reloaded.addErrback(lambda f: log.failure("reloading the views failed", f))
+        return reloaded
 
     def ports(self) -> dict[str, Optional[int]]:
         """The real ports, once started."""

@@ -1,7 +1,8 @@
 """The real ``qasino_server`` in a subprocess, for every test suite that needs one.
 
 Every listener binds to 127.0.0.1 with port 0 (unless told otherwise); the
-real ports are read from the server's log (its stdout, redirected to a file).
+real ports are read from the server's log (``--log-file``, one per run; its
+stdout and stderr go to files of their own).
 Waiting for state uses the generation signal (GENSIG) or a poll loop with a
 deadline, never a fixed sleep. ``close`` kills the process and closes every
 socket and file it opened.
@@ -156,6 +157,7 @@ class QasinoProcess:
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.ports: dict[str, int] = {}
         self.log_path: Optional[Path] = None
+        self.out_path: Optional[Path] = None
         self.err_path: Optional[Path] = None
         self._runs = 0
         self._files: list[Any] = []
@@ -169,14 +171,16 @@ class QasinoProcess:
         self._close_sub()
         self._runs += 1
         self.log_path = self.workdir / f"server-{self._runs}.log"
+        self.out_path = self.workdir / f"server-{self._runs}.out"
         self.err_path = self.workdir / f"server-{self._runs}.err"
-        out = open(self.log_path, "wb")  # noqa: SIM115 - closed in _close_files
+        self.log_path.write_bytes(b"")
+        out = open(self.out_path, "wb")  # noqa: SIM115 - closed in _close_files
         err = open(self.err_path, "wb")  # noqa: SIM115
         self._files = [out, err]
         self.ports = {}
         with sigint_not_ignored():
             self.proc = subprocess.Popen(
-                self.prefix + server_command(self.args),
+                self.prefix + server_command([*self.args, "--log-file", str(self.log_path)]),
                 cwd=self.workdir,
                 env=server_env(),
                 stdin=subprocess.DEVNULL,
@@ -216,6 +220,9 @@ class QasinoProcess:
             return True
 
         poll_until(ports_known, timeout, "the server's listening ports")
+        # Subscribe now: a SUB socket only gets signals some milliseconds
+        # after it connects, so one made at the first wait could miss it.
+        self._subscriber()
         if wait_first_generation:
             self.wait_log(SERVED_PATTERN, timeout=timeout)
         return self

@@ -41,7 +41,9 @@ def build(tmp_path: Path) -> Iterator[Any]:
     made: list[QasinoServer] = []
 
     def make(**fields: Any) -> QasinoServer:
-        config = ServerConfig(identity="t", db_dir=str(tmp_path / "db"), views_file=None, **fields)
+        # One data dir per server: each takes the directory's lock.
+        db_dir = tmp_path / f"db{len(made)}"
+        config = ServerConfig(identity="t", db_dir=str(db_dir), views_file=None, **fields)
         server = QasinoServer(config, MemoryReactorClock())
         made.append(server)
         return server

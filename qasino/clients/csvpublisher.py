@@ -53,13 +53,12 @@ from typing import Any, Optional, Protocol
 import zmq
 
 from qasino import __version__
+from qasino.client import Publisher
 from qasino.clients.transport import (
     DEFAULT_TIMEOUT_S,
     Hints,
-    HttpTransport,
     ServerError,
     TransportError,
-    ZmqTransport,
     env_default,
 )
 from qasino.core import identifiers
@@ -67,6 +66,7 @@ from qasino.core.errors import InvalidInput
 from qasino.core.model import Cell, Publish
 from qasino.core.tables import parse_csv_publish
 from qasino.identity import default_identity
+from qasino.logs import add_log_level_argument, start_stdlib_logging
 
 log = logging.getLogger("qasino.csvpublisher")
 
@@ -751,17 +751,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish into the NATS JetStream stream QASINO and take the generation "
         "signal from subject qasino.gensig (instead of -H/-p/-P)",
     )
-    p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error", "critical"],
-        help="least severe log level written (default %(default)s)",
-    )
+    add_log_level_argument(p)
     return p
 
 
 def make_sender(args: argparse.Namespace) -> tuple[Any, str]:
-    """The transport the flags ask for, and a description for the log."""
+    """A :class:`qasino.client.Publisher` for the flags (or the NATS one), and
+    where it sends (for the log)."""
     if args.nats:
         from qasino.nats import require_client
 
@@ -769,25 +765,27 @@ def make_sender(args: argparse.Namespace) -> tuple[Any, str]:
         from qasino.nats.client import NatsPublisher
 
         client = NatsPublisher(args.nats, args.timeout, name="qasino_csvpublisher")
-        return client, "NATS " + client.url
+        return client, client.endpoint
     if args.use_https or args.use_http:
+        scheme = "https" if args.use_https else "http"
         port = args.port or (HTTPS_PORT if args.use_https else HTTP_PORT)
-        username = args.username or env_default("QASINO_CLIENT_USERNAME")
-        password = args.password or env_default("QASINO_CLIENT_PASSWORD")
-        http = HttpTransport(
-            args.hostname,
-            port,
-            https=bool(args.use_https),
-            username=username,
-            password=password,
+        publisher = Publisher(
+            f"{scheme}://{args.hostname}:{port}",
+            identity=args.identity,
+            username=args.username or env_default("QASINO_CLIENT_USERNAME"),
+            password=args.password or env_default("QASINO_CLIENT_PASSWORD"),
             verify=not args.skip_ssl_verify,
             timeout_s=args.timeout,
             cacert=args.cacert,
             hints=HINTS,
         )
-        return http, http.url
-    zmq_transport = ZmqTransport(args.hostname, args.port or ZMQ_RPC_PORT, args.timeout)
-    return zmq_transport, zmq_transport.address
+    else:
+        publisher = Publisher(
+            f"tcp://{args.hostname}:{args.port or ZMQ_RPC_PORT}",
+            identity=args.identity,
+            timeout_s=args.timeout,
+        )
+    return publisher, publisher.endpoint
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -803,10 +801,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("-d/--send-delay-max must not be negative")
     if args.gen_signal_timeout <= 0:
         parser.error("-g/--gen-signal-timeout must be positive")
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(message)s",
-        level=getattr(logging, args.log_level.upper()),
-    )
+    start_stdlib_logging(args.log_level)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
     identity = args.identity or default_identity()

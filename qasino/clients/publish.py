@@ -9,18 +9,18 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from qasino import __version__
+from qasino.client import Publisher
 from qasino.clients.transport import (
     DEFAULT_TIMEOUT_S,
     Hints,
-    HttpTransport,
     ServerError,
     TransportError,
-    ZmqTransport,
     env_default,
 )
 from qasino.core.errors import InvalidInput
 from qasino.core.tables import parse_csv_publish, parse_json_publish
 from qasino.identity import default_identity
+from qasino.logs import add_log_level_argument, start_stdlib_logging
 
 USER_ENV = "QASINO_CLIENT_USERNAME"
 PASSWORD_ENV = "QASINO_CLIENT_PASSWORD"
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish into the NATS JetStream stream QASINO (subject qasino.publish.IDENTITY) "
         "instead of to a server; sent once JetStream acknowledges it",
     )
+    add_log_level_argument(p, default="warning")
     return p
 
 
@@ -173,6 +174,7 @@ def build_request(data: bytes, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def make_transport(args: argparse.Namespace) -> Any:
+    """A :class:`qasino.client.Publisher` for the flags (or the NATS one)."""
     if args.nats:
         from qasino.nats import require_client
 
@@ -180,13 +182,11 @@ def make_transport(args: argparse.Namespace) -> Any:
         from qasino.nats.client import NatsPublisher
 
         return NatsPublisher(args.nats, args.timeout, name="qasino_publish")
-    if args.use_zmq:
-        return ZmqTransport(args.hostname, args.port or 15598, args.timeout)
-    https = not args.use_http
-    return HttpTransport(
-        args.hostname,
-        args.port or (443 if https else 15597),
-        https=https,
+    scheme = "tcp" if args.use_zmq else ("http" if args.use_http else "https")
+    port = args.port or {"tcp": 15598, "http": 15597, "https": 443}[scheme]
+    return Publisher(
+        f"{scheme}://{args.hostname}:{port}",
+        identity=args.identity,
         username=args.username,
         password=args.password,
         verify=not args.skip_ssl_verify,
@@ -198,6 +198,7 @@ def make_transport(args: argparse.Namespace) -> Any:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    start_stdlib_logging(args.log_level)
     try:
         if args.file == "-":
             data = sys.stdin.buffer.read()
@@ -214,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     transport = make_transport(args)
     table = request["table"]
-    where = getattr(transport, "url", None) or getattr(transport, "address", "")
+    where = transport.endpoint
     try:
         transport.request(request)
     except ServerError as e:

@@ -12,16 +12,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional, TextIO
 
 from qasino import __version__
+from qasino.client import Publisher
 from qasino.clients.transport import (
     DEFAULT_TIMEOUT_S,
     Hints,
-    HttpTransport,
     ServerError,
     TransportError,
-    ZmqTransport,
     env_default,
 )
 from qasino.core.render import render_text
+from qasino.logs import add_log_level_argument, start_stdlib_logging
 
 PROMPT = "qasino> "
 CONTINUATION = "      > "
@@ -124,16 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT_S,
         help="seconds to wait for each reply (default %(default)g)",
     )
+    add_log_level_argument(p, default="warning")
     return p
 
 
 def make_transport(args: argparse.Namespace) -> Any:
+    """A :class:`qasino.client.Publisher` for the flags (its ``request``
+    sends one protocol message)."""
     if args.use_https or args.use_http:
+        scheme = "https" if args.use_https else "http"
         port = args.port or (443 if args.use_https else 15597)
-        return HttpTransport(
-            args.hostname,
-            port,
-            https=args.use_https,
+        return Publisher(
+            f"{scheme}://{args.hostname}:{port}",
+            identity=args.identity,
             username=args.username,
             password=args.password,
             verify=not args.skip_ssl_verify,
@@ -141,7 +144,9 @@ def make_transport(args: argparse.Namespace) -> Any:
             cacert=args.cacert,
             hints=HINTS,
         )
-    return ZmqTransport(args.hostname, args.port or 15598, args.timeout)
+    return Publisher(
+        f"tcp://{args.hostname}:{args.port or 15598}", args.identity, timeout_s=args.timeout
+    )
 
 
 def ask_password(args: argparse.Namespace, stdin: TextIO = sys.stdin) -> None:
@@ -315,6 +320,7 @@ def batch(session: Session, stdin: TextIO) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    start_stdlib_logging(args.log_level)
     if args.use_https or args.use_http:
         ask_password(args)
     transport = make_transport(args)

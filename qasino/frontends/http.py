@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
@@ -68,8 +69,11 @@ class LimitedRequest(server.Request):
     _refused = False
     _received = 0
 
+    def _site_setting(self, name: str, default: Any) -> Any:
+        return getattr(getattr(self.channel, "site", None), name, default)
+
     def _limit(self) -> int:
-        return int(getattr(self.channel.site, "max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+        return int(self._site_setting("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
 
     def gotLength(self, length: Optional[int]) -> None:
         if length is not None and length > self._limit():
@@ -124,7 +128,7 @@ class LimitedRequest(server.Request):
         if self._storage_error is None:
             super().process()
             return
-        identity = getattr(self.channel.site, "identity", "")
+        identity = self._site_setting("identity", "")
         body = encode_json(
             {"response_op": "error", "identity": identity, "error_message": self._storage_error}
         )
@@ -147,9 +151,10 @@ class LimitedRequest(server.Request):
                 old.close()
             except OSError:
                 pass
-        identity = getattr(self.channel.site, "identity", "")
+        identity = self._site_setting("identity", "")
         body = encode_json({"response_op": "error", "identity": identity, "error_message": message})
         transport = self.channel.transport
+        assert transport is not None
         transport.write(
             b"HTTP/1.1 " + status + b"\r\n"
             b"Content-Type: application/json\r\n"
@@ -164,9 +169,10 @@ class RequestResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, transport: str = "http") -> None:
         super().__init__()
         self.dispatcher = dispatcher
+        self.transport = transport  # the label of the requests in /metrics
 
     def render_GET(self, request: server.Request) -> Any:
         args = query_args(request)
@@ -174,20 +180,22 @@ class RequestResource(Resource):
             return self._text_query(request, args.get("sql"), is_true(args.get("use_write_db")))
         if args.get("op") == "query" and args.get("format") == "csv":
             return self._csv_query(request, args.get("sql"), is_true(args.get("use_write_db")))
-        return self._reply(request, self.dispatcher.dispatch(args, "http"))
+        return self._reply(request, self.dispatcher.dispatch(args, self.transport))
 
     def render_POST(self, request: server.Request) -> Any:
         args = query_args(request)
         body = request.content.read() if request.content is not None else b""
         if args.get("op") == "add_csv_table_data":
             return self._reply(
-                request, self.dispatcher.add_csv_table_data(body, args.get("identity"))
+                request,
+                self.dispatcher.add_csv_table_data(body, args.get("identity"), self.transport),
             )
         try:
             payload, plain_bytes = decode_body(body) if body.strip() else ({}, None)
         except (ValueError, UnicodeDecodeError) as e:
             if args.get("op") == "add_table_data":
                 self.dispatcher.engine.count_publish_error()
+                self.dispatcher.stats.publish_done(self.transport, False)
             return self._send(
                 request, encode_json(self.dispatcher.error(f"Could not parse POST body: {e}"))
             )
@@ -202,10 +210,12 @@ class RequestResource(Resource):
             return self._text_query(
                 request, payload.get("sql"), is_true(payload.get("use_write_db"))
             )
-        return self._reply(request, self.dispatcher.dispatch(payload, "http", plain_bytes))
+        return self._reply(request, self.dispatcher.dispatch(payload, self.transport, plain_bytes))
 
     def _text_query(self, request: server.Request, sql: object, use_write_db: bool) -> Any:
-        d = self.dispatcher.query_text(sql if isinstance(sql, str) else None, use_write_db)
+        d = self.dispatcher.query_text(
+            sql if isinstance(sql, str) else None, use_write_db, self.transport
+        )
         d.addCallback(lambda text: text.encode("utf-8"))
         return self._reply(request, d, TEXT_TYPE)
 
@@ -214,8 +224,10 @@ class RequestResource(Resource):
         if not sql or not sql.strip():
             return self._send(request, render_error_text(MISSING_SQL).encode("utf-8"), TEXT_TYPE)
         d = self.dispatcher.engine.query_then(sql, use_write_db, result_csv)
+        stats, started = self.dispatcher.stats, time.perf_counter()
 
         def attach(body: bytes) -> bytes:
+            stats.query_done(self.transport, True, time.perf_counter() - started)
             request.setHeader(b"Content-Type", CSV_TYPE)
             request.setHeader(b"Content-Disposition", CSV_DISPOSITION)
             return body
@@ -224,6 +236,7 @@ class RequestResource(Resource):
             failure.trap(QasinoError)  # anything else: _reply logs it and answers 500
             error = failure.value
             assert isinstance(error, QasinoError)
+            stats.query_done(self.transport, False, time.perf_counter() - started)
             request.setHeader(b"Content-Type", TEXT_TYPE)
             return render_error_text(error.message).encode("utf-8")
 
@@ -290,14 +303,30 @@ class RequestResource(Resource):
         return None
 
 
+class ListenerDispatcher:
+    """The dispatcher as the web UI of one listener uses it: its queries are
+    counted (``/metrics``) under that listener's transport."""
+
+    def __init__(self, dispatcher: Dispatcher, transport: str) -> None:
+        self._dispatcher = dispatcher
+        self._transport = transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dispatcher, name)
+
+    def query_result(self, sql: str, use_write_db: bool = False) -> Deferred[Result]:
+        return self._dispatcher.query_result(sql, use_write_db, self._transport)
+
+
 class RootResource(Resource):
     """``/request`` (the API) and the web UI (``/``, ``/tables``, ``/desc``,
     ``/query``, ``/connections``, ``/views``, ``/static/``); anything else 404."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, transport: str = "http") -> None:
         super().__init__()
-        self.putChild(b"request", RequestResource(dispatcher))
-        self.not_found = install_web_ui(self, dispatcher)
+        self.putChild(b"request", RequestResource(dispatcher, transport))
+        ui_dispatcher: Any = ListenerDispatcher(dispatcher, transport)
+        self.not_found = install_web_ui(self, ui_dispatcher)
 
     def getChild(self, path: bytes, request: server.Request) -> Resource:
         return self.not_found
@@ -316,12 +345,14 @@ class QuietSite(server.Site):
     """A Site without the per-request access log line: at thousands of
     publishes a second it cost a sixth of the reactor's time (bench/)."""
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: Any) -> None:
         pass
 
 
-def make_site(dispatcher: Dispatcher, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> server.Site:
-    site = QuietSite(RootResource(dispatcher), parsePOSTFormSubmission=False)
+def make_site(
+    dispatcher: Dispatcher, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, transport: str = "http"
+) -> server.Site:
+    site = QuietSite(RootResource(dispatcher, transport), parsePOSTFormSubmission=False)
     site.requestFactory = LimitedRequest
     site.max_body_bytes = max_body_bytes  # type: ignore[attr-defined]
     site.identity = dispatcher.identity  # type: ignore[attr-defined]

@@ -109,15 +109,14 @@ class LineSQLProtocol(LineReceiver):
 
     def _run(self, statement: str) -> None:
         def run(_: object) -> Deferred[str]:
-            return self.dispatcher.query_text(statement)
+            return self.dispatcher.query_text(statement, transport="line")
 
         def write(text: str) -> None:
             if self.transport is not None and not self._lost:
                 self.transport.write(crlf(text))
 
         # Chain on the previous statement so answers come back in order.
-        d = self._tail.addCallback(run)
-        d.addCallback(write)
+        d: Deferred[None] = self._tail.addCallback(run).addCallback(write)
         d.addErrback(lambda f: log.failure("line protocol reply failed", f))
         self._tail = d
 

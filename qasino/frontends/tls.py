@@ -25,6 +25,7 @@ from twisted.cred import credentials, error, portal
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -76,6 +77,24 @@ HTPASSWD_CONTEXT = CryptContext(
 )
 
 
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableTLSOptions:
+    """The TLS settings of a listener, swappable while it listens (SIGHUP):
+    each new connection uses the certificate loaded last; open ones keep theirs."""
+
+    def __init__(self, cert_path: str, key_path: str) -> None:
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self.current = load_tls_options(cert_path, key_path)
+
+    def reload(self) -> None:
+        """Load the files again; raises TLSConfigError (keeping the old ones) if bad."""
+        self.current = load_tls_options(self.cert_path, self.key_path)
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        return self.current.serverConnectionForTLS(tlsProtocol)
+
+
 class HtpasswdStore:
     """An htpasswd file, reloaded when it changes, with a short positive cache."""
 
@@ -106,6 +125,17 @@ class HtpasswdStore:
             raise TLSConfigError(f"cannot load htpasswd file {self.path}: {e}") from None
         self._stamp = stamp
         self._cache.clear()
+
+    def reload(self) -> None:
+        """Read the file again now (SIGHUP); raises TLSConfigError, keeping the
+        users loaded before, if it cannot be read."""
+        with self._lock:
+            stamp, self._stamp = self._stamp, None
+            try:
+                self._load()
+            except TLSConfigError:
+                self._stamp = stamp
+                raise
 
     def _digest(self, password: bytes) -> bytes:
         return hashlib.sha256(self._salt + password).digest()
@@ -144,7 +174,7 @@ class HtpasswdChecker:
         self.reactor = reactor
         self.pool = pool
 
-    def requestAvatarId(self, creds: Any) -> Deferred[bytes]:
+    def requestAvatarId(self, creds: Any) -> Deferred[bytes | tuple[()]]:
         username = creds.username.decode("utf-8", "replace")
         password = creds.password
 
@@ -155,7 +185,8 @@ class HtpasswdChecker:
             return bytes(creds.username)
 
         d = deferToThreadPool(self.reactor, self.pool, self.store.check, username, password)
-        return d.addCallback(verdict)
+        result: Deferred[bytes | tuple[()]] = d.addCallback(verdict)
+        return result
 
 
 @implementer(portal.IRealm)
@@ -163,7 +194,7 @@ class _ResourceRealm:
     def __init__(self, resource: Resource) -> None:
         self.resource = resource
 
-    def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> Any:
+    def requestAvatar(self, avatarId: bytes | tuple[()], mind: Any, *interfaces: Any) -> Any:
         if IResource in interfaces:
             return (IResource, self.resource, lambda: None)
         raise NotImplementedError()

@@ -386,10 +386,10 @@ class NotFoundPage(Resource):
 class StaticFiles(File):
     """The bundled assets; no directory listings."""
 
-    def directoryListing(self) -> Resource:
+    def directoryListing(self) -> Any:
         return pages.notFound()
 
-    def getChild(self, path: bytes, request: Any) -> Resource:
+    def getChild(self, path: bytes, request: Any) -> Any:
         # A NUL (or a path the OS refuses) is simply not there.
         if b"\x00" in path:
             return pages.notFound()

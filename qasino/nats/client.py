@@ -29,6 +29,7 @@ class NatsPublisher:
     def __init__(self, servers: str, timeout_s: float = 10.0, name: str = "qasino-client") -> None:
         self.servers = [s.strip() for s in servers.split(",") if s.strip()]
         self.url = ",".join(self.servers)
+        self.endpoint = "NATS " + self.url
         self.timeout_s = timeout_s
         self.name = name
         self.loop = asyncio.new_event_loop()

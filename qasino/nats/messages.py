@@ -126,7 +126,13 @@ def decode(msg: StreamMessage, limits: dict[str, int]) -> Decoded:
     content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type == CSV_TYPE:
         identity = headers.get(IDENTITY_HEADER) or default_identity
-        return parse_csv_publish(msg.data, identity, **limits)
+        return parse_csv_publish(
+            msg.data,
+            identity,
+            max_rows=limits["max_rows"],
+            max_columns=limits["max_columns"],
+            max_cell_bytes=limits["max_cell_bytes"],
+        )
     from qasino.ops import decode_body
 
     try:

@@ -471,14 +471,14 @@ class NatsService(Service):
                 "message {seq} on {subject} not applied: {error}",
                 seq=m.seq,
                 subject=m.subject,
-                error=failure.value.message,
+                error=_message(failure),
             )
         elif failure.check(QasinoError):
             log.error(
                 "message {seq} on {subject} failed: {error}",
                 seq=m.seq,
                 subject=m.subject,
-                error=failure.value.message,
+                error=_message(failure),
             )
         else:
             log.failure("message {seq} failed", failure, seq=m.seq)
@@ -502,7 +502,7 @@ class NatsService(Service):
         def failed(f: Failure) -> None:
             raise QasinoError(
                 f"the publish was not acknowledged by NATS JetStream: "
-                f"{f.getErrorMessage() or f.type.__name__}"
+                f"{f.getErrorMessage() or getattr(f.type, '__name__', 'no ack')}"
             )
 
         d.addCallbacks(lambda _: None, failed)
@@ -540,6 +540,10 @@ class NatsService(Service):
         )
         d = self.bridge.submit(self.bridge.publish_plain(GENSIG_SUBJECT, body))
         d.addErrback(lambda f: log.debug("gensig not sent: {e}", e=f.getErrorMessage()))
+
+
+def _message(failure: Failure) -> str:
+    return str(getattr(failure.value, "message", None) or failure.getErrorMessage())
 
 
 def _decode_or_error(m: StreamMessage, limits: dict[str, int]) -> Any:

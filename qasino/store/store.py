@@ -112,11 +112,25 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values = dict.fromkeys(self.NAMES, 0)
+        # Since the start, never reset: what /metrics reports.
+        self._totals = dict.fromkeys(self.NAMES, 0)
 
     def add(self, **deltas: int) -> None:
         with self._lock:
             for name, n in deltas.items():
                 self._values[name] += n
+                self._totals[name] += n
+
+    def give_back(self, values: dict[str, int]) -> None:
+        """Undo a :meth:`take` (the generation was not served); totals keep them once."""
+        with self._lock:
+            for name, n in values.items():
+                self._values[name] += n
+
+    def totals(self) -> dict[str, int]:
+        """Every count since the store opened."""
+        with self._lock:
+            return dict(self._totals)
 
     def take(self) -> dict[str, int]:
         """Return the counts so far and start again from zero."""
@@ -151,6 +165,7 @@ class GenFile:
         # (st_dev, st_ino) of the file once created: tells a file deleted or
         # replaced under the server from the one it wrote.
         self.file_id: Optional[tuple[int, int]] = None
+        self.nr_identities = 0
         self._idle: list[tuple[int, apsw.Connection]] = []
         self._lock = threading.Lock()
 
@@ -602,7 +617,7 @@ class Store:
             info, new_gen = self._finish_generation(gen, report, views, counts, now, next_number)
         except BaseException:
             # Nothing was served: the next attempt reports these counts.
-            self.counters.add(**counts)
+            self.counters.give_back(counts)
             raise
         gen.conn.close()
         with self._lock:
@@ -802,6 +817,7 @@ class Store:
             gen.file.number, self.config.generation_duration_s, now, new_gen.file.number
         )
         gen.file.info = info
+        gen.file.nr_identities = len(report.connections)
         gen.file.table_list = {
             t.tablename: {
                 "nr_rows": t.nr_rows,
@@ -862,6 +878,11 @@ class Store:
         with self._lock:
             assert self._snapshot is not None and self._snapshot.info is not None
             return self._snapshot.info
+
+    def nr_identities(self) -> int:
+        """How many identities published into the snapshot being served."""
+        with self._lock:
+            return self._snapshot.nr_identities if self._snapshot is not None else 0
 
     def table_list(self) -> dict[str, dict[str, object]]:
         """get_table_list: the tables of the snapshot being served."""

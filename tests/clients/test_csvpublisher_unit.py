@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from qasino.clients import csvpublisher as cp
-from qasino.clients.transport import ServerError, TransportError
+from qasino.clients.transport import HttpTransport, ServerError, TransportError
 
 GOOD_A = "1\ntbl_a\nhost,val\nstring,integer\nHost,Value\nh1,1\nh2,2\n"
 GOOD_B = "1\ntbl_b\nx,y\nreal,text\nX,Y\n1.5,foo\n\n"
@@ -396,15 +396,16 @@ def test_flags_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     args = cp.build_parser().parse_args(["-i", "a", "-s", "-k", "-H", "example"])
     sender, where = cp.make_sender(args)
     assert where == "https://example:443/request"
-    assert isinstance(sender, cp.HttpTransport)
-    assert sender.session.auth == ("bob", "secret")
-    assert sender.verify is False
+    assert isinstance(sender.transport, HttpTransport)
+    assert sender.transport.session.auth == ("bob", "secret")
+    assert sender.transport.verify is False
     sender.close()
 
     args = cp.build_parser().parse_args(["-i", "a", "--use-http", "-u", "al", "-w", "pw"])
     sender, where = cp.make_sender(args)
     assert where == "http://localhost:15597/request"
-    assert isinstance(sender, cp.HttpTransport) and sender.session.auth == ("al", "pw")
+    assert isinstance(sender.transport, HttpTransport)
+    assert sender.transport.session.auth == ("al", "pw")
     sender.close()
 
 

@@ -2,7 +2,7 @@
 (``tests.server_process``), and clients of each of its protocols.
 
 Every listener binds to 127.0.0.1 with port 0; the real ports are read from
-the server's log (its stdout, redirected to a file). Waiting for state uses
+the server's log (``--log-file``). Waiting for state uses
 the generation signal (GENSIG) or a poll loop with a deadline, never a fixed
 sleep. Every process started here is killed at teardown and every socket
 opened here is closed.
@@ -326,9 +326,10 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., QasinoProcess]]:
 def run_server_to_exit(
     args: Sequence[str], cwd: Path, timeout: float = STARTUP_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
-    """Run a server expected to exit on its own (startup errors)."""
+    """Run a server expected to exit on its own (startup errors); its log
+    goes to ``server-exit.log`` in ``cwd``, so stderr holds only the errors."""
     return subprocess.run(
-        server_command(args),
+        server_command([*args, "--log-file", str(cwd / "server-exit.log")]),
         cwd=cwd,
         env=server_env(),
         stdin=subprocess.DEVNULL,

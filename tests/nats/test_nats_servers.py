@@ -286,6 +286,8 @@ def test_nats_unreachable_at_start_is_a_clear_error_and_the_server_serves(
     assert reply["response_op"] == "error"
     assert "NATS unavailable" in reply["error_message"]
     assert http_query(s.ports["http"], "SELECT 1")["response_op"] == "result_table"
+    ready = http_request(s.ports["http"], "GET", "/-/ready")
+    assert ready.status == 503 and b"NATS unavailable: cannot reach NATS" in ready.body
 
 
 def test_nats_gone_later_keeps_the_last_snapshot_served(
@@ -296,6 +298,8 @@ def test_nats_gone_later_keeps_the_last_snapshot_served(
     poll_until(lambda: served(s, "SELECT * FROM p")[1], 15, "p served")
     single_node.kill()
     s.wait_log("NATS unavailable: disconnected from NATS")
+    ready = http_request(s.ports["http"], "GET", "/-/ready")
+    assert ready.status == 503 and b"NATS unavailable: disconnected" in ready.body, ready
     g1, rows = served(s, "SELECT host, n FROM p")
     assert rows == [["h", "1"]]
     reply = http_publish(s.ports["http"], publish_request("h2", table("p", [["h2", 1]])))
@@ -304,6 +308,9 @@ def test_nats_gone_later_keeps_the_last_snapshot_served(
     assert served(s, "SELECT host, n FROM p") == (g1, rows)
     single_node.start()
     s.wait_log("reconnected to NATS", timeout=20)
+    poll_until(
+        lambda: http_request(s.ports["http"], "GET", "/-/ready").status == 200, 15, "ready again"
+    )
     ok(http_publish(s.ports["http"], publish_request("h3", table("q", [["h3", 3]]))))
     poll_until(lambda: served(s, "SELECT host FROM q")[1] == [["h3"]], 15, "q after reconnect")
 
