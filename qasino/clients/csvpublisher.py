@@ -749,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="URL[,URL...]",
         help="publish into the NATS JetStream stream QASINO and take the generation "
-        "signal from subject qasino.gensig (instead of -H/-p/-P)",
+        "signal from subject qasino.gensig, instead of -H/-p/-P (default: off)",
     )
     add_log_level_argument(p)
     return p

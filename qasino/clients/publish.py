@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="URL[,URL...]",
         help="publish into the NATS JetStream stream QASINO (subject qasino.publish.IDENTITY) "
-        "instead of to a server; sent once JetStream acknowledges it",
+        "instead of to a server; sent once JetStream acknowledges it (default: off)",
     )
     add_log_level_argument(p, default="warning")
     return p
