@@ -4,6 +4,13 @@ A figure is a list of per-round values under a JSON key (and, for the
 ingest matrix and the two-scenario figures, a case such as ``"16x100"``).
 Its median is the reported value, min-max its spread. A ratio divides a
 median by the median of a ceiling measured in the same run.
+
+A figure may be *extrapolated* (``Results.extrapolate``: e.g. quick mode's
+fleet of 200 hosts scaled x50 to 10,000); the mark goes with it wherever it
+is shown: its table row, its verdicts and the JSON. A figure may also be
+*unverified* (``Results.unverified``: e.g. acknowledged publishes missing
+from the snapshots); a target with ``all_verified`` then misses whatever
+the value.
 """
 
 from __future__ import annotations
@@ -40,6 +47,13 @@ class Figure:
     key: str
     case: Optional[str]
     values: list[float] = field(default_factory=list)
+    extrapolated: list[str] = field(default_factory=list)  # how, once per kind
+    unverified: list[str] = field(default_factory=list)  # what was not verified, per round
+
+    @property
+    def mark(self) -> str:
+        """ "" or "extrapolated x50 from 200 hosts; ...": shown with the value."""
+        return "extrapolated " + "; ".join(self.extrapolated) if self.extrapolated else ""
 
     @property
     def median(self) -> float:
@@ -58,6 +72,7 @@ class Target:
     text: str
     ceiling: Optional[Ref] = None  # compare figure/ceiling to the threshold
     at_most: bool = False  # the figure must stay under the threshold
+    all_verified: bool = False  # and no round of the figure may be unverified
 
 
 @dataclass
@@ -65,10 +80,18 @@ class Verdict:
     target: Target
     value: Optional[float]
     passed: Optional[bool]  # None: not measured in this run
+    extrapolated: str = ""  # the figure's mark: the verdict is on an extrapolation
+    unverified: tuple[str, ...] = ()  # why an all_verified target missed
 
     @property
     def word(self) -> str:
-        return {True: "pass", False: "MISS", None: "n/a"}[self.passed]
+        word = {True: "pass", False: "MISS", None: "n/a"}[self.passed]
+        why = []
+        if self.unverified:
+            why.append(f"not all verified: {len(self.unverified)} rounds")
+        if self.extrapolated and self.passed is not None:
+            why.append(self.extrapolated)
+        return f"{word} ({'; '.join(why)})" if why else word
 
 
 class Results:
@@ -81,11 +104,23 @@ class Results:
         self.big_rotation_case = "1x1000000"  # smaller in --quick
         self.notes: list[str] = []
 
-    def add(self, key: str, value: float, case: Optional[str] = None) -> None:
-        ref = (key, case)
+    def figure(self, ref: Ref) -> Figure:
         if ref not in self.figures:
-            self.figures[ref] = Figure(key, case)
-        self.figures[ref].values.append(float(value))
+            self.figures[ref] = Figure(*ref)
+        return self.figures[ref]
+
+    def add(self, key: str, value: float, case: Optional[str] = None) -> None:
+        self.figure((key, case)).values.append(float(value))
+
+    def extrapolate(self, ref: Ref, how: str) -> None:
+        """Mark a figure as extrapolated (``how``: "x50 from 200 hosts")."""
+        marks = self.figure(ref).extrapolated
+        if how not in marks:
+            marks.append(how)
+
+    def unverify(self, ref: Ref, what: str) -> None:
+        """Record that a round of a figure was not fully verified."""
+        self.figure(ref).unverified.append(what)
 
     def median(self, ref: Ref) -> Optional[float]:
         figure = self.figures.get(ref)
@@ -104,8 +139,10 @@ class Results:
             value = self.median(target.figure)
         if value is None:
             return Verdict(target, None, None)
+        figure = self.figures[target.figure]
         ok = value <= target.threshold if target.at_most else value >= target.threshold
-        return Verdict(target, value, ok)
+        unverified = tuple(figure.unverified) if target.all_verified else ()
+        return Verdict(target, value, ok and not unverified, figure.mark, unverified)
 
 
 # ------------------------------------------------------------------ targets
@@ -141,6 +178,7 @@ def targets(big_rotation_case: str = "1x1000000") -> list[Target]:
                 24.0,
                 "<= 24 s (80% of a 30 s generation), all verified",
                 at_most=True,
+                all_verified=True,
             )
         )
     out += [
@@ -196,10 +234,11 @@ def table_rows(results: Results) -> list[list[str]]:
         verdicts = by_figure.get(ref, [])
         ceiling = verdicts[0].target.ceiling if verdicts else default_ceiling(ref)
         ratio = results.ratio(ref, ceiling) if ceiling else None
+        median = f"{fmt(figure.median, unit)} {unit}".strip()
         rows.append(
             [
                 label(ref),
-                f"{fmt(figure.median, unit)} {unit}".strip(),
+                f"{median} ({figure.mark})" if figure.mark else median,
                 f"{fmt(lo, unit)}-{fmt(hi, unit)} (n={len(figure.values)})",
                 f"{label(ceiling)}={fmt(results.median(ceiling))}" if ceiling else "",
                 f"{ratio:.2f}" if ratio is not None else "",
@@ -250,8 +289,13 @@ def summary_json(results: Results, config: dict[str, Any]) -> dict[str, Any]:
             "threshold": v.target.threshold,
             "rule": v.target.text,
             "pass": v.passed,
+            "extrapolated": v.extrapolated or None,
+            "unverified": list(v.unverified),
         }
         for v in (results.verdict(t) for t in targets(results.big_rotation_case))
+    }
+    out["extrapolated"] = {
+        label(ref): figure.mark for ref, figure in results.figures.items() if figure.mark
     }
     out["details"] = results.details
     out["notes"] = results.notes

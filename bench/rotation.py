@@ -137,6 +137,11 @@ def measure_scenario(
                 results.add(
                     "rss_mb_per_million_rows", (served - rss_idle) * 1e6 / scenario.total_rows
                 )
+                if scenario.total_rows != 1_000_000:  # --quick: 100,000 rows, x10
+                    results.extrapolate(
+                        ("rss_mb_per_million_rows", None),
+                        f"x{1e6 / scenario.total_rows:g} from {scenario.total_rows:,} rows",
+                    )
                 results.details.setdefault("rss_mb", []).append(
                     {"idle": round(rss_idle, 1), "served": round(served, 1)}
                 )

@@ -116,12 +116,17 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 
 
 def query(http_port: int, sql: str) -> Optional[list[list[str]]]:
-    """Rows of a query (cells as strings), or None on any error (no such table...)."""
+    """Rows of a query (cells as strings), or None while the server answers
+    "no such table". Any other error reply, and a server that cannot be
+    reached, fail the test: "absent" must mean the server said so."""
     transport = HttpTransport("127.0.0.1", http_port, timeout_s=3)
     try:
         reply = transport.request({"op": "query", "sql": sql})
-    except (ServerError, TransportError):
+    except ServerError as e:
+        assert "no such table" in str(e), f"{sql}: {e}"
         return None
+    except TransportError as e:
+        raise AssertionError(f"{sql}: the server did not answer: {e}") from None
     finally:
         transport.close()
     rows: list[list[str]] = reply["table"]["rows"]

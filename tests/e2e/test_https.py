@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -115,8 +118,77 @@ def test_publish_over_https_lands_in_the_writer_generation(https_server: HttpsSe
     assert seen["table"]["rows"] == [["7"]]
 
 
-def test_plain_http_listener_can_be_kept_on_loopback(https_server: HttpsServer) -> None:
-    assert "HTTP listening on 127.0.0.1:" in https_server.proc.log_text()
+# Linux routes all of 127.0.0.0/8 to the loopback interface: a --bind
+# address that is not 127.0.0.1, without leaving the machine.
+OTHER_LOOPBACK = "127.0.0.2"
+
+
+def listening_on(log: str, words: str) -> tuple[str, int]:
+    """The address and port a listener logged ("WORDS on HOST:PORT")."""
+    match = re.search(re.escape(words) + r" on ([0-9.]+):(\d+)", log)
+    assert match, f"no {words!r} line in the log:\n{log}"
+    return match.group(1), int(match.group(2))
+
+
+def tcp_listening(pid: int) -> set[tuple[str, int]]:
+    """The IPv4 (address, port) pairs process ``pid`` listens on, from
+    /proc/net/tcp and the process's socket fds. (Connecting is no proof:
+    another server on this machine may hold the same port number on the
+    other address.)"""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    found = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state != "0A" or inode not in inodes:  # 0A: LISTEN
+            continue
+        address, port = local.split(":")
+        found.add((socket.inet_ntoa(struct.pack("<I", int(address, 16))), int(port, 16)))
+    return found
+
+
+@pytest.mark.parametrize("loopback_only", [True, False], ids=["loopback-only", "without-flag"])
+def test_plain_http_listener_can_be_kept_on_loopback(tmp_path: Path, loopback_only: bool) -> None:
+    """With --bind 127.0.0.2, --http-loopback-only puts plain HTTP (only it)
+    on 127.0.0.1; without the flag it follows --bind like the others."""
+    cert, key = make_cert(tmp_path)
+    identity = f"loopback-{os.getpid()}-{int(loopback_only)}"
+    extra = ["--bind", OTHER_LOOPBACK, "--https-port", "0", "--tls-cert", str(cert)]
+    extra += ["--tls-key", str(key), "-i", identity]
+    extra += ["--http-loopback-only"] if loopback_only else []
+    proc = new_server(tmp_path / "server", generation_s=600, extra_args=extra)
+    try:
+        proc.start()
+        log = proc.log_text()
+        http_host, http_port = listening_on(log, "HTTP listening")
+        https_host, https_port = listening_on(log, "HTTPS listening")
+        line_host, line_port = listening_on(log, "line protocol listening")
+        assert (https_host, line_host) == (OTHER_LOOPBACK, OTHER_LOOPBACK), log
+        expected = "127.0.0.1" if loopback_only else OTHER_LOOPBACK
+        assert http_host == expected, f"HTTP listens on {http_host}, not {expected}:\n{log}"
+        # The sockets themselves, not only the log lines.
+        assert proc.proc is not None
+        listening = tcp_listening(proc.proc.pid)
+        assert {(expected, http_port), (OTHER_LOOPBACK, https_port)} <= listening, listening
+        assert (OTHER_LOOPBACK, line_port) in listening, listening
+        assert [a for a, port in listening if port == http_port] == [expected], listening
+        # And this server answers there.
+        reply = requests.get(
+            f"http://{expected}:{http_port}/request",
+            params={"op": "query", "sql": "SELECT 1 AS one"},
+            timeout=10,
+        ).json()
+        assert (reply["identity"], reply["table"]["rows"]) == (identity, [["1"]]), reply
+    finally:
+        proc.close()
 
 
 def run_client(main: str, args: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -523,8 +523,11 @@ ZMQ_BAD_REQUESTS: dict[str, tuple[Any, Callable[[str], bool]]] = {
         [b'{"op": "query", "sql": "SELECT 1"}', b"extra"],
         lambda m: m.startswith("Failed to parse JSON message"),
     ),
-    "JSON array": (b'[{"op": "query", "sql": "SELECT 1"}]', lambda m: bool(m)),
-    "JSON string": (b'"query"', lambda m: bool(m)),
+    "JSON array": (
+        b'[{"op": "query", "sql": "SELECT 1"}]',
+        lambda m: m == "Request must be a JSON object",
+    ),
+    "JSON string": (b'"query"', lambda m: m == "Request must be a JSON object"),
     "no op": ({"sql": "SELECT 1"}, lambda m: m == "No op specified"),
     "unknown op": ({"op": "frobnicate"}, lambda m: m == "Unrecognized op 'frobnicate'"),
     "query without sql": ({"op": "query"}, lambda m: m == "Must specify 'sql' param"),

@@ -90,9 +90,17 @@ def test_sql_error_is_one_sql_error_line_and_the_connection_stays(
 
 
 def test_writing_statement_is_refused_with_sql_error(dispatcher: Dispatcher) -> None:
+    """Refused by the read-only guard (its own message, one line), not merely
+    failing in SQLite; the table is still there and the connection stays."""
     protocol, transport = connect(dispatcher)
     protocol.dataReceived(b"DROP TABLE qasino_server_info;\n")
-    assert transport.value().startswith(b"SQL error: ")
+    reply = transport.value()
+    assert reply.startswith(b"SQL error: Only SELECT statements"), reply
+    assert reply.count(b"\n") == 1 and reply.endswith(b"\n"), reply
+    assert not transport.disconnecting
+    transport.clear()
+    protocol.dataReceived(b"SELECT count(*) AS n FROM qasino_server_info;\n")
+    assert b"\n1 rows returned" in transport.value(), transport.value()
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import bcrypt
 import pytest
+from passlib.apache import HtpasswdFile
 from passlib.hash import apr_md5_crypt, des_crypt, ldap_sha1, md5_crypt
 
 from qasino.frontends.tls import HtpasswdStore, TLSConfigError, load_tls_options
@@ -70,23 +72,55 @@ def test_wrong_password_or_unknown_user_is_refused(
     assert not HtpasswdStore(str(htpasswd)).check(user, password)
 
 
-def test_a_good_check_is_cached_but_a_changed_file_is_read_again(htpasswd: Path) -> None:
+@pytest.fixture()
+def file_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The user names whose password was verified against the loaded
+    htpasswd file (passlib's HtpasswdFile.check_password, which still runs:
+    this only counts the calls a cached check must not make)."""
+    calls: list[str] = []
+    real = HtpasswdFile.check_password
+
+    def counted(self: HtpasswdFile, user: str, password: str) -> Optional[bool]:
+        calls.append(user)
+        return real(self, user, password)
+
+    monkeypatch.setattr(HtpasswdFile, "check_password", counted)
+    return calls
+
+
+def test_a_good_check_is_cached_but_a_changed_file_is_read_again(
+    htpasswd: Path, file_checks: list[str]
+) -> None:
     now = [0.0]
     store = HtpasswdStore(str(htpasswd), clock=lambda: now[0], ttl_s=60)
     assert store.check("sha", b"sha-pw")
+    assert file_checks == ["sha"]
+    now[0] = 30.0
+    assert store.check("sha", b"sha-pw")
+    assert file_checks == ["sha"], "a repeated good check was not answered from the cache"
+    assert not store.check("sha", b"wrong")  # a refusal is never cached
+    assert not store.check("sha", b"wrong")
+    assert file_checks == ["sha"] * 3
     write_htpasswd(htpasswd, {"sha": ldap_sha1.hash("new-pw")})
     os.utime(htpasswd, ns=(1, 1))  # a different stamp even within one tick
     assert not store.check("sha", b"sha-pw")
     assert store.check("sha", b"new-pw")
+    assert file_checks == ["sha"] * 5
 
 
-def test_cached_check_expires(htpasswd: Path) -> None:
+def test_cached_check_expires(htpasswd: Path, file_checks: list[str]) -> None:
     now = [0.0]
     store = HtpasswdStore(str(htpasswd), clock=lambda: now[0], ttl_s=60)
     assert store.check("apr", b"apr-pw")
-    assert store._cache
+    now[0] = 59.0
+    assert store.check("apr", b"apr-pw")
+    assert file_checks == ["apr"], "the check was not cached"
     now[0] = 61.0
     assert store.check("apr", b"apr-pw")  # checked again against the file, still good
+    assert file_checks == ["apr", "apr"], "the cached check did not expire after ttl_s"
+    now[0] = 62.0
+    assert store.check("apr", b"apr-pw")  # cached again from 61 s on
+    assert file_checks == ["apr", "apr"]
     assert not store.check("apr", b"other")
 
 

@@ -233,10 +233,13 @@ class MountNamespace:
         return _run_quiet([*self.enter_prefix, "-t", str(pid), "-m", "--", "sh", "-c", script])
 
 
-def mount_namespace(probe_dir: Path) -> Optional[MountNamespace]:
-    """A private mount namespace in which a read-only bind mount can be made,
-    or None when this machine allows none (no root and no user namespaces,
-    or no unshare/nsenter)."""
+SKIP_MOUNT_ENV = "QASINO_SKIP_MOUNT_TESTS"
+
+
+def mount_namespace(probe_dir: Path) -> tuple[Optional[MountNamespace], str]:
+    """A private mount namespace in which a read-only bind mount can be made
+    (as root: ``unshare -m``; otherwise a user namespace: ``unshare -r -m``),
+    or None and the reason this machine allows none."""
     probe_dir.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         launch = ("unshare", "-m", "--propagation", "private", "--")
@@ -249,10 +252,34 @@ def mount_namespace(probe_dir: Path) -> Optional[MountNamespace]:
         f"mount -o remount,bind,ro '{probe_dir}' && "
         f"! touch '{probe_dir}/probe' 2>/dev/null"
     )
+    command = [*launch, "sh", "-c", script]
     try:
-        result = _run_quiet([*launch, "sh", "-c", script])
-    except (OSError, subprocess.SubprocessError):
-        return None
+        result = _run_quiet(command)
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"{' '.join(command[:6])} ...: {e}"
     if result.returncode != 0:
-        return None
-    return MountNamespace(launch, enter)
+        output = (result.stderr or result.stdout).strip() or f"exit code {result.returncode}"
+        return None, f"{' '.join(command[:6])} ...: {output}"
+    return MountNamespace(launch, enter), ""
+
+
+def require_mount_namespace(probe_dir: Path) -> MountNamespace:
+    """The mount namespace the full-disk and read-only-disk tests need.
+
+    Without one these tests fail (never skip silently): CI runs as root,
+    where ``unshare -m`` works. On a machine with neither root nor user
+    namespaces, set QASINO_SKIP_MOUNT_TESTS=1 to skip them on purpose
+    (``.ci/run`` clears it, so CI never does)."""
+    ns, reason = mount_namespace(probe_dir)
+    if ns is not None:
+        return ns
+    if os.environ.get(SKIP_MOUNT_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        pytest.skip(f"{SKIP_MOUNT_ENV} is set and no private mount namespace here: {reason}")
+    pytest.fail(
+        "the full-disk and read-only-disk tests need a private mount namespace (root, or "
+        f"user namespaces and util-linux's unshare/nsenter), and this machine gave none: "
+        f"{reason}. Run as root, enable user namespaces "
+        "(sysctl kernel.unprivileged_userns_clone=1), or set "
+        f"{SKIP_MOUNT_ENV}=1 to skip these tests on purpose.",
+        pytrace=False,
+    )

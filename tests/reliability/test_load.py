@@ -11,6 +11,9 @@ Checked:
 - every acknowledged table is, row by row and exactly once, in the snapshot
   that follows its acknowledgement (see :func:`check_placement` for what
   "follows" means when the ack and the signal race on two sockets);
+- every "already published" refusal is earned: the identity's previous
+  publish of that table is in the generation that was still being written
+  when the refused one was sent (see :func:`check_refusals`);
 - no publisher times out (10 s client timeouts, none allowed);
 - queries over HTTP, ZeroMQ and telnet keep answering during the load
   (all must succeed; latencies are printed, not asserted);
@@ -424,6 +427,8 @@ def check_placement(run: LoadRun) -> dict[str, int]:
     """
     index_of = {number: idx for idx, (number, _) in enumerate(run.announced)}
     where: dict[int, list[tuple[int, str, Counter[int]]]] = defaultdict(list)
+    # Signal index of the snapshot that holds each placed acknowledged publish.
+    placed: dict[int, int] = {}
     for number, snap in run.snapshots.items():
         for table, counted in snap.rows.items():
             per_pid: dict[int, Counter[int]] = defaultdict(Counter)
@@ -440,7 +445,6 @@ def check_placement(run: LoadRun) -> dict[str, int]:
         if ack.outcome == "rejected":
             if found:
                 problems.append(f"refused publish {ack} is in snapshots {found}")
-            stats["refused (already published this generation)"] += 1
             continue
         if len(found) != 1:
             problems.append(f"acked publish {ack} found {len(found)} times: {found}")
@@ -454,6 +458,7 @@ def check_placement(run: LoadRun) -> dict[str, int]:
         if s is None:
             problems.append(f"snapshot {number} holding {ack} was never announced")
             continue
+        placed[ack.pid] = s
         if s < ack.before_idx:
             problems.append(f"{ack} is in snapshot {number} (#{s}), announced before the send")
         elif s < ack.after_idx:
@@ -469,11 +474,42 @@ def check_placement(run: LoadRun) -> dict[str, int]:
                 f"{ack} is in snapshot {number} (#{s}); the first announced after the ack is "
                 f"#{ack.after_idx}"
             )
+    problems += check_refusals(run, placed, stats)
     strays = sorted(set(where) - acked_pids)
     if strays:
         problems.append(f"rows of publishes never acknowledged: pids {strays[:20]}")
     assert not problems, f"{len(problems)} placement problems:\n" + "\n".join(problems[:30])
     return dict(stats)
+
+
+def check_refusals(run: LoadRun, placed: dict[int, int], stats: Counter[str]) -> list[str]:
+    """Every "already published" refusal is earned: the same identity's
+    previous publish of that table was acknowledged and went into the
+    generation that was still being written when the refused one was sent
+    (its snapshot was announced at or after the refused send: ``before <=
+    s``; the round spilled over into the next one's generation). A server
+    that refused a repeat it should have taken fails here."""
+    problems: list[str] = []
+    last_ok: dict[tuple[str, str], Ack] = {}
+    for ack in sorted(run.acks, key=lambda a: (a.ident, a.table, a.round)):
+        key = (ack.ident, ack.table)
+        if ack.outcome == "ok":
+            last_ok[key] = ack
+            continue
+        previous = last_ok.get(key)
+        if previous is None:
+            problems.append(f"{ack} refused, but no publish of it was acknowledged before")
+        elif previous.pid not in placed:
+            problems.append(f"{ack} refused after {previous}, which is in no snapshot")
+        elif placed[previous.pid] < ack.before_idx:
+            problems.append(
+                f"{ack} refused as a repeat of {previous}, but that one is in snapshot "
+                f"#{placed[previous.pid]}, announced before the refused publish was sent "
+                f"(#{ack.before_idx}): a new generation had started"
+            )
+        else:
+            stats["refused (the round before spilled into this generation)"] += 1
+    return problems
 
 
 # ---------------------------------------------------------------- the test
