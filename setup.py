@@ -35,7 +35,11 @@ setup(
         "tomli>=1.1; python_version < '3.11'",
     ],
     extras_require={
+        # NATS JetStream mode (--nats): only servers and clients that use it
+        # need the client library; the tests run it, so "test" includes it.
+        "nats": ["nats-py>=2.6"],
         "test": [
+            "nats-py>=2.6",
             "pytest>=8",
             "hypothesis>=6",
             "ruff>=0.6",

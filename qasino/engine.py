@@ -258,8 +258,13 @@ class Engine:
         """The engine clock's time (an IReactorTime: the reactor or a Clock)."""
         return float(self.clock.seconds())
 
-    def publish(self, publish: Publish, remote_addr: Optional[str] = None) -> Deferred[None]:
+    def publish(
+        self, publish: Publish, remote_addr: Optional[str] = None, now: Optional[float] = None
+    ) -> Deferred[None]:
         """Fires once the table is in the writer generation (or errbacks).
+
+        ``now``: the publish's time if not the engine clock's (NATS mode:
+        its stream timestamp).
 
         Tables of at most ``inline_max_cells`` cells are written on the
         calling (reactor) thread; bigger ones on the writer thread. Either
@@ -267,7 +272,8 @@ class Engine:
         """
         table = publish.table
         inline = len(table.rows) * len(table.column_names) <= self.inline_max_cells
-        return self._write(inline, self.store.publish, publish, self._now(), remote_addr)
+        when = self._now() if now is None else now
+        return self._write(inline, self.store.publish, publish, when, remote_addr)
 
     def _write(self, inline: bool, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run a writer method in order with every other write.
@@ -316,11 +322,19 @@ class Engine:
         if not self._pumping and self._pump_call is None:
             self._pump()
 
+    def write_batch(
+        self, calls: Sequence[tuple[Callable[..., object], tuple[Any, ...]]], cells: int
+    ) -> Deferred[list[Any]]:
+        """Store writer calls applied in order in one transaction (see
+        ``Store.write_batch``); fires with each call's error or None."""
+        return self._write(cells <= self.inline_max_cells, self.store.write_batch, calls)
+
     def name_value_update(
-        self, tablename: str, column: str, value: str, identity: str
+        self, tablename: str, column: str, value: str, identity: str, now: Optional[float] = None
     ) -> Deferred[None]:
+        when = self._now() if now is None else now
         return self._write(
-            True, self.store.name_value_update, tablename, column, value, identity, self._now()
+            True, self.store.name_value_update, tablename, column, value, identity, when
         )
 
     def query(self, sql: str, use_write_db: bool = False) -> Deferred[Result]:
@@ -429,17 +443,26 @@ class Engine:
         """Seconds since the snapshot being served was taken."""
         return max(0.0, self._now() - self.store.snapshot_info().generation_start_epoch)
 
-    def rotate(self) -> Deferred[SnapshotInfo]:
-        """Snapshot now; fires with the new snapshot's info after listeners ran."""
-        d = self._write(False, self._rotate_job, self._now())
+    def rotate(
+        self, now: Optional[float] = None, next_number: Optional[int] = None
+    ) -> Deferred[SnapshotInfo]:
+        """Snapshot now; fires with the new snapshot's info after listeners ran.
+
+        ``now``/``next_number``: the cut's time and the next generation's
+        number when the caller decides them (NATS mode: stream time)."""
+        when = self._now() if now is None else now
+        d = self._write(False, self._rotate_job, when, next_number)
         d.addCallback(self._announce)
         return d
 
-    def _rotate_job(self, now: float) -> SnapshotInfo:
+    def _rotate_job(self, now: float, next_number: Optional[int] = None) -> SnapshotInfo:
         if self.views.poll():
             self.store.set_views(self.views.views)
         started = time.perf_counter()
-        info = self.store.rotate(now)
+        if next_number is None:
+            info = self.store.rotate(now)
+        else:
+            info = self.store.rotate(now, next_number)
         self._snapshot_ms = (time.perf_counter() - started) * 1000
         return info
 
@@ -481,9 +504,13 @@ class EngineService(Service):
     failed rotation is logged and the timer goes on.
     """
 
-    def __init__(self, engine: Engine, generation_duration_s: float) -> None:
+    def __init__(
+        self, engine: Engine, generation_duration_s: float, rotate_on_timer: bool = True
+    ) -> None:
         self.engine = engine
         self.generation_duration_s = generation_duration_s
+        # False in NATS mode: the stream's timestamps cut the generations.
+        self.rotate_on_timer = rotate_on_timer
         self._loop = LoopingCall(self._tick)
         self._loop.clock = engine.clock
         self._loop_done: Optional[Deferred[Any]] = None
@@ -512,7 +539,10 @@ class EngineService(Service):
         else:
             self.engine.announce_current()
             now = False
-        self._loop_done = self._loop.start(self.generation_duration_s, now=now)
+        if self.rotate_on_timer:
+            self._loop_done = self._loop.start(self.generation_duration_s, now=now)
+        elif now:
+            self._tick()
 
     def stopService(self) -> Optional[Deferred[None]]:
         was_running = self.running

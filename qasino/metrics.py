@@ -156,6 +156,8 @@ class ServerMetrics:
 
     def __init__(self, engine: Engine, dispatcher: Dispatcher) -> None:
         self.engine = engine
+        # More (ready, reason) checks, asked first (NATS mode: the stream).
+        self.readiness_checks: list[Callable[[], tuple[bool, str]]] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = QasinoCollector(engine, dispatcher)
         self.registry.register(self.collector)
@@ -199,6 +201,10 @@ class ServerMetrics:
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason): a snapshot taken since start, and young enough."""
+        for check in self.readiness_checks:
+            ok, reason = check()
+            if not ok:
+                return False, reason
         engine = self.engine
         if engine.rotations == 0:
             return False, "no snapshot taken yet since the server started"

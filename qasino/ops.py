@@ -12,7 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, Protocol, TypeVar
 
 import orjson
 from twisted.internet.defer import Deferred, succeed
@@ -135,8 +135,20 @@ class RequestStats:
         return reply
 
 
+class PublishForwarder(Protocol):
+    """Where checked publishes go instead of the engine (NATS mode: into the
+    stream; the reply waits for the stream's acknowledgement)."""
+
+    def forward_json(self, identity: str, request: dict[str, Any]) -> Deferred[None]: ...
+
+    def forward_csv(self, identity: str, body: bytes) -> Deferred[None]: ...
+
+
 class Dispatcher:
     """Turns protocol requests into engine calls and engine results into replies."""
+
+    # Set by the NATS service (qasino/nats) when the server runs with --nats.
+    forwarder: Optional[PublishForwarder] = None
 
     def __init__(
         self,
@@ -241,6 +253,9 @@ class Dispatcher:
             rows = table.get("rows") if isinstance(table, dict) else None
             self.engine.count_publish_error(len(rows) if isinstance(rows, list) else 0)
             raise
+        if self.forwarder is not None:
+            d = self.forwarder.forward_json(publish.options.identity, request)
+            return d.addCallback(lambda _: self.ok())
         return self.engine.publish(publish, remote_addr).addCallback(lambda _: self.ok())
 
     def add_csv_table_data(
@@ -268,9 +283,14 @@ class Dispatcher:
         except InvalidInput as e:
             self.engine.count_publish_error()
             return succeed(self._failed(Failure(e), "add_csv_table_data"))
-        d = self.engine.publish(publish, remote_addr).addCallback(lambda _: self.ok())
-        d.addErrback(self._failed, "add_csv_table_data")
-        return d
+        if self.forwarder is not None:
+            raw = body if isinstance(body, bytes) else str(body).encode("utf-8")
+            d = self.forwarder.forward_csv(publish.options.identity, raw)
+        else:
+            d = self.engine.publish(publish, remote_addr)
+        reply = d.addCallback(lambda _: self.ok())
+        reply.addErrback(self._failed, "add_csv_table_data")
+        return reply
 
     def name_value_update(self, request: dict[str, Any]) -> Deferred[Reply]:
         name, value, identity = request.get("name"), request.get("value"), request.get("identity")
@@ -283,6 +303,11 @@ class Dispatcher:
         if not isinstance(identity, str):
             raise InvalidInput("'identity' must be text")
         tablename, column = name.split(".")
+        if self.forwarder is not None:
+            forwarded = {"op": "name_value_update", "name": name, "value": str(value)}
+            forwarded["identity"] = identity
+            sent: Deferred[Any] = self.forwarder.forward_json(identity, forwarded)
+            return sent.addCallback(lambda _: self.ok())
         d = self.engine.name_value_update(tablename, column, str(value), identity)
         return d.addCallback(lambda _: self.ok())
 

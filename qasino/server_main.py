@@ -310,6 +310,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads answering queries at once, each with its own SQLite connection "
         "(default %(default)s)",
     )
+    nats = p.add_argument_group("NATS JetStream (docs/scaling.md)")
+    nats.add_argument(
+        "--nats",
+        default=None,
+        metavar="URL[,URL...]",
+        help="join a NATS JetStream cluster: publishes go into stream QASINO and every "
+        "server on it builds the same snapshots (default: off)",
+    )
+    nats.add_argument(
+        "--nats-replicas",
+        type=int,
+        default=d.nats_replicas,
+        help="replicas of stream QASINO when this server creates it (default %(default)s)",
+    )
+    nats.add_argument(
+        "--nats-max-age",
+        type=float,
+        default=d.nats_max_age_s,
+        help="seconds stream QASINO keeps a message when this server creates it "
+        "(default 0: 10 generations, at least 60 s)",
+    )
     add_logging_arguments(p)
     p.add_argument(
         "--config",
@@ -338,6 +359,18 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             raise SystemExit(
                 f"qasino_server: --alertmanager-url {url!r} must be http(s)://HOST[:PORT][/PATH]"
             )
+    if args.nats and (
+        args.generation_duration < 1 or args.generation_duration != int(args.generation_duration)
+    ):
+        raise SystemExit(
+            "qasino_server: with --nats the generation duration must be a whole number of seconds"
+        )
+    if args.nats_replicas < 1:
+        raise SystemExit("qasino_server: --nats-replicas must be at least 1")
+    if args.nats:
+        from qasino.nats import require_client
+
+        require_client("qasino_server")
     return ServerConfig(
         identity=args.identity,
         bind=args.bind,
@@ -372,6 +405,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         keep_stale=args.keep_stale,
         persist_ttl=args.persist_ttl,
         history=args.history,
+        nats=args.nats or None,
+        nats_replicas=args.nats_replicas,
+        nats_max_age_s=args.nats_max_age,
     ).resolved()
 
 

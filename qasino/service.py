@@ -11,7 +11,7 @@ import os
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional, Union, cast
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -45,6 +45,9 @@ from qasino.ops import Dispatcher
 from qasino.store.lock import DataDirLock
 from qasino.store.query import QueryLimits
 from qasino.store.store import Store, StoreConfig
+
+if TYPE_CHECKING:  # only for the annotation: nothing NATS is imported at run time
+    from qasino.nats.service import NatsService
 
 log = Logger(namespace="qasino.server")
 
@@ -104,6 +107,9 @@ class ServerConfig:
     keep_stale: int = 0
     persist_ttl: int = 0
     history: int = 0
+    nats: Optional[str] = None
+    nats_replicas: int = 1
+    nats_max_age_s: float = 0.0
 
     def resolved(self) -> ServerConfig:
         """Fill the defaults that depend on the machine."""
@@ -310,7 +316,9 @@ class QasinoServer(MultiService):
         self.zmq.setServiceParent(self)
         # After the ZeroMQ sockets, so the PUB socket is bound when the
         # engine announces its first snapshot.
-        EngineService(self.engine, config.generation_duration_s).setServiceParent(self)
+        EngineService(
+            self.engine, config.generation_duration_s, rotate_on_timer=not config.nats
+        ).setServiceParent(self)
         # The signal names the generation that starts filling, as the
         # original's did: publishers key their sends on it.
         self.engine.on_generation(
@@ -336,6 +344,22 @@ class QasinoServer(MultiService):
         self.metrics.set_alerts_provider(
             lambda: [(name, state, n) for (name, state), n in sorted(self.alerts.counts().items())]
         )
+        self.nats: Optional[NatsService] = None
+        if config.nats:
+            # Only here: without --nats nothing NATS-related is imported.
+            from qasino.nats.service import NatsService
+
+            self.nats = NatsService(
+                self.engine,
+                self.dispatcher,
+                reactor,
+                config.nats,
+                replicas=config.nats_replicas,
+                max_age_s=config.nats_max_age_s,
+                generation_duration_s=config.generation_duration_s,
+            )
+            self.nats.setServiceParent(self)
+            self.metrics.readiness_checks.append(self.nats.status)
         self.http: Optional[TCPListenService] = None
         self.line: Optional[TCPListenService] = None
         if config.http_port is not None:

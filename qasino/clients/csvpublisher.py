@@ -744,12 +744,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT_S,
         help="seconds to wait for each reply (default %(default)g)",
     )
+    p.add_argument(
+        "--nats",
+        default=None,
+        metavar="URL[,URL...]",
+        help="publish into the NATS JetStream stream QASINO and take the generation "
+        "signal from subject qasino.gensig, instead of -H/-p/-P (default: off)",
+    )
     add_log_level_argument(p)
     return p
 
 
-def make_sender(args: argparse.Namespace) -> tuple[Publisher, str]:
-    """A :class:`qasino.client.Publisher` for the flags, and where it sends (for the log)."""
+def make_sender(args: argparse.Namespace) -> tuple[Any, str]:
+    """A :class:`qasino.client.Publisher` for the flags (or the NATS one), and
+    where it sends (for the log)."""
+    if args.nats:
+        from qasino.nats import require_client
+
+        require_client("qasino_csvpublisher")
+        from qasino.nats.client import NatsPublisher
+
+        client = NatsPublisher(args.nats, args.timeout, name="qasino_csvpublisher")
+        return client, client.endpoint
     if args.use_https or args.use_http:
         scheme = "https" if args.use_https else "http"
         port = args.port or (HTTPS_PORT if args.use_https else HTTP_PORT)
@@ -804,6 +820,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.interval is not None:
             run_on_interval(settings, sender, stopper, args.interval)
+        elif args.nats:
+            from qasino.nats.client import run_on_nats_signals
+
+            run_on_nats_signals(
+                settings, sender, stopper, transport, args.send_delay_max, args.gen_signal_timeout
+            )
         else:
             address = f"tcp://{args.hostname}:{args.pubsub_port}"
             run_on_signals(

@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT_S,
         help="seconds to wait for the reply (default %(default)g)",
     )
+    p.add_argument(
+        "--nats",
+        default=None,
+        metavar="URL[,URL...]",
+        help="publish into the NATS JetStream stream QASINO (subject qasino.publish.IDENTITY) "
+        "instead of to a server; sent once JetStream acknowledges it (default: off)",
+    )
     add_log_level_argument(p, default="warning")
     return p
 
@@ -166,8 +173,15 @@ def build_request(data: bytes, args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
-def make_transport(args: argparse.Namespace) -> Publisher:
-    """A :class:`qasino.client.Publisher` for the flags."""
+def make_transport(args: argparse.Namespace) -> Any:
+    """A :class:`qasino.client.Publisher` for the flags (or the NATS one)."""
+    if args.nats:
+        from qasino.nats import require_client
+
+        require_client("qasino_publish")
+        from qasino.nats.client import NatsPublisher
+
+        return NatsPublisher(args.nats, args.timeout, name="qasino_publish")
     scheme = "tcp" if args.use_zmq else ("http" if args.use_http else "https")
     port = args.port or {"tcp": 15598, "http": 15597, "https": 443}[scheme]
     return Publisher(

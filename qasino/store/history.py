@@ -51,8 +51,11 @@ MAX_ATTACHED = 125
 Generation = tuple[int, str]  # (generation_number, schema: an alias or "main")
 
 
-def alias(number: int) -> str:
-    return f"{ALIAS_PREFIX}{number}"
+def alias(position: int) -> str:
+    """The schema name of the window's ``position``-th older snapshot
+    (by position, not generation number: in NATS mode a number may come
+    twice, docs/scaling.md)."""
+    return f"{ALIAS_PREFIX}{position}"
 
 
 def _view_ident(table: str) -> str:
@@ -123,8 +126,8 @@ class Window:
         conn = self.conn
         conn.limit(apsw.SQLITE_LIMIT_ATTACHED, MAX_ATTACHED)
         try:
-            for number, path in self.older:
-                schema = alias(number)
+            for position, (_, path) in enumerate(self.older):
+                schema = alias(position)
                 conn.execute(f"ATTACH DATABASE ? AS {schema}", (file_uri(path, mode="ro"),))
                 self._attached.append(schema)
                 # Mostly scanned once: keep each one's page cache small (256 KiB).

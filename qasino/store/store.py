@@ -230,7 +230,8 @@ class GenFile:
 
     def generations(self) -> list[history.Generation]:
         """The history window as seen from this snapshot, oldest first."""
-        return [(n, history.alias(n)) for n, _ in self.history] + [(self.number, "main")]
+        older = [(n, history.alias(i)) for i, (n, _) in enumerate(self.history)]
+        return older + [(self.number, "main")]
 
     def give_back(self, version: int, conn: apsw.Connection) -> None:
         with self._lock:
@@ -455,9 +456,13 @@ class Store:
                 return path
             healing = True
 
-    def _open_generation(self, now: float) -> WriterGeneration:
-        number = max(int(now), self._last_number + 1)
-        self._last_number = number
+    def _open_generation(self, now: float, number: Optional[int] = None) -> WriterGeneration:
+        # ``number``: chosen by the caller (NATS mode: stream time); it may
+        # be one an earlier generation of this run had (_new_gen_path then
+        # gives it a file of its own).
+        if number is None:
+            number = max(int(now), self._last_number + 1)
+        self._last_number = max(number, self._last_number)
         self._seq += 1
         seq = self._seq
         try:
@@ -752,6 +757,28 @@ class Store:
         self._note_seen(publish, now, None)
         self.counters.add(updates_completed=1, inserts_completed=1)
 
+    def write_batch(
+        self, calls: Sequence[tuple[Callable[..., object], tuple[object, ...]]]
+    ) -> list[Optional[QasinoError]]:
+        """Run writer calls (``publish``, ``name_value_update``) in order in
+        one transaction of the writer generation: each call stays atomic on
+        its own (a savepoint), but the generation commits once, not once per
+        table. Returns each call's error (None when applied). NATS mode
+        applies stream batches this way."""
+        errors: list[Optional[QasinoError]] = []
+        try:
+            with self._writer.conn:
+                for fn, args in calls:
+                    try:
+                        fn(*args)
+                    except QasinoError as e:
+                        errors.append(e)
+                    else:
+                        errors.append(None)
+        except apsw.Error as e:
+            raise _failed_write(e, self._writer.conn) from None
+        return errors
+
     def set_views(self, views: Sequence[ViewDef]) -> None:
         """Use these views from the next snapshot on (any thread)."""
         with self._lock:
@@ -762,11 +789,14 @@ class Store:
         with self._lock:
             self._alert_rows = list(rows)
 
-    def rotate(self, now: float) -> SnapshotInfo:
+    def rotate(self, now: float, next_number: Optional[int] = None) -> SnapshotInfo:
         """Snapshot the writer generation and start a new one.
 
         Builds the internal tables and the views into the finished
         generation, then swaps it in as the snapshot in one step.
+        ``next_number``: the new writer generation's number, when the caller
+        decides it (NATS mode: generations cut by stream time); by default
+        ``now`` in whole seconds, above every earlier number.
         """
         renewed = self.dir_lock.renew_if_gone()
         if renewed:
@@ -774,15 +804,17 @@ class Store:
         self._heal_static()
         gen = self._heal_writer(self._writer, now)
         try:
-            return self._rotate(gen, now)
+            return self._rotate(gen, now, next_number)
         except (QasinoError, apsw.Error) as e:
             if not self._is_broken(gen, e):
                 raise  # disk full, read-only, ...: keep the generation, retry later
             reason = e.message if isinstance(e, QasinoError) else sqlite_message(e)
             fresh = self._replace_broken_writer(gen, now, reason)
-        return self._rotate(fresh, now)
+        return self._rotate(fresh, now, next_number)
 
-    def _rotate(self, gen: WriterGeneration, now: float) -> SnapshotInfo:
+    def _rotate(
+        self, gen: WriterGeneration, now: float, next_number: Optional[int] = None
+    ) -> SnapshotInfo:
         with self._lock:
             views = self._views
             alert_rows = self._alert_rows
@@ -810,7 +842,7 @@ class Store:
         )
         counts = self.counters.take()
         try:
-            info, new_gen = self._finish_generation(gen, report, views, counts, now)
+            info, new_gen = self._finish_generation(gen, report, views, counts, now, next_number)
         except BaseException:
             # Nothing was served: the next attempt reports these counts.
             self.counters.give_back(counts)
@@ -990,6 +1022,7 @@ class Store:
         views: tuple[ViewDef, ...],
         counts: dict[str, int],
         now: float,
+        next_number: Optional[int] = None,
     ) -> tuple[SnapshotInfo, WriterGeneration]:
         """Write the internal tables and check the views into the finished
         generation, and open the next one; nothing is swapped yet."""
@@ -1030,7 +1063,7 @@ class Store:
             older = list(self._window)[-(keep - 1) :]
             gen.file.history = tuple((f.number, f.path) for f in older)
             gen.file.older_files = tuple(older)
-        new_gen = self._open_generation(now)
+        new_gen = self._open_generation(now, next_number)
         info = SnapshotInfo(
             gen.file.number, self.config.generation_duration_s, now, new_gen.file.number
         )

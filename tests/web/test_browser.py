@@ -134,13 +134,18 @@ class LiveServer(QasinoProcess):
         return data["table"]["rows"]
 
     def wait_served(self, tablenames: set[str]) -> int:
-        """Wait for generation signals until every table is in the served snapshot."""
+        """Wait for generation signals until every table is in the served
+        snapshot; its number (a signal names the generation that starts
+        filling, the page shows the one served)."""
         deadline = time.monotonic() + 3 * GENERATION_TIMEOUT
         while time.monotonic() < deadline:
-            number = int(self.wait_generation()["generation_number"])
-            served = {row[0] for row in self.query("SELECT tablename FROM qasino_server_tables")}
-            if tablenames <= served:
-                return number
+            self.wait_generation()
+            rows = self.query(
+                "SELECT tablename, (SELECT generation_number FROM qasino_server_info)"
+                " FROM qasino_server_tables"
+            )
+            if tablenames <= {row[0] for row in rows}:
+                return int(rows[0][1])
         raise AssertionError(f"{tablenames} never served")
 
 
