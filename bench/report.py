@@ -196,6 +196,14 @@ def targets(big_rotation_case: str = "1x1000000") -> list[Target]:
             500_000.0,
             ">= 500,000 rows/s",
         ),
+        Target(
+            "peer_qasino_vs_pushgateway_no_check",
+            ("peer_qasino_per_s", None),
+            1.0,
+            ">= 1.0x Pushgateway no-check, all verified",
+            ceiling=("peer_pushgateway_no_check_per_s", None),
+            all_verified=True,
+        ),
     ]
     return out
 
@@ -209,6 +217,8 @@ def default_ceiling(ref: Ref) -> Optional[Ref]:
         return ("bare_http_req_per_s", None)
     if key == "zmq_ingest_tables_per_s" and case and case.endswith("x100"):
         return ("bare_zmq_msg_per_s", None)
+    if key in ("peer_qasino_per_s", "peer_pushgateway_default_per_s"):
+        return ("peer_pushgateway_no_check_per_s", None)
     return None
 
 

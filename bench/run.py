@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Optional
 
-from bench import ceilings, daemon, ingest, query, rotation
+from bench import ceilings, daemon, ingest, peer, query, rotation
 from bench.harness import FULL, QUICK, Scale, Workers
 from bench.report import Results, render_table, summary_json
 
@@ -37,6 +37,7 @@ PHASE_KEYS = {
     "fleet": ("fleet_tables_per_s", "fleet_absorb_s"),
     "query": ("query_p50_ms", "query_p99_ms", "query_json_rows_per_s"),
     "rotation": ("rotation_ms", "rotation_query_pause_ms", "rss_mb_per_million_rows"),
+    "peer": tuple(peer.KEYS.values()),
 }
 ALL_KEYS = tuple(k for keys in PHASE_KEYS.values() for k in keys)
 # The ceilings a figure's ratio needs, run along with it.
@@ -45,6 +46,7 @@ NEEDS = {
     "http_ingest_rows_per_s": ("raw_rows_per_s",),
     "zmq_ingest_tables_per_s": ("bare_zmq_msg_per_s",),
     "zmq_ingest_rows_per_s": ("raw_rows_per_s",),
+    "peer_qasino_per_s": ("peer_pushgateway_no_check_per_s",),
 }
 TIME_LIMIT_S = {"quick": 240, "full": 1500}
 
@@ -79,6 +81,9 @@ def selected_keys(only: str) -> set[str]:
     if not only:
         return set(ALL_KEYS)
     keys = {k.strip() for k in only.split(",") if k.strip()}
+    if peer.RATIO_KEY in keys:  # a ratio, not a figure: measure what it divides
+        keys.discard(peer.RATIO_KEY)
+        keys.update((peer.KEYS["qasino"], peer.KEYS["no_check"]))
     unknown = keys - set(ALL_KEYS)
     if unknown:
         raise SystemExit(f"unknown keys {sorted(unknown)}; known: {', '.join(ALL_KEYS)}")
@@ -136,6 +141,8 @@ def run_phases(run: Run) -> None:
     if run.wants(*PHASE_KEYS["rotation"]):
         rss = run.wants("rss_mb_per_million_rows")
         phase(run, "rotation", lambda: rotation.measure_rotation(w, s, r, rss))
+    if run.wants(*PHASE_KEYS["peer"]):
+        phase(run, "peer", lambda: peer.measure_peer(s, r, run.keys))
     rounds = {key: len(r.figures[(key, None)].values) for key in before if before[key]}
     measure_ceilings(run, " (again)")
     r.details["ceiling_drift"] = {
