@@ -253,6 +253,9 @@ def measure_qasino(
     table = f"peer_r{round_}"
     while daemon.next_gensig(0) is not None:  # signals of the rounds before: stale
         pass
+    if daemon.http is not None:  # idle through the gateway runs: the server may have closed it
+        daemon.http.close()
+        daemon.http = None
     counter = SnapshotCounter(daemon, tables=[table])
     url = f"http://{HOST}:{daemon.ports['http']}"
     summary, cpu, ended = run_wrk(
