@@ -6,6 +6,9 @@ wrk, 16 connections, 10-value publishes from fresh identities) against
   parse-and-ack resource) in 1 or 2 processes, each with its own
   ``SO_REUSEPORT`` socket on one port (the kernel spreads connections),
 
+* ``proto1`` / ``proto2`` (``--proto``): bench.proto_split, the design's
+  miniature: 1 or 2 worker processes and a store process with group commit,
+
 interleaved round by round. For each: acknowledged requests/s and the
 server CPU per request (user + system of every server process, from
 ``/proc/PID/stat``, over the run). ``python -m bench.multicore [--rounds N]
@@ -19,10 +22,12 @@ import argparse
 import json
 import os
 import select
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,18 +72,30 @@ def child(port: int) -> int:
 
 
 class BareProcesses:
-    def __init__(self, count: int) -> None:
+    """``count`` bare processes; with ``proto``, bench.proto_split's workers
+    and its store process (started first)."""
+
+    def __init__(self, count: int, proto: bool = False) -> None:
         self.count = count
+        self.proto = proto
+        self.tmp = tempfile.mkdtemp(prefix="qasino-proto-")
         self.procs: list[subprocess.Popen[bytes]] = []
         self.reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self.reserve.bind((HOST, 0))  # bound, never listening: keeps the port ours
         self.port: int = self.reserve.getsockname()[1]
 
+    def commands(self) -> list[list[str]]:
+        if not self.proto:
+            return [["bench.multicore", "child", str(self.port)]] * self.count
+        path, db = os.path.join(self.tmp, "store.sock"), os.path.join(self.tmp, "gen.sqlite")
+        worker = ["bench.proto_split", "worker", str(self.port), path]
+        return [["bench.proto_split", "store", path, db]] + [worker] * self.count
+
     def __enter__(self) -> BareProcesses:
-        for _ in range(self.count):
+        for command in self.commands():
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.multicore", "child", str(self.port)],
+                [sys.executable, "-m", *command],
                 cwd=REPO_ROOT,
                 env=child_env(),
                 stdin=subprocess.PIPE,
@@ -104,6 +121,7 @@ class BareProcesses:
                 proc.kill()
                 proc.wait()
         self.reserve.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     @property
     def pids(self) -> list[int]:
@@ -130,8 +148,11 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.multicore")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--proto", action="store_true", help="also bench.proto_split, 1 and 2 workers")
     args = p.parse_args(argv)
     rounds: dict[str, list[dict[str, float]]] = {"qasino": [], "bare1": [], "bare2": []}
+    if args.proto:
+        rounds.update(proto1=[], proto2=[])
     with Daemon(30.0) as daemon:
         qasino_url = f"http://{HOST}:{daemon.ports['http']}"
         measure(qasino_url, [daemon.pid], "warm", 1.0)
@@ -141,6 +162,11 @@ def main(argv: list[str]) -> int:
                 with BareProcesses(count) as bare:
                     url = f"http://{HOST}:{bare.port}"
                     rounds[f"bare{count}"].append(measure(url, bare.pids, f"r{r}", args.seconds))
+                if args.proto:
+                    with BareProcesses(count, proto=True) as proto:
+                        url = f"http://{HOST}:{proto.port}"
+                        figures = measure(url, proto.pids, f"r{r}", args.seconds)
+                        rounds[f"proto{count}"].append(figures)
             sys.stderr.write(f"round {r}: {json.dumps({k: v[-1] for k, v in rounds.items()})}\n")
     medians = {
         name: {key: round(statistics.median(x[key] for x in values), 2) for key in values[0]}
