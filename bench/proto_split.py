@@ -96,7 +96,7 @@ def worker(port: int, path: str) -> int:
     reactor: Any = installed
     pending: dict[int, Request] = {}
     out: list[bytes] = []
-    state = {"seq": 0, "flush": None}
+    state: dict[str, Any] = {"seq": 0, "flush": None}
 
     class Channel(Protocol):
         buf = b""
@@ -129,8 +129,8 @@ def worker(port: int, path: str) -> int:
             assert request.content is not None
             body = request.content.read()
             orjson.loads(body)  # the worker's parse (and, in the design, checks)
-            state["seq"] += 1
-            seq = state["seq"]
+            seq: int = state["seq"] + 1
+            state["seq"] = seq
             pending[seq] = request
             out.append(HEADER.pack(len(body), seq) + body)
             if state["flush"] is None:
