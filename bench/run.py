@@ -48,7 +48,7 @@ NEEDS = {
     "zmq_ingest_rows_per_s": ("raw_rows_per_s",),
     "peer_qasino_per_s": ("peer_pushgateway_no_check_per_s",),
 }
-TIME_LIMIT_S = {"quick": 240, "full": 1500}
+TIME_LIMIT_S = {"quick": 360, "full": 1500}
 
 
 class Interrupted(BaseException):
