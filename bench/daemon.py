@@ -62,7 +62,14 @@ def child_env() -> dict[str, str]:
 @dataclass(frozen=True)
 class Gensig:
     received: float  # time.monotonic() when the frame arrived
-    generation: int
+    generation: int  # the generation that starts filling (as the original sends it)
+
+    def serves(self, generation: int, generation_s: float) -> bool:
+        """Whether ``generation`` is the one whose snapshot this signal
+        announced: the generation before the one that starts filling.
+        Generation numbers count seconds, so the one before is within one
+        generation length (plus rounding) below this signal's number."""
+        return self.generation - generation_s - 1 <= generation < self.generation
 
 
 def rss_mb(pid: int) -> float:

@@ -44,6 +44,7 @@ class Scale:
     rotation_big_rows: int  # the one-big-table scenario
     rotation_generation_s: float  # many tables
     rotation_big_generation_s: float
+    peer_s: float  # wrk's duration per peer figure and round (whole seconds)
     alerts_generation_s: float = 4.0  # 200 alerts over 100,000 rows
     alerts_rounds: int = 3
 
@@ -70,6 +71,7 @@ FULL = Scale(
     rotation_big_rows=1_000_000,
     rotation_generation_s=4.0,
     rotation_big_generation_s=8.0,
+    peer_s=3.0,
 )
 
 QUICK = Scale(
@@ -91,6 +93,7 @@ QUICK = Scale(
     rotation_big_generation_s=1.5,
     alerts_generation_s=3.0,
     alerts_rounds=1,
+    peer_s=1.0,
 )
 
 
@@ -140,12 +143,21 @@ class SnapshotCounter:
     rows: Counter[str] = field(default_factory=Counter)
     snapshots: int = 0
     missed: int = 0  # snapshots that were gone before they could be counted
+    last_generation: int = 0  # the snapshot counted last (never counted twice)
 
     def count(self, signal_: Gensig) -> None:
         generation, counts = self.daemon.table_counts(self.tables)
-        if generation != signal_.generation:
+        deadline = time.monotonic() + 1.0
+        length = self.daemon.generation_s
+        while not signal_.serves(generation, length) and time.monotonic() < deadline:
+            if generation >= signal_.generation:
+                break  # a later snapshot already: this one is gone
+            time.sleep(0.01)  # the signal may reach us before the readers switch
+            generation, counts = self.daemon.table_counts(self.tables)
+        if not signal_.serves(generation, length) or generation == self.last_generation:
             self.missed += 1
             return
+        self.last_generation = generation
         self.snapshots += 1
         self.rows.update(counts)
 

@@ -29,6 +29,8 @@ ROLES = (
 IDLE = ("EPollReactor.doPoll", "Condition.wait", "Lock.acquire", "select (")
 # Where a sample's time goes: the first category with a marker on its stack.
 CATEGORIES = (
+    # A reply's send() on loopback also runs the receiver's side of TCP.
+    ("socket send (kernel)", ("Connection.writeSomeData",)),
     ("log lines (access log, info)", ("HTTPFactory.log", "Logger.emit", "untilConcludes")),
     ("JSON decode", ("decode_json", "json/decoder.py", "orjson.loads")),
     ("result rendering + JSON encode", ("result_shape", "stringify_rows", "encode_json")),

@@ -245,6 +245,14 @@ def targets(big_rotation_case: str = "1x1000000") -> list[Target]:
             "<= 20 ms",
             at_most=True,
         ),
+        Target(
+            "peer_qasino_vs_pushgateway_no_check",
+            ("peer_qasino_per_s", None),
+            1.0,
+            ">= 1.0x Pushgateway no-check, all verified",
+            ceiling=("peer_pushgateway_no_check_per_s", None),
+            all_verified=True,
+        ),
     ]
     return out
 
@@ -260,6 +268,8 @@ def default_ceiling(ref: Ref) -> Optional[Ref]:
         return ("bare_zmq_msg_per_s", None)
     if key in ("query_arrays_rows_per_s", "query_json_rows_per_s"):
         return ("encode_ceiling_rows_per_s", None)
+    if key in ("peer_qasino_per_s", "peer_pushgateway_default_per_s"):
+        return ("peer_pushgateway_no_check_per_s", None)
     return None
 
 

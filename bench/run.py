@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Optional
 
-from bench import alerts, ceilings, daemon, history, ingest, query, rotation
+from bench import alerts, ceilings, daemon, history, ingest, peer, query, rotation
 from bench.harness import FULL, QUICK, Scale, Workers
 from bench.report import Results, render_table, summary_json
 
@@ -52,6 +52,7 @@ PHASE_KEYS = {
         "history_rss_mb",
     ),
     "alerts": ("alerts_eval_ms", "alerts_query_p99_ms", "alerts_rotation_query_pause_ms"),
+    "peer": tuple(peer.KEYS.values()),
 }
 ALL_KEYS = tuple(k for keys in PHASE_KEYS.values() for k in keys)
 # The ceilings a figure's ratio needs, run along with it.
@@ -61,8 +62,9 @@ NEEDS = {
     "zmq_ingest_tables_per_s": ("bare_zmq_msg_per_s",),
     "zmq_ingest_rows_per_s": ("raw_rows_per_s",),
     "query_arrays_rows_per_s": ("encode_ceiling_rows_per_s",),
+    "peer_qasino_per_s": ("peer_pushgateway_no_check_per_s",),
 }
-TIME_LIMIT_S = {"quick": 240, "full": 1500}
+TIME_LIMIT_S = {"quick": 360, "full": 1500}
 
 
 class Interrupted(BaseException):
@@ -95,6 +97,9 @@ def selected_keys(only: str) -> set[str]:
     if not only:
         return set(ALL_KEYS)
     keys = {k.strip() for k in only.split(",") if k.strip()}
+    if peer.RATIO_KEY in keys:  # a ratio, not a figure: measure what it divides
+        keys.discard(peer.RATIO_KEY)
+        keys.update((peer.KEYS["qasino"], peer.KEYS["no_check"]))
     unknown = keys - set(ALL_KEYS)
     if unknown:
         raise SystemExit(f"unknown keys {sorted(unknown)}; known: {', '.join(ALL_KEYS)}")
@@ -166,6 +171,8 @@ def run_phases(run: Run) -> None:
         phase(run, "history", lambda: history.measure_history(w, s, r))
     if run.wants(*PHASE_KEYS["alerts"]):
         phase(run, "alerts", lambda: alerts.measure_alerts(w, s, r))
+    if run.wants(*PHASE_KEYS["peer"]):
+        phase(run, "peer", lambda: peer.measure_peer(s, r, run.keys))
     rounds = {key: len(r.figures[(key, None)].values) for key in before if before[key]}
     measure_ceilings(run, " (again)")
     r.details["ceiling_drift"] = {
