@@ -32,12 +32,16 @@ Qasino line protocol: type one SQL statement, end it with ';' (it may span lines
   SHOW connections;                  who published this generation
   SHOW info;                         the generation being served
   SHOW views;                        the views and whether they loaded
+  SHOW identities;                   every publisher heard from, stale ones first
+  SHOW alerts;                       alert instances and rules in error
   DESC tablename;                    a table's columns and types
   DESC VIEW viewname;                a view's definition
   help;                              this text
   quit;  (or exit; logout; Ctrl-D)   close the connection
 Internal tables: qasino_server_info, qasino_server_tables, qasino_server_connections,
-qasino_server_views, qasino_server_sql_stats, qasino_server_update_stats.
+qasino_server_views, qasino_server_sql_stats, qasino_server_update_stats,
+qasino_server_identities, qasino_server_table_identities, qasino_server_alerts.
+With --history N: history.TABLE holds the last N snapshots of TABLE.
 Only reading statements run; anything that would change state is refused.
 """
 # Ctrl-C / Ctrl-D as typed, and the telnet IAC sequences a client sends for them.
