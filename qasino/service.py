@@ -27,6 +27,7 @@ from zope.interface import alsoProvides
 from qasino.alerting import AlertEvaluator, AlertsSource
 from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFAULT_MAX_ROWS
 from qasino.engine import Engine, EngineService, ThreadRunner, ViewsSource
+from qasino.frontends.fastpath import ApiFastFactory
 from qasino.frontends.http import DEFAULT_MAX_BODY_BYTES, make_site
 from qasino.frontends.line import DEFAULT_MAX_STATEMENT_BYTES, LineSQLFactory
 from qasino.frontends.redirect import RedirectSite
@@ -371,11 +372,14 @@ class QasinoServer(MultiService):
             )
             install_ops_pages(site.resource, self.metrics)
             bind = "127.0.0.1" if config.http_loopback_only else config.bind
+            # Publishes read by the lean path, everything else by the site
+            # (HTTPS keeps the site alone: its basic auth guards every path).
+            api = site.resource.api
             self.http = TCPListenService(
                 "HTTP",
                 reactor,
                 config.http_port,
-                site,
+                ApiFastFactory(site, api, config.max_body_bytes),
                 bind,
                 max_connections=config.max_connections,
             )

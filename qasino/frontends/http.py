@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -200,14 +200,26 @@ class RequestResource(Resource):
         )
 
     def render_POST(self, request: server.Request) -> Any:
-        args = query_args(request)
         body = request.content.read() if request.content is not None else b""
+        outcome = self.post_reply(query_args(request), body, _peer(request))
+        if isinstance(outcome, dict):
+            return self._query(request, outcome)
+        return self._reply(request, outcome)
+
+    # What a POST /request answers, shared with the lean publish path
+    # (qasino/frontends/fastpath.py), which sends the same bytes.
+    reply_type = JSON_TYPE
+
+    def post_reply(
+        self, args: dict[str, str], body: bytes, peer: Optional[str]
+    ) -> Deferred[Any] | dict[str, Any]:
+        """The reply to ``POST /request`` with query-string ``args`` and
+        ``body``: a Deferred of the reply (a dict, or a Failure for a 500),
+        or, for ``op=query``, the merged arguments to answer it with
+        :meth:`_query`."""
         if args.get("op") == "add_csv_table_data":
-            return self._reply(
-                request,
-                self.dispatcher.add_csv_table_data(
-                    body, args.get("identity"), self.transport, _peer(request)
-                ),
+            return self.dispatcher.add_csv_table_data(
+                body, args.get("identity"), self.transport, peer
             )
         try:
             payload, plain_bytes = decode_body(body) if body.strip() else ({}, None)
@@ -215,24 +227,25 @@ class RequestResource(Resource):
             if args.get("op") == "add_table_data":
                 self.dispatcher.engine.count_publish_error()
                 self.dispatcher.stats.publish_done(self.transport, False)
-            return self._send(
-                request, encode_json(self.dispatcher.error(f"Could not parse POST body: {e}"))
-            )
+            return succeed(self.dispatcher.error(f"Could not parse POST body: {e}"))
         if not isinstance(payload, dict):
-            return self._send(
-                request,
-                encode_json(self.dispatcher.error("Could not parse POST body: not a JSON object")),
-            )
+            return succeed(self.dispatcher.error("Could not parse POST body: not a JSON object"))
         for key, value in args.items():
             payload.setdefault(key, value)
         if payload.get("op") == "query":
-            return self._query(request, payload)
-        return self._reply(
-            request,
-            self.dispatcher.dispatch(
-                payload, self.transport, plain_bytes, remote_addr=_peer(request)
-            ),
-        )
+            return payload
+        return self.dispatcher.dispatch(payload, self.transport, plain_bytes, remote_addr=peer)
+
+    def reply_body(self, result: Any) -> tuple[bytes, bytes]:
+        """(status line, body) of a :meth:`post_reply` outcome for the lean
+        path: what :meth:`_answer` sends."""
+        if not isinstance(result, Failure):
+            try:
+                return b"200 OK", result if isinstance(result, bytes) else encode_json(result)
+            except Exception:
+                result = Failure()
+        log.failure("request failed", result)
+        return b"500 Internal Server Error", encode_json(self.dispatcher.error("Internal error"))
 
     def _query(self, request: server.Request, args: dict[str, Any]) -> Any:
         """``op=query`` with a ``format``: the legacy ``json`` and ``text``,
@@ -384,9 +397,8 @@ class RootResource(Resource):
         call_in_reactor: Optional[Callable[..., Any]] = None,
     ) -> None:
         super().__init__()
-        self.putChild(
-            b"request", RequestResource(dispatcher, transport, max_stream_rows, call_in_reactor)
-        )
+        self.api = RequestResource(dispatcher, transport, max_stream_rows, call_in_reactor)
+        self.putChild(b"request", self.api)
         ui_dispatcher: Any = ListenerDispatcher(dispatcher, transport)
         self.not_found = install_web_ui(self, ui_dispatcher)
 
