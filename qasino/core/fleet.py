@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Optional
 
+import orjson
+
 
 @dataclass(frozen=True)
 class IdentitySeen:
@@ -135,6 +137,87 @@ def identity_rows(
             )
         )
     return out
+
+
+def _fragment(rec: IdentitySeen, nr_tables: int, nr_rows: int) -> Optional[bytes]:
+    """One identity's JSON array for :class:`IdentityFragments` (None if
+    orjson cannot encode it: a lone surrogate, ...)."""
+    try:
+        return orjson.dumps(
+            [
+                rec.identity,
+                rec.first_seen_epoch,
+                rec.last_seen_epoch,
+                rec.last_generation_number,
+                rec.last_seq,
+                rec.remote_addr,
+                nr_tables,
+                nr_rows,
+            ]
+        )
+    except TypeError:
+        return None
+
+
+class IdentityFragments:
+    """``qasino_server_identities`` kept as one JSON array per identity,
+    ``[identity, first_seen_epoch, last_seen_epoch, last_generation_number,
+    last_seq, remote_addr, nr_tables, nr_rows]``, for
+    :data:`IDENTITIES_FROM_JSON` to turn into the table's rows inside SQLite.
+
+    Only the identities that published since the last rotation or that
+    have (or had, last time) tables in the snapshot are encoded again; for
+    every other one nothing changed but ``generations_missed``, which
+    SQLite computes from ``last_seq``."""
+
+    def __init__(self) -> None:
+        self._fragments: dict[str, bytes] = {}
+        self._counted: set[str] = set()  # identities with nr_tables > 0 last time
+
+    def update(
+        self,
+        identities: Mapping[str, IdentitySeen],
+        seen_now: Iterable[str],
+        contributions: Iterable[Contribution],
+        seq: int,
+    ) -> Optional[bytes]:
+        """The whole table as one JSON text for snapshot ``seq``, or None
+        if an identity cannot be encoded (then the cache starts over)."""
+        tables: dict[str, set[str]] = {}
+        nr_rows: dict[str, int] = {}
+        for c in contributions:
+            tables.setdefault(c.identity, set()).add(c.tablename.lower())
+            nr_rows[c.identity] = nr_rows.get(c.identity, 0) + c.nr_rows
+        changed = set(seen_now) | self._counted | tables.keys()
+        if len(self._fragments) + len(changed) < len(identities):
+            changed = set(identities)  # first use, or after a failure
+        fresh: dict[str, bytes] = {}
+        for name in changed:
+            rec = identities.get(name)
+            if rec is None:
+                continue
+            fragment = _fragment(rec, len(tables.get(name, ())), nr_rows.get(name, 0))
+            if fragment is None:
+                self._fragments.clear()
+                self._counted = set()
+                return None
+            fresh[name] = fragment
+        self._fragments.update(fresh)
+        self._counted = set(tables)
+        return b"[" + b",".join(self._fragments.values()) + b"]"
+
+
+# Rows of qasino_server_identities from IdentityFragments' JSON (?1: the
+# snapshot's seq, ?2: the JSON), in identity order as identity_rows gives them.
+IDENTITIES_FROM_JSON = """
+INSERT INTO "qasino_server_identities"
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+       json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+       max(0, ?1 - json_extract(value, '$[4]')),
+       json_extract(value, '$[6]'), json_extract(value, '$[7]'),
+       json_extract(value, '$[5]'), ?1 - json_extract(value, '$[4]') > 0
+FROM json_each(?2) ORDER BY 1
+"""
 
 
 def table_identity_rows(contributions: Iterable[Contribution]) -> list[TableIdentityRow]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Optional
 
 import apsw
+
+from qasino.core.fleet import IDENTITIES_FROM_JSON
 
 # Declared with the original server's type words, so DESC shows what it did
 # (SQLite spells "int" as INT). Epochs keep their fraction: an INTEGER-affinity
@@ -99,6 +102,11 @@ class GenerationReport:
     sql_stats: tuple[int, int, int] = (0, 0, 0)
     update_stats: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
     identities: Sequence[tuple[object, ...]] = ()
+    # Or, cheaper with many identities: IdentityFragments' JSON, read by
+    # SQLite for snapshot seq identities_seq (identities_count rows).
+    identities_json: Optional[bytes] = None
+    identities_seq: int = 0
+    identities_count: int = 0
     table_identities: Sequence[tuple[object, ...]] = ()
     alerts: list[tuple[object, ...]] = field(default_factory=list)
 
@@ -141,6 +149,8 @@ def write_internal_tables(conn: apsw.Connection, report: GenerationReport) -> No
     nr_table_rows = len(entries) + len(INTERNAL_TABLES)
     for name in INTERNAL_TABLES:
         n = nr_table_rows if name == "qasino_server_tables" else len(internal_rows[name])
+        if name == "qasino_server_identities" and report.identities_json is not None:
+            n = report.identities_count
         # One update each, as the original counted its own insert of them.
         entries.append((name, n, 1, report.generation_start_epoch, 0))
     internal_rows["qasino_server_tables"] = entries
@@ -148,6 +158,8 @@ def write_internal_tables(conn: apsw.Connection, report: GenerationReport) -> No
         for name in INTERNAL_TABLES:
             _create(conn, name)
             _fill(conn, name, internal_rows[name])
+        if report.identities_json is not None:
+            conn.execute(IDENTITIES_FROM_JSON, (report.identities_seq, report.identities_json))
 
 
 def write_views_table(conn: apsw.Connection, rows: list[tuple[str, int, str, str]]) -> None:

@@ -39,8 +39,8 @@ from qasino.core.errors import (
 )
 from qasino.core.fleet import (
     Contribution,
+    IdentityFragments,
     IdentitySeen,
-    identity_counts,
     identity_rows,
     keep_stale_age,
     keep_stale_expired,
@@ -412,6 +412,12 @@ class Store:
         ] = None
         self._static_by: dict[str, tuple[str, str, int]] = {}
         self._identity_counts: dict[str, int] = {"live": 0, "stale": 0}
+        # qasino_server_identities as JSON array fragments, one per identity,
+        # re-encoded only for those that changed: a rotation's cost grows
+        # with the identities active in it, not with every one ever heard
+        # from (SQLite reads them from one JSON text, see fleet.py).
+        self._identity_fragments = IdentityFragments()
+        self._identities_seen_now: set[str] = set()
         # --history: the snapshots in the window, oldest first (the served one last).
         self._window: deque[GenFile] = deque()
         if config.history > history.MAX_HISTORY:
@@ -525,6 +531,7 @@ class Store:
         self.identities[identity] = seen(
             self.identities.get(identity), identity, now, gen.seq, gen.file.number, remote_addr
         )
+        self._identities_seen_now.add(identity)
         if self.config.keep_stale <= 0:
             return
         last = self._last_publishes.get(identity)
@@ -834,9 +841,17 @@ class Store:
                 contributions.append(
                     Contribution(name, identity, static_rows[lower], gen.seq - seq)
                 )
-        report.identities = identity_rows(self.identities, contributions, gen.seq)
+        seen_now, self._identities_seen_now = self._identities_seen_now, set()
+        encoded = self._identity_fragments.update(self.identities, seen_now, contributions, gen.seq)
+        if encoded is not None:
+            report.identities_json = encoded
+            report.identities_seq = gen.seq
+            report.identities_count = len(self.identities)
+        else:  # an identity orjson cannot encode: the rows the slow way
+            report.identities = identity_rows(self.identities, contributions, gen.seq)
         report.table_identities = table_identity_rows(contributions)
-        counts_now = identity_counts(self.identities, gen.seq)
+        live = sum(1 for name in seen_now if self.identities[name].last_seq >= gen.seq)
+        counts_now = {"live": live, "stale": len(self.identities) - live}
         report.connections = sorted(
             (ident, int(s[0]), s[1]) for ident, s in gen.identity_stats.items()
         )

@@ -362,3 +362,47 @@ def test_an_older_file_in_use_by_a_history_statement_outlives_the_window(
     assert os.path.exists(older.path)
     s._hold(served.older_files, -1)
     assert not os.path.exists(older.path)
+
+
+def test_the_identities_table_matches_its_definition_across_many_generations(
+    tmp_path: Path, stores: list[Store]
+) -> None:
+    """The table SQLite builds from the cached JSON fragments is, after
+    every rotation, what fleet.identity_rows computes from scratch."""
+    import random
+
+    from qasino.core.fleet import Contribution, identity_rows
+
+    s = make(tmp_path, keep_stale=2)
+    stores.append(s)
+    rng = random.Random(7)
+    hosts = [f"h{i:02d}" for i in range(30)] + ["\u00fc-host", "z\U0001d518"]
+    now = NOW
+    for generation in range(14):
+        for host in rng.sample(hosts, rng.randint(0, len(hosts))):
+            now += 0.25
+            kind = rng.random()
+            if kind < 0.1:
+                publish(s, table("st", "x INTEGER", [[1]]), identity=host, static=True, now=now)
+            elif kind < 0.2:
+                publish(s, cpu(2, host), identity=host, persist=True, now=now)
+            else:
+                publish(s, cpu(rng.randint(1, 4), host), identity=host, now=now)
+                if kind > 0.8:
+                    publish(s, table("mem", "host TEXT", [[host]]), identity=host, now=now)
+        now += 1
+        s.rotate(now)
+        contributions = [
+            Contribution(t, i, n, age)
+            for t, i, n, age in rows(s, "SELECT * FROM qasino_server_table_identities")
+        ]
+        seq = s._seq - 1  # the snapshot's own generation sequence number
+        expected = identity_rows(s.identities, contributions, seq)
+        assert rows(s, "SELECT * FROM qasino_server_identities") == expected, generation
+        counts = rows(s, "SELECT count(*) FROM qasino_server_identities WHERE stale = 0")
+        assert s.identity_counts()["live"] == counts[0][0]
+        listed = rows(
+            s,
+            "SELECT nr_rows FROM qasino_server_tables WHERE tablename = 'qasino_server_identities'",
+        )
+        assert listed == [(len(s.identities),)]
