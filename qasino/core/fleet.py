@@ -143,7 +143,7 @@ def _fragment(rec: IdentitySeen, nr_tables: int, nr_rows: int) -> Optional[bytes
     """One identity's JSON array for :class:`IdentityFragments` (None if
     orjson cannot encode it: a lone surrogate, ...)."""
     try:
-        return orjson.dumps(
+        encoded = orjson.dumps(
             [
                 rec.identity,
                 rec.first_seen_epoch,
@@ -157,6 +157,9 @@ def _fragment(rec: IdentitySeen, nr_tables: int, nr_rows: int) -> Optional[bytes
         )
     except TypeError:
         return None
+    # A copy of its own size: orjson's result keeps its ~4 KiB output
+    # buffer, and these are kept, one per identity, for the server's life.
+    return memoryview(encoded).tobytes()
 
 
 class IdentityFragments:

@@ -133,6 +133,11 @@ class ApiChannel(Protocol, TimeoutMixin):
         self._inner: Optional[Protocol] = None
         self._peer: Optional[str] = None
         self._serving = False  # in _serve's loop (a reply fired at once returns to it)
+        # A body still arriving: its pieces, kept apart until the request is
+        # whole (joining once, not copying the buffer at every read).
+        self._pieces: list[bytes] = []
+        self._have = 0
+        self._want = 0
 
     # -- connection
 
@@ -151,7 +156,15 @@ class ApiChannel(Protocol, TimeoutMixin):
         if self._closing:
             return
         self.resetTimeout()
-        self._buffer += data
+        if self._want:
+            self._pieces.append(data)
+            self._have += len(data)
+            if self._have < self._want:
+                return
+            self._buffer = b"".join(self._pieces)
+            self._pieces, self._have, self._want = [], 0, 0
+        else:
+            self._buffer += data
         if not self._busy:
             self._serve()
 
@@ -194,7 +207,10 @@ class ApiChannel(Protocol, TimeoutMixin):
                 return
             start = end + 4
             if len(buffer) - start < length:
-                return  # the rest of the body is still on its way
+                # The rest of the body is still on its way: collect it.
+                self._pieces, self._have, self._want = [buffer], len(buffer), start + length
+                self._buffer = b""
+                return
             body = buffer[start : start + length]
             try:
                 d = self.factory.api.post_reply(query_string_args(query), body, self._peer)

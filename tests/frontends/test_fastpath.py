@@ -301,3 +301,22 @@ def test_an_unexpected_exception_is_logged_and_answered_500(dispatcher: Dispatch
     assert status == b"HTTP/1.1 500 Internal Server Error"
     assert json.loads(body)["error_message"] == "Internal error"
     assert not transport.disconnecting
+
+
+def test_a_body_arriving_in_many_pieces_is_read_whole_with_what_follows(
+    dispatcher: Dispatcher, store: Store
+) -> None:
+    channel, transport = connect(dispatcher)
+    big = {
+        "op": "add_table_data",
+        "identity": "h1",
+        "table": {**table("big", 0), "rows": [[i, "x" * 20] for i in range(100)]},
+    }
+    data = post(json.dumps(big).encode()) + post(publish_body("next"))
+    head_end = data.index(b"\r\n\r\n") + 4
+    channel.dataReceived(data[: head_end + 5])
+    for i in range(head_end + 5, len(data), 97):
+        channel.dataReceived(data[i : i + 97])
+    assert [json.loads(r[2]) for r in responses(transport.value())] == [OK, OK]
+    assert rows(store, "SELECT count(*) FROM big") == [(100,)]
+    assert rows(store, "SELECT count(*) FROM next") == [(2,)]
