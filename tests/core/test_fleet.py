@@ -75,3 +75,27 @@ def test_identity_rows_count_tables_and_rows_in_this_snapshot_carried_included()
         ("disk", "a", 4, 0),
     ]
     assert identity_counts(idents, 5) == {"live": 1, "stale": 1}
+
+
+def test_identity_fragments_cost_a_few_hundred_bytes_per_identity() -> None:
+    """They are kept for the server's life: a fleet that churns through
+    100,000 identities must not cost hundreds of MB (orjson's results
+    each held a ~4 KiB buffer)."""
+    import tracemalloc
+
+    from qasino.core.fleet import IdentityFragments, IdentitySeen
+
+    identities = {
+        f"host-{i}": IdentitySeen(f"host-{i}", 1000.0 + i, 1000.5 + i, 0, 1000, "10.0.0.1")
+        for i in range(20_000)
+    }
+    fragments = IdentityFragments()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        encoded = fragments.update(identities, identities, [], 0)
+        del encoded
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 20_000 * 300, kept
