@@ -182,18 +182,18 @@ class IdentityFragments:
         identities: Mapping[str, IdentitySeen],
         seen_now: Iterable[str],
         contributions: Iterable[Contribution],
-        seq: int,
     ) -> Optional[bytes]:
-        """The whole table as one JSON text for snapshot ``seq``, or None
-        if an identity cannot be encoded (then the cache starts over)."""
+        """The whole table as one JSON text, given the identities that
+        published since the last call and the snapshot's contributions, or
+        None if an identity cannot be encoded (then the cache starts over).
+        Every identity in ``identities`` came in through ``seen_now`` once."""
         tables: dict[str, set[str]] = {}
         nr_rows: dict[str, int] = {}
         for c in contributions:
             tables.setdefault(c.identity, set()).add(c.tablename.lower())
             nr_rows[c.identity] = nr_rows.get(c.identity, 0) + c.nr_rows
-        changed = set(seen_now) | self._counted | tables.keys()
-        if len(self._fragments) + len(changed) < len(identities):
-            changed = set(identities)  # first use, or after a failure
+        changed = set(identities) if not self._fragments else set(seen_now)
+        changed |= self._counted | tables.keys()
         fresh: dict[str, bytes] = {}
         for name in changed:
             rec = identities.get(name)

@@ -841,8 +841,9 @@ class Store:
                 contributions.append(
                     Contribution(name, identity, static_rows[lower], gen.seq - seq)
                 )
-        seen_now, self._identities_seen_now = self._identities_seen_now, set()
-        encoded = self._identity_fragments.update(self.identities, seen_now, contributions, gen.seq)
+        # Cleared once the snapshot is served (a failed rotation is retried).
+        seen_now = self._identities_seen_now
+        encoded = self._identity_fragments.update(self.identities, seen_now, contributions)
         if encoded is not None:
             report.identities_json = encoded
             report.identities_seq = gen.seq
@@ -868,6 +869,7 @@ class Store:
             self._snapshot = gen.file
             self._writer = new_gen
             self._identity_counts = counts_now
+            self._identities_seen_now = set()
             if self.config.keep_stale > 0:
                 self._prev = (gen.file.path, dict(gen.schemas), gen.spans)
             retired = [old] if old is not None else []

@@ -93,7 +93,7 @@ def test_identity_fragments_cost_a_few_hundred_bytes_per_identity() -> None:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        encoded = fragments.update(identities, identities, [], 0)
+        encoded = fragments.update(identities, identities, [])
         del encoded
         kept = tracemalloc.get_traced_memory()[0] - before
     finally:

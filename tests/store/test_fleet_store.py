@@ -371,7 +371,7 @@ def test_the_identities_table_matches_its_definition_across_many_generations(
     every rotation, what fleet.identity_rows computes from scratch."""
     import random
 
-    from qasino.core.fleet import Contribution, identity_rows
+    from qasino.core.fleet import Contribution, identity_counts, identity_rows
 
     s = make(tmp_path, keep_stale=2)
     stores.append(s)
@@ -401,6 +401,7 @@ def test_the_identities_table_matches_its_definition_across_many_generations(
         assert rows(s, "SELECT * FROM qasino_server_identities") == expected, generation
         counts = rows(s, "SELECT count(*) FROM qasino_server_identities WHERE stale = 0")
         assert s.identity_counts()["live"] == counts[0][0]
+        assert s.identity_counts() == identity_counts(s.identities, seq)
         listed = rows(
             s,
             "SELECT nr_rows FROM qasino_server_tables WHERE tablename = 'qasino_server_identities'",
