@@ -335,7 +335,7 @@ class AlertEvaluator:
         self.running = d
 
         def settle(results: list[tuple[bool, Any]]) -> Deferred[Any]:
-            store.unpin(pin)
+            store.release_snapshot(pin)
             outcomes = {
                 rule.alert: (value if ok else Outcome(error=str(value)))
                 for rule, (ok, value) in zip(todo, results)

@@ -102,7 +102,7 @@ def test_alert_sql_gets_the_query_guard(engine: Engine) -> None:
         with pytest.raises(QueryError):
             engine.store.query_pinned(pin, "SHOW tables")
     finally:
-        engine.store.unpin(pin)
+        engine.store.release_snapshot(pin)
 
 
 def test_pinned_snapshot_outlives_rotations_until_unpinned(engine: Engine, clock: Clock) -> None:
@@ -112,7 +112,7 @@ def test_pinned_snapshot_outlives_rotations_until_unpinned(engine: Engine, clock
     assert os.path.exists(pin.path)
     result = engine.store.query_pinned(pin, "SELECT generation_number FROM qasino_server_info")
     assert result.rows == [(pin.number,)]
-    engine.store.unpin(pin)
+    engine.store.release_snapshot(pin)
     assert not os.path.exists(pin.path)
 
 

@@ -1182,13 +1182,19 @@ class Store:
         return result
 
     def pin_snapshot(self) -> GenFile:
-        """Keep the snapshot served now readable until :meth:`unpin`, even
-        after later rotations (alert evaluation reads one snapshot)."""
+        """Keep the snapshot served now readable, with the older snapshots
+        of its --history window, until :meth:`release_snapshot`, even after
+        later rotations (alert evaluation reads one snapshot)."""
         with self._lock:
             gen_file = self._snapshot
             assert gen_file is not None
-            gen_file.refs += 1
+            for pinned in (gen_file, *gen_file.older_files):
+                pinned.refs += 1
         return gen_file
+
+    def release_snapshot(self, gen_file: GenFile) -> None:
+        """End a :meth:`pin_snapshot`."""
+        self._hold((gen_file, *gen_file.older_files), -1)
 
     def pin_again(self, gen_file: GenFile) -> None:
         with self._lock:

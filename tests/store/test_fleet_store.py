@@ -187,6 +187,33 @@ def test_history_keeps_the_last_n_snapshots_with_generation_number(
     assert [a for a, _ in info] == numbers[2:] and all(a == b for a, b in info)
 
 
+def test_a_pinned_snapshot_keeps_its_history_window_readable(
+    tmp_path: Path, stores: list[Store]
+) -> None:
+    """Alert rules run on a pinned snapshot (qasino.alerting) and may read
+    history.T: the window as of that snapshot, even after later rotations
+    pushed its oldest file out."""
+    s = make(tmp_path, history=2)
+    stores.append(s)
+    for k in range(1, 3):
+        publish(s, table("net", "host TEXT, bytes INTEGER", [["a", 100 * k]]), identity="a")
+        s.rotate(NOW + 30 * k)
+    pinned = s.pin_snapshot()
+    try:
+        for k in range(3, 6):  # the pinned window's older file leaves the window
+            publish(s, table("net", "host TEXT, bytes INTEGER", [["a", 100 * k]]), identity="a")
+            s.rotate(NOW + 30 * k)
+        rule = (
+            "SELECT bytes - LAG(bytes) OVER (ORDER BY generation_number) AS rate FROM history.net"
+        )
+        assert [tuple(r) for r in s.query_pinned(pinned, rule).rows] == [(None,), (100,)]
+    finally:
+        s.release_snapshot(pinned)
+    assert rows(s, "SELECT bytes FROM history.net ORDER BY generation_number") == [(400,), (500,)]
+    # Once released, only the current window's files (and the writer's) remain.
+    assert len(gen_files(s.config)) == 3
+
+
 def test_history_reads_a_table_whose_columns_changed(tmp_path: Path, stores: list[Store]) -> None:
     s = make(tmp_path, history=5)
     stores.append(s)
