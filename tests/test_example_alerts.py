@@ -74,3 +74,32 @@ def test_example_rules_run_on_the_example_views_and_agent_tables(tmp_path: Path)
         assert "cannot read disks.csv" in str(failing[0][5])
     finally:
         store.close()
+
+
+def test_the_history_rule_of_docs_alerts_md_fires_for_the_host_whose_traffic_dropped(
+    tmp_path: Path,
+) -> None:
+    import re
+
+    import yaml
+
+    text = (ROOT / "docs" / "alerts.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    rules = [r for b in blocks for r in yaml.safe_load(b) if "history." in r["sql"]]
+    assert [r["alert"] for r in rules] == ["TrafficDropped"]
+    store = Store(StoreConfig(db_dir=str(tmp_path / "db"), history=3), now=1_700_000_000.0)
+    try:
+        now = 1_700_000_000.0
+        for k, (a, b) in enumerate([(100, 100), (110, 100), (120, 40)]):
+            for host, value in (("a", a), ("b", b)):
+                table = _table("net", [("host", "text"), ("bytes", "integer")], [[host, value]])
+                store.publish(Publish(table, PublishOptions(identity=host)), now + k * 30 + 1)
+            store.rotate(now + (k + 1) * 30)
+        pinned = store.pin_snapshot()
+        try:
+            result = store.query_pinned(pinned, rules[0]["sql"])
+        finally:
+            store.release_snapshot(pinned)
+        assert [tuple(r) for r in result.rows] == [("b", -60)]
+    finally:
+        store.close()
