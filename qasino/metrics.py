@@ -66,6 +66,8 @@ class QasinoCollector(Collector):
         self.dispatcher = dispatcher
         self.identities_provider: IdentitiesProvider = self._identities_of_snapshot
         self.alerts_provider: Optional[AlertsProvider] = None
+        # More families, each from a function called at scrape time (NATS mode).
+        self.more: list[Callable[[], Iterable[Metric]]] = []
 
     def _identities_of_snapshot(self) -> Mapping[str, int]:
         """Without a staleness tracker: the identities that published into
@@ -149,6 +151,11 @@ class QasinoCollector(Collector):
             except Exception:
                 log.failure("the alerts metrics provider failed")
         yield alerts
+        for more in self.more:
+            try:
+                yield from list(more())
+            except Exception:
+                log.failure("a metrics provider failed")
 
 
 class ServerMetrics:
@@ -190,6 +197,10 @@ class ServerMetrics:
     def set_alerts_provider(self, provider: AlertsProvider) -> None:
         """``provider()`` -> ``[(alertname, state, count), ...]``, called at each scrape."""
         self.collector.alerts_provider = provider
+
+    def add_families(self, provider: Callable[[], Iterable[Metric]]) -> None:
+        """``provider()`` -> more metric families, called at each scrape."""
+        self.collector.more.append(provider)
 
     def exposition(self, accept: Optional[str] = None) -> tuple[bytes, str]:
         """The registry rendered for an Accept header: OpenMetrics when asked

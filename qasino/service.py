@@ -361,6 +361,7 @@ class QasinoServer(MultiService):
             )
             self.nats.setServiceParent(self)
             self.metrics.readiness_checks.append(self.nats.status)
+            self.metrics.add_families(self.nats.metric_families)
         self.http: Optional[TCPListenService] = None
         self.line: Optional[TCPListenService] = None
         if config.http_port is not None:

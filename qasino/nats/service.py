@@ -22,8 +22,10 @@ still holds and so rebuilds the current generation.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any, Optional
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.task import LoopingCall
@@ -107,6 +109,9 @@ class NatsService(Service):
         self.reason = "not connected to NATS yet"
         self.caught_up = False
         self.applied = 0
+        # Stream messages not delivered to this server yet, as of its last
+        # fetch: its lag behind the stream (/metrics).
+        self.pending = 0
         self.tick_s = min(1.0, self.duration / 4)
         self._ticks = LoopingCall(self._tick)
         self._ticks.clock = reactor
@@ -146,6 +151,29 @@ class NatsService(Service):
             log.error("NATS unavailable: {why}; serving the last snapshot", why=why)
             self.reason = why
         self.up = up
+
+    def metric_families(self) -> Iterator[Metric]:
+        """The NATS figures of ``/metrics`` (docs/deploy.md)."""
+        yield GaugeMetricFamily(
+            "qasino_nats_up",
+            "1 while the server is connected to NATS and reads its stream.",
+            value=int(self.up),
+        )
+        yield CounterMetricFamily(
+            "qasino_nats_applied_messages",
+            "Stream messages applied since the server started.",
+            value=self.applied,
+        )
+        yield GaugeMetricFamily(
+            "qasino_nats_pending_messages",
+            "Stream messages not delivered to this server yet, as of its last fetch.",
+            value=self.pending,
+        )
+        yield GaugeMetricFamily(
+            "qasino_nats_caught_up",
+            "1 once the server has applied what the stream held when it started.",
+            value=int(self.caught_up),
+        )
 
     def status(self) -> tuple[bool, str]:
         """(ok, reason) for a readiness check."""
@@ -366,6 +394,8 @@ class NatsService(Service):
                 last.addErrback(self._batch_failed, applied)
                 calls, applied, cells = [], [], 0
 
+        if from_stream and msgs:
+            self.pending = msgs[-1].pending
         for i, m in enumerate(msgs):
             cut = self.timeline.place(m.ts) if from_stream else None
             if cut is not None:

@@ -16,6 +16,7 @@ from tests.e2e.conftest import (
     request_target,
     zmq_call,
 )
+from tests.e2e.test_metrics import scrape, value
 from tests.nats.cluster import NatsCluster, NatsNode
 from tests.server_process import QasinoProcess, free_port, poll_until
 
@@ -82,6 +83,13 @@ def test_two_servers_on_one_stream_serve_identical_generations(
         a, b, "SELECT generation_number, generation_start_epoch FROM qasino_server_info"
     )
     assert ia == ib
+    # /metrics: both applied all 40 publishes (and ticks) and lag behind by nothing.
+    for server in (a, b):
+        samples = scrape(server.ports["http"])
+        assert value(samples, "qasino_nats_up") == 1
+        assert value(samples, "qasino_nats_caught_up") == 1
+        assert value(samples, "qasino_nats_applied_messages_total") >= 40
+        assert value(samples, "qasino_nats_pending_messages") == 0
 
 
 def static_table(rows: list[list[Any]]) -> dict[str, Any]:
@@ -296,8 +304,10 @@ def test_nats_gone_later_keeps_the_last_snapshot_served(
     s = nats_server("la", "--nats-replicas", "1", nats_url=single_node.url)
     ok(http_publish(s.ports["http"], publish_request("h", table("p", [["h", 1]]), persist=1)))
     poll_until(lambda: served(s, "SELECT * FROM p")[1], 15, "p served")
+    assert value(scrape(s.ports["http"]), "qasino_nats_up") == 1
     single_node.kill()
     s.wait_log("NATS unavailable: disconnected from NATS")
+    assert value(scrape(s.ports["http"]), "qasino_nats_up") == 0
     ready = http_request(s.ports["http"], "GET", "/-/ready")
     assert ready.status == 503 and b"NATS unavailable: disconnected" in ready.body, ready
     g1, rows = served(s, "SELECT host, n FROM p")
