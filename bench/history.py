@@ -182,7 +182,12 @@ def one_round(
     check_loaded(loaded, plan, boundary)
     start_at = time.monotonic() + 0.05
     duration_s = boundary + AFTER_S - start_at
-    probes = workers.submit(run_load, probe_plan(daemon, f"hprobe{round_}_", duration_s), start_at)
+    # The same probe identities every round (each round spans a boundary,
+    # so none publishes twice into one generation): with a fresh set per
+    # round the servers' identity counts grew with the round count, and the
+    # run with history (12 rounds) paid for 2.4x the identities of the
+    # baseline (5 rounds) at every switch.
+    probes = workers.submit(run_load, probe_plan(daemon, "hprobe_", duration_s), start_at)
     loop = workers.submit(
         query_loop, daemon.ports["http"], (GENERATION_QUERY,), duration_s, start_at
     )
