@@ -36,23 +36,9 @@ import time
 from typing import Any
 
 from bench.daemon import BenchError, Daemon, rss_mb
-from bench.harness import Scale, Workers, plan_timeout
-from bench.loadgen import run_load
-from bench.probes import query_loop
+from bench.harness import Scale, Workers
 from bench.report import Results
-from bench.rotation import (
-    AFTER_S,
-    BIG_TABLE,
-    BIG_TABLE_PUBLISH_ROWS,
-    GENERATION_QUERY,
-    PROBE_TOLERANCE_S,
-    Scenario,
-    check_loaded,
-    load_plan,
-    longest_gap,
-    probe_plan,
-    spanning_gap,
-)
+from bench.rotation import BIG_TABLE, BIG_TABLE_PUBLISH_ROWS, Scenario, boundary_round
 
 HISTORY_N = 10
 BASELINE_ROUNDS = 5
@@ -141,7 +127,7 @@ def run_server(
         failures = 0
         for round_ in range(rounds):
             try:
-                one_round(workers, daemon, scenario, run, round_, boundary)
+                one_round(workers, daemon, scenario, run, boundary)
             except BenchError as e:
                 # A busy machine: a load that ran into the boundary spoils
                 # this round only. Skip it and go on from the next tick.
@@ -174,45 +160,20 @@ def one_round(
     daemon: Daemon,
     scenario: Scenario,
     run: dict[str, Any],
-    round_: int,
     boundary: float,
 ) -> None:
-    plan = load_plan(daemon, scenario)
-    loaded = workers.call(run_load, plan, timeout_s=plan_timeout(plan))
-    check_loaded(loaded, plan, boundary)
-    start_at = time.monotonic() + 0.05
-    duration_s = boundary + AFTER_S - start_at
     # The same probe identities every round (each round spans a boundary,
     # so none publishes twice into one generation): with a fresh set per
     # round the servers' identity counts grew with the round count, and the
     # run with history (12 rounds) paid for 2.4x the identities of the
     # baseline (5 rounds) at every switch.
-    probes = workers.submit(run_load, probe_plan(daemon, "hprobe_", duration_s), start_at)
-    loop = workers.submit(
-        query_loop, daemon.ports["http"], (GENERATION_QUERY,), duration_s, start_at
-    )
-    signal_ = daemon.wait_gensig(duration_s + 10)
-    acks = probes.result(timeout=duration_s + 60)
-    answers = loop.result(timeout=duration_s + 60)
-    generation, counts = daemon.table_counts(list(scenario.plan_tables))
-    if (
-        not signal_.serves(generation, daemon.generation_s)
-        or sum(counts.values()) != scenario.total_rows
-    ):
-        raise BenchError(
-            f"snapshot {generation} holds {sum(counts.values())} rows, not {scenario.total_rows}"
-        )
-    gap = spanning_gap(sorted(acks.ack_times), signal_.received, PROBE_TOLERANCE_S)
-    if gap is None:
-        raise BenchError("history: no probe acks around the boundary")
-    done = sorted(s.finished for s in answers.samples if s.ok)
-    pause = longest_gap(done, signal_.received - gap, signal_.received + AFTER_S / 2)
+    measured = boundary_round(workers, daemon, scenario, boundary, "hprobe_")
     if run["history"]:
         # The first history statement on the new snapshot: it attaches the
         # window's files and makes the TEMP view on its connection.
         started = time.monotonic()
         daemon.query(HISTORY_QUERY)
         run["history_query_ms"].append(round((time.monotonic() - started) * 1000.0, 2))
-    run["load_s"].append(round(loaded.elapsed_s, 3))
-    run["rotation_ms"].append(round(gap * 1000.0, 2))
-    run["pause_ms"].append(round(pause * 1000.0, 2))
+    run["load_s"].append(round(measured.loaded.elapsed_s, 3))
+    run["rotation_ms"].append(round(measured.gap_s * 1000.0, 2))
+    run["pause_ms"].append(round(measured.pause_s * 1000.0, 2))

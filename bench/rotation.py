@@ -24,10 +24,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from bench.daemon import BenchError, Daemon, Gensig, rss_mb
+from bench.daemon import BenchError, Daemon, rss_mb
 from bench.harness import Scale, Workers, plan_timeout
 from bench.loadgen import LoadPlan, LoadResult, run_load
-from bench.probes import QueryLoop, query_loop
+from bench.probes import query_loop
 from bench.report import Results
 from bench.workload import tablenames
 
@@ -156,28 +156,19 @@ def rotation_round(
     round_: int,
     boundary: float,
 ) -> None:
-    plan = load_plan(daemon, scenario)
-    loaded = workers.call(run_load, plan, timeout_s=plan_timeout(plan))
-    check_loaded(loaded, plan, boundary)
-    start_at = time.monotonic() + 0.05
-    duration_s = boundary + AFTER_S - start_at
-    probes = workers.submit(run_load, probe_plan(daemon, f"probe{round_}_", duration_s), start_at)
-    loop = workers.submit(
-        query_loop, daemon.ports["http"], (GENERATION_QUERY,), duration_s, start_at
-    )
-    signal_ = daemon.wait_gensig(duration_s + 10)
-    acks = probes.result(timeout=duration_s + 60)
-    answers = loop.result(timeout=duration_s + 60)
-    # Counted after the probes stopped, so the counting is not in the window.
-    generation, counts = daemon.table_counts(list(scenario.plan_tables))
-    if (
-        not signal_.serves(generation, daemon.generation_s)
-        or sum(counts.values()) != scenario.total_rows
-    ):
-        raise BenchError(
-            f"snapshot {generation} holds {sum(counts.values())} rows, not {scenario.total_rows}"
-        )
-    record_round(results, scenario, signal_, acks, answers)
+    measured = boundary_round(workers, daemon, scenario, boundary, f"probe{round_}_")
+    results.add("rotation_ms", measured.gap_s * 1000.0, scenario.case)
+    results.add("rotation_query_pause_ms", measured.pause_s * 1000.0, scenario.case)
+    done = measured.done
+    typical = sorted(b - a for a, b in zip(done, done[1:]))
+    detail: dict[str, Any] = {
+        "rotation_ms": round(measured.gap_s * 1000.0, 2),
+        "query_pause_ms": round(measured.pause_s * 1000.0, 2),
+        "query_gap_median_ms": round(typical[len(typical) // 2] * 1000.0, 3) if typical else None,
+        "queries": len(done),
+        "probe_acks": measured.acks.acked,
+    }
+    results.details.setdefault("rotation", {}).setdefault(scenario.case, []).append(detail)
 
 
 def check_loaded(loaded: LoadResult, plan: LoadPlan, boundary: float) -> None:
@@ -206,23 +197,47 @@ def longest_gap(times: list[float], start: float, end: float) -> float:
     return max(gaps, default=0.0)
 
 
-def record_round(
-    results: Results, scenario: Scenario, signal_: Gensig, acks: LoadResult, answers: QueryLoop
-) -> None:
+@dataclass(frozen=True)
+class BoundaryRound:
+    """What one round across a generation boundary measured."""
+
+    loaded: LoadResult  # the scenario's load into the generation
+    acks: LoadResult  # the probe publisher's
+    done: list[float]  # when each query of the loop was answered, in order
+    gap_s: float  # the probe's ack gap spanning the generation signal
+    pause_s: float  # the query loop's longest gap around the rotation
+
+
+def boundary_round(
+    workers: Workers, daemon: Daemon, scenario: Scenario, boundary: float, probe_prefix: str
+) -> BoundaryRound:
+    """Load the scenario into the generation that ends at ``boundary``, run
+    the probe publisher and the query loop across it, check that the
+    snapshot holds every row, and measure the ack gap and the query pause."""
+    plan = load_plan(daemon, scenario)
+    loaded = workers.call(run_load, plan, timeout_s=plan_timeout(plan))
+    check_loaded(loaded, plan, boundary)
+    start_at = time.monotonic() + 0.05
+    duration_s = boundary + AFTER_S - start_at
+    probes = workers.submit(run_load, probe_plan(daemon, probe_prefix, duration_s), start_at)
+    loop = workers.submit(
+        query_loop, daemon.ports["http"], (GENERATION_QUERY,), duration_s, start_at
+    )
+    signal_ = daemon.wait_gensig(duration_s + 10)
+    acks = probes.result(timeout=duration_s + 60)
+    answers = loop.result(timeout=duration_s + 60)
+    # Counted after the probes stopped, so the counting is not in the window.
+    generation, counts = daemon.table_counts(list(scenario.plan_tables))
+    if (
+        not signal_.serves(generation, daemon.generation_s)
+        or sum(counts.values()) != scenario.total_rows
+    ):
+        raise BenchError(
+            f"snapshot {generation} holds {sum(counts.values())} rows, not {scenario.total_rows}"
+        )
     gap = spanning_gap(sorted(acks.ack_times), signal_.received, PROBE_TOLERANCE_S)
     if gap is None:
-        raise BenchError(f"rotation {scenario.case}: no probe acks around the boundary")
+        raise BenchError(f"{scenario.case}: no probe acks around the boundary")
     done = sorted(s.finished for s in answers.samples if s.ok)
-    rotation_start = signal_.received - gap
-    pause = longest_gap(done, rotation_start, signal_.received + AFTER_S / 2)
-    results.add("rotation_ms", gap * 1000.0, scenario.case)
-    results.add("rotation_query_pause_ms", pause * 1000.0, scenario.case)
-    typical = sorted(b - a for a, b in zip(done, done[1:]))
-    detail: dict[str, Any] = {
-        "rotation_ms": round(gap * 1000.0, 2),
-        "query_pause_ms": round(pause * 1000.0, 2),
-        "query_gap_median_ms": round(typical[len(typical) // 2] * 1000.0, 3) if typical else None,
-        "queries": len(done),
-        "probe_acks": acks.acked,
-    }
-    results.details.setdefault("rotation", {}).setdefault(scenario.case, []).append(detail)
+    pause = longest_gap(done, signal_.received - gap, signal_.received + AFTER_S / 2)
+    return BoundaryRound(loaded, acks, done, gap, pause)
