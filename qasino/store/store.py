@@ -1308,8 +1308,9 @@ class Store:
                             max_rows=max_rows,
                             cancelled=cancelled,
                         )
-                    else:  # DESC: a few rows, answered whole
-                        result = self._run(command, use_write_db)
+                    else:  # DESC: a few rows, answered whole, from the same snapshot
+                        self.pin_again(gen_file)
+                        result = self._run_on(gen_file, command)
                         stream = RowStream(
                             result.column_names,
                             iter(result.rows),
