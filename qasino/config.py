@@ -25,7 +25,7 @@ else:  # pragma: no cover - Python 3.10
 
 ENV_PREFIX = "QASINO_"
 # Flags that are about this run, not settings.
-NOT_SETTINGS = frozenset({"help", "version", "config", "print_config"})
+NOT_SETTINGS = frozenset({"help", "version", "config", "print_config", "http_fd", "ready_fd"})
 SECRET_WORDS = ("password", "passwd", "secret", "token", "credential")
 MASK = "********"
 _TRUE = ("1", "true", "yes", "on")

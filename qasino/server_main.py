@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import urllib.parse
 from collections.abc import Sequence
@@ -310,6 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads answering queries at once, each with its own SQLite connection "
         "(default %(default)s)",
     )
+    p.add_argument(
+        "--workers",
+        type=_non_negative,
+        default=d.workers,
+        help="HTTP worker processes: they read and answer HTTP on the HTTP port and "
+        "hand publishes to the process that owns the store, which a supervisor "
+        "restarts if it dies; 0 = one process (docs/performance.md) (default %(default)s)",
+    )
+    # Set by the --workers supervisor on the store process it starts.
+    p.add_argument("--http-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     nats = p.add_argument_group("NATS JetStream (docs/scaling.md)")
     nats.add_argument(
         "--nats",
@@ -408,6 +420,15 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         nats=args.nats or None,
         nats_replicas=args.nats_replicas,
         nats_max_age_s=args.nats_max_age,
+        workers=args.workers,
+        http_fd=args.http_fd,
+        worker_args=(
+            "--log-level",
+            args.log_level,
+            "--log-format",
+            args.log_format,
+            *(("--log-file", args.log_file) if args.log_file else ()),
+        ),
     ).resolved()
 
 
@@ -418,6 +439,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stdout.write(render_config(parser, args))
         return 0
     config = config_from_args(args)
+    if config.workers and config.http_fd is None:
+        # The supervisor: it binds the HTTP port and runs the store process
+        # (this program again, with --http-fd), restarting it if it dies.
+        if config.http_port is None:
+            sys.stderr.write("qasino_server: --workers needs the HTTP port (--http-port)\n")
+            return 2
+        from qasino.service import LISTEN_BACKLOG
+        from qasino.workers import supervise
+
+        bind = "127.0.0.1" if config.http_loopback_only else config.bind
+        return supervise(
+            list(argv) if argv is not None else sys.argv[1:],
+            bind,
+            config.http_port,
+            LISTEN_BACKLOG,
+        )
+    if config.http_fd is not None:
+        from qasino.workers import set_parent_death_signal
+
+        set_parent_death_signal()
     # One server per --db-dir, decided before anything (logging included)
     # happens: a second server exits with one line and touches nothing.
     from qasino.store.lock import DataDirLock
@@ -496,6 +537,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if log_file is not None:
         server.reload_hooks.append(log_file.reopen)  # logrotate: move, then SIGHUP
     install_sighup(reactor, server)
+    if args.ready_fd is not None:
+        # Tell the --workers supervisor that this store process is up.
+        try:
+            os.write(args.ready_fd, b"1")
+            os.close(args.ready_fd)
+        except OSError:
+            pass
     # What start-up built lives as long as the process: keep it out of the
     # cyclic GC's full collections.
     gc.freeze()

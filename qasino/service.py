@@ -46,6 +46,7 @@ from qasino.ops import Dispatcher
 from qasino.store.lock import DataDirLock
 from qasino.store.query import QueryLimits
 from qasino.store.store import Store, StoreConfig
+from qasino.workers import WorkerPool
 
 if TYPE_CHECKING:  # only for the annotation: nothing NATS is imported at run time
     from qasino.nats.service import NatsService
@@ -111,6 +112,11 @@ class ServerConfig:
     nats: Optional[str] = None
     nats_replicas: int = 1
     nats_max_age_s: float = 0.0
+    # --workers N (qasino/workers.py): set in the store process, which gets
+    # the supervisor's HTTP socket as http_fd, and the workers' log flags.
+    workers: int = 0
+    http_fd: Optional[int] = None
+    worker_args: tuple[str, ...] = ()
 
     def resolved(self) -> ServerConfig:
         """Fill the defaults that depend on the machine."""
@@ -363,6 +369,7 @@ class QasinoServer(MultiService):
             self.metrics.readiness_checks.append(self.nats.status)
             self.metrics.add_families(self.nats.metric_families)
         self.http: Optional[TCPListenService] = None
+        self.workers: Optional[WorkerPool] = None
         self.line: Optional[TCPListenService] = None
         if config.http_port is not None:
             site = make_site(
@@ -376,15 +383,39 @@ class QasinoServer(MultiService):
             # Publishes read by the lean path, everything else by the site
             # (HTTPS keeps the site alone: its basic auth guards every path).
             api = site.resource.api
-            self.http = TCPListenService(
-                "HTTP",
-                reactor,
-                config.http_port,
-                ApiFastFactory(site, api, config.max_body_bytes),
-                bind,
-                max_connections=config.max_connections,
-            )
-            self.http.setServiceParent(self)
+            fast = ApiFastFactory(site, api, config.max_body_bytes)
+            if config.workers and config.http_fd is not None:
+                # The workers accept on the supervisor's socket; what they
+                # do not answer comes here, on a private loopback port.
+                self.http = TCPListenService(
+                    "worker proxy",
+                    reactor,
+                    0,
+                    fast,
+                    "127.0.0.1",
+                    max_connections=config.max_connections,
+                )
+                self.http.setServiceParent(self)
+                proxy = self.http
+                self.workers = WorkerPool(
+                    reactor,
+                    config.workers,
+                    config.http_fd,
+                    api,
+                    lambda: proxy.port,
+                    ["--max-body-bytes", str(config.max_body_bytes), *config.worker_args],
+                )
+                self.workers.setServiceParent(self)
+            else:
+                self.http = TCPListenService(
+                    "HTTP",
+                    reactor,
+                    config.http_port,
+                    fast,
+                    bind,
+                    max_connections=config.max_connections,
+                )
+                self.http.setServiceParent(self)
         self.https: Optional[TCPListenService] = None
         self.redirect: Optional[TCPListenService] = None
         if config.https_port is not None:
@@ -552,7 +583,11 @@ class QasinoServer(MultiService):
         """The real ports, once started."""
         return {
             "line": self.line.port if self.line else None,
-            "http": self.http.port if self.http else None,
+            "http": (
+                self.workers.address()[1]
+                if self.workers
+                else (self.http.port if self.http else None)
+            ),
             "https": self.https.port if self.https else None,
             "redirect": self.redirect.port if self.redirect else None,
             "zmq": self.zmq.rpc_port,

@@ -35,6 +35,11 @@ MAX_HEAD_BYTES = 16384
 
 _REQUEST_PATH = b"/request"
 
+# What a factory's ``answer`` may fire with instead of a reply: the request
+# is not one this path answers after all; the site serves it (and the rest
+# of the connection).
+HAND_OFF = object()
+
 
 class _DateCache:
     """The Date header's value, formatted once a second."""
@@ -133,6 +138,8 @@ class ApiChannel(Protocol, TimeoutMixin):
         self._inner: Optional[Protocol] = None
         self._peer: Optional[str] = None
         self._serving = False  # in _serve's loop (a reply fired at once returns to it)
+        # The buffer the pending request starts, and where it ends there.
+        self._asked: Optional[tuple[bytes, int]] = None
         # A body still arriving: its pieces, kept apart until the request is
         # whole (joining once, not copying the buffer at every read).
         self._pieces: list[bytes] = []
@@ -213,12 +220,14 @@ class ApiChannel(Protocol, TimeoutMixin):
                 return
             body = buffer[start : start + length]
             try:
-                d = self.factory.api.post_reply(query_string_args(query), body, self._peer)
+                d = self.factory.answer(query, body, self._peer)
             except Exception:
                 d = fail()  # answered 500 and logged, as twisted.web would
             if isinstance(d, dict):
                 self._hand_off()  # op=query: the shapes and streaming live there
                 return
+            # Kept until the reply: a late HAND_OFF gives the request to the site.
+            self._asked = (buffer, start + length)
             self._buffer = buffer[start + length :]
             self._busy = True
             if close:
@@ -230,6 +239,14 @@ class ApiChannel(Protocol, TimeoutMixin):
 
     def _reply(self, result: Any, close: bool) -> None:
         self._busy = False
+        asked, self._asked = self._asked, None
+        if result is HAND_OFF and asked is not None:
+            # Not a publish after all (--workers: op=query came back).
+            if not self._gone:
+                self._closing = False
+                self._buffer = asked[0][: asked[1]] + self._buffer
+                self._hand_off()
+            return
         if self._gone:
             if isinstance(result, Failure):
                 log.failure("request failed", result)
@@ -280,6 +297,12 @@ class ApiFastFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> ApiChannel:
         return ApiChannel(self)
+
+    def answer(self, query: bytes, body: bytes, peer: Optional[str]) -> Any:
+        """The reply to ``POST /request?QUERY`` with ``body``: what
+        :meth:`RequestResource.post_reply` gives (a worker process's
+        factory forwards it to the store process instead)."""
+        return self.api.post_reply(query_string_args(query), body, peer)
 
     # The listener starts and stops the site along with this factory.
     def doStart(self) -> None:

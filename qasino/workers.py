@@ -1,0 +1,663 @@
+"""``--workers N``: HTTP publishes read in N worker processes, applied by one.
+
+Three kinds of process (docs/performance.md, "Worker processes"):
+
+- **The supervisor** (``qasino_server --workers N``) binds the HTTP port and
+  keeps that socket for its whole life, starts the store process with the
+  socket inherited, and starts it again whenever it dies after it had come
+  up (a store process that cannot start ends the supervisor with its exit
+  code, as ``--workers 0`` would). SIGTERM, SIGINT and SIGHUP are passed on.
+- **The store process** is the server as with ``--workers 0`` (store,
+  rotation, queries, ZeroMQ, line protocol, HTTPS, web UI) except that it
+  accepts nothing on the public HTTP socket: it hands the socket to N
+  **workers** (:class:`WorkerPool`, which restarts any that exits) and
+  answers what they forward over one Unix socket each.
+- **A worker** (``python -m qasino.workers``) accepts HTTP connections on
+  the shared socket. ``POST /request`` bodies go, framed, over its Unix
+  socket to the store process, which answers them with
+  :meth:`RequestResource.post_reply` (the same code, so the same reply
+  bytes) once the publish is in the writer generation; the worker writes
+  the HTTP reply. Everything else - the web UI, GET, queries (also
+  ``op=query`` in a POST, which the store process sends back), chunked
+  bodies, ``/metrics`` - is proxied byte for byte to a private loopback
+  HTTP port of the store process.
+
+A worker whose Unix socket closes (the store process died) answers every
+publish still waiting with 503 and exits; the supervisor's new store
+process starts new workers on the same socket, and connections that came
+meanwhile wait in its backlog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.protocol import (
+    ClientFactory,
+    Factory,
+    ProcessProtocol,
+    Protocol,
+    connectionDone,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from qasino.core.render import error_shape
+from qasino.frontends.fastpath import HAND_OFF, ApiFastFactory
+
+log = Logger(namespace="qasino.workers")
+
+# Frames on a worker's Unix socket: a 4-byte big-endian length, then the
+# frame. A request: seq (4), peer length (2), peer, query-string length (4),
+# query string, body. A reply: seq (4), status-line length (2), status
+# line, body; an empty status line means "not a publish: proxy it".
+_LEN = struct.Struct("!I")
+_REQ = struct.Struct("!IH")
+_QLEN = struct.Struct("!I")
+_REP = struct.Struct("!IH")
+MAX_FRAME = 1 << 31
+
+STORE_GONE = "the server is restarting its store process; publish again"
+
+# A dead child is started again after this many seconds, doubled after each
+# quick death (up to RESTART_MAX_S), reset once one stays up RESTART_RESET_S.
+RESTART_FIRST_S = 0.25
+RESTART_MAX_S = 8.0
+RESTART_RESET_S = 30.0
+# How long a stopping store process gives its workers before SIGKILL.
+WORKER_STOP_S = 10.0
+
+
+def pack_request(seq: int, peer: Optional[str], query: bytes, body: bytes) -> bytes:
+    p = (peer or "").encode("utf-8", "replace")[:65535]
+    size = _REQ.size + len(p) + _QLEN.size + len(query) + len(body)
+    return b"".join(
+        (_LEN.pack(size), _REQ.pack(seq, len(p)), p, _QLEN.pack(len(query)), query, body)
+    )
+
+
+def unpack_request(frame: bytes) -> tuple[int, Optional[str], bytes, bytes]:
+    seq, plen = _REQ.unpack_from(frame)
+    at = _REQ.size
+    peer = frame[at : at + plen].decode("utf-8", "replace") or None
+    at += plen
+    (qlen,) = _QLEN.unpack_from(frame, at)
+    at += _QLEN.size
+    return seq, peer, frame[at : at + qlen], frame[at + qlen :]
+
+
+def pack_reply(seq: int, status: bytes, body: bytes) -> bytes:
+    return b"".join(
+        (_LEN.pack(_REP.size + len(status) + len(body)), _REP.pack(seq, len(status)), status, body)
+    )
+
+
+def unpack_reply(frame: bytes) -> tuple[int, bytes, bytes]:
+    seq, slen = _REP.unpack_from(frame)
+    at = _REP.size
+    return seq, frame[at : at + slen], frame[at + slen :]
+
+
+class FrameReader:
+    """Whole frames out of a byte stream."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buffer
+        buf += data
+        frames: list[bytes] = []
+        at = 0
+        while len(buf) - at >= _LEN.size:
+            (size,) = _LEN.unpack_from(buf, at)
+            if size >= MAX_FRAME:
+                raise ValueError(f"frame of {size} bytes")
+            end = at + _LEN.size + size
+            if end > len(buf):
+                break
+            frames.append(bytes(buf[at + _LEN.size : end]))
+            at = end
+        if at:
+            del buf[:at]
+        return frames
+
+
+def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
+    """Linux: get ``sig`` when the parent process dies (no orphans that
+    hold the data directory or the ports)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+# ---------------------------------------------------------------- supervisor
+
+
+def bind_listener(bind: str, port: int, backlog: int) -> socket.socket:
+    """The HTTP listening socket the workers share (inheritable)."""
+    infos = socket.getaddrinfo(bind or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    # Non-blocking for every process sharing it (the flag belongs to the
+    # open socket): a worker woken for a connection another took must not
+    # block in accept.
+    sock.setblocking(False)
+    return sock
+
+
+class Supervisor:
+    """Runs the store process and starts it again when it dies."""
+
+    def __init__(self, command: Sequence[str], sock: socket.socket) -> None:
+        self.command = list(command)
+        self.sock = sock
+        self.child: Optional[subprocess.Popen[bytes]] = None
+        self.stopping = False
+
+    def _say(self, text: str) -> None:
+        sys.stderr.write(f"qasino_server: {text}\n")
+        sys.stderr.flush()
+
+    def _forward(self, signum: int, frame: object) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stopping = True
+        child = self.child
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._forward)
+        delay = RESTART_FIRST_S
+        came_up_once = False
+        while True:
+            ready_r, ready_w = os.pipe()
+            command = [
+                *self.command,
+                "--http-fd",
+                str(self.sock.fileno()),
+                "--ready-fd",
+                str(ready_w),
+            ]
+            started = time.monotonic()
+            self.child = subprocess.Popen(command, pass_fds=(self.sock.fileno(), ready_w))
+            os.close(ready_w)
+            with os.fdopen(ready_r, "rb") as ready:
+                up = ready.read(1) == b"1"
+            code = self.child.wait()
+            came_up_once = came_up_once or up
+            if self.stopping:
+                return code if code >= 0 else 0
+            if not up and not came_up_once:
+                return code if code > 0 else 1  # could not start: as --workers 0 would
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            if time.monotonic() - started >= RESTART_RESET_S:
+                delay = RESTART_FIRST_S
+            self._say(
+                f"the store process (pid {self.child.pid}) ended ({how}); "
+                f"starting it again in {delay:g}s"
+            )
+            deadline = time.monotonic() + delay
+            while not self.stopping and time.monotonic() < deadline:
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            if self.stopping:
+                return 0
+            delay = min(RESTART_MAX_S, delay * 2)
+
+
+def supervise(argv: Sequence[str], bind: str, port: int, backlog: int) -> int:
+    try:
+        sock = bind_listener(bind, port, backlog)
+    except OSError as e:
+        sys.stderr.write(f"qasino_server: cannot start: Couldn't listen on {bind}:{port}: {e}\n")
+        return 1
+    command = [sys.executable, "-m", "qasino.server_main", *argv]
+    return Supervisor(command, sock).run()
+
+
+# ---------------------------------------------------------------- store process side
+
+
+class StoreChannel(Protocol):
+    """The store process's end of one worker's Unix socket."""
+
+    def __init__(self, api: Any, query_args: Any) -> None:
+        self.api = api
+        self.query_args = query_args
+        self.frames = FrameReader()
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            frames = self.frames.feed(data)
+        except ValueError as e:
+            log.error("worker channel: {error}; closing it", error=e)
+            assert self.transport is not None
+            self.transport.loseConnection()
+            return
+        for frame in frames:
+            self._answer(frame)
+
+    def _answer(self, frame: bytes) -> None:
+        seq, peer, query, body = unpack_request(frame)
+        try:
+            d = self.api.post_reply(self.query_args(query), body, peer)
+        except Exception:
+            d = fail()
+        if isinstance(d, dict):
+            self._send(seq, b"", b"")  # op=query: the worker proxies it
+            return
+        d.addBoth(self._done, seq)
+
+    def _done(self, result: Any, seq: int) -> None:
+        status, body = self.api.reply_body(result)
+        self._send(seq, status, body)
+
+    def _send(self, seq: int, status: bytes, body: bytes) -> None:
+        if self.transport is not None and self.connected:
+            self.transport.write(pack_reply(seq, status, body))
+
+
+class _WorkerProcess(ProcessProtocol):
+    """spawnProcess's protocol for one worker: notes when it ends."""
+
+    def __init__(self, pool: WorkerPool, slot: int) -> None:
+        self.pool = pool
+        self.slot = slot
+        self.pid: Optional[int] = None
+        self.ended: Deferred[None] = Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.pool._ended(self.slot, self.pid, reason)
+
+
+class WorkerPool(Service):
+    """N worker processes on the shared HTTP socket ``http_fd``, restarted
+    when they exit; their publishes answered by ``api``."""
+
+    name = "workers"
+
+    def __init__(
+        self,
+        reactor: Any,
+        count: int,
+        http_fd: int,
+        api: Any,
+        proxy_port: Any,
+        worker_args: Sequence[str],
+    ) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.http_fd = http_fd
+        self.api = api
+        self.proxy_port = proxy_port  # a callable: the private HTTP port
+        self.worker_args = list(worker_args)
+        self.procs: dict[int, Any] = {}
+        self.protocols: dict[int, _WorkerProcess] = {}
+        self.delays: dict[int, float] = {}
+        self.started_at: dict[int, float] = {}
+        self.restarts = 0
+        self.stopping = False
+
+    def address(self) -> tuple[str, int]:
+        sock = socket.socket(fileno=os.dup(self.http_fd))
+        try:
+            host, port = sock.getsockname()[:2]
+        finally:
+            sock.close()
+        return str(host), int(port)
+
+    def startService(self) -> None:
+        super().startService()
+        host, port = self.address()
+        log.info(
+            "HTTP listening on {bind}:{port} ({n} worker processes)",
+            bind=host,
+            port=port,
+            n=self.count,
+        )
+        for slot in range(self.count):
+            self._spawn(slot)
+
+    def _spawn(self, slot: int) -> None:
+        from qasino.frontends.fastpath import query_string_args
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        protocol = _WorkerProcess(self, slot)
+        command = [
+            sys.executable,
+            "-m",
+            "qasino.workers",
+            "--listen-fd",
+            "3",
+            "--channel-fd",
+            "4",
+            "--proxy-port",
+            str(self.proxy_port()),
+            "--slot",
+            str(slot),
+            *self.worker_args,
+        ]
+        try:
+            proc = self.reactor.spawnProcess(
+                protocol,
+                sys.executable,
+                command,
+                env=os.environ.copy(),
+                childFDs={0: "w", 1: 1, 2: 2, 3: self.http_fd, 4: theirs.fileno()},
+            )
+        finally:
+            theirs.close()
+        channel = StoreChannel(self.api, query_string_args)
+        factory = Factory.forProtocol(lambda: channel)
+        self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, factory)
+        ours.close()  # adopted as a copy
+        protocol.pid = proc.pid
+        self.procs[slot] = proc
+        self.protocols[slot] = protocol
+        self.started_at[slot] = time.monotonic()
+        log.info("worker {slot} started (pid {pid})", slot=slot, pid=proc.pid)
+
+    def _ended(self, slot: int, pid: Optional[int], reason: Failure) -> None:
+        self.procs.pop(slot, None)
+        self.protocols.pop(slot, None)
+        if self.stopping:
+            return
+        self.restarts += 1
+        delay = self.delays.get(slot, RESTART_FIRST_S)
+        if time.monotonic() - self.started_at.get(slot, 0.0) >= RESTART_RESET_S:
+            delay = RESTART_FIRST_S
+        self.delays[slot] = min(RESTART_MAX_S, delay * 2)
+        log.warn(
+            "worker {slot} (pid {pid}) ended ({why}); starting it again in {delay}s",
+            slot=slot,
+            pid=pid,
+            why=reason.getErrorMessage(),
+            delay=delay,
+        )
+        self.reactor.callLater(delay, self._respawn, slot)
+
+    def _respawn(self, slot: int) -> None:
+        if not self.stopping and slot not in self.procs:
+            self._spawn(slot)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self.stopping = True
+        waits = []
+        for slot, proc in list(self.procs.items()):
+            protocol = self.protocols.get(slot)
+            try:
+                proc.signalProcess("TERM")
+            except Exception:
+                continue
+            if protocol is not None:
+                waits.append(protocol.ended)
+                self.reactor.callLater(WORKER_STOP_S, self._kill, proc, protocol)
+        return DeferredList(waits)
+
+    def _kill(self, proc: Any, protocol: _WorkerProcess) -> None:
+        if not protocol.ended.called:
+            try:
+                proc.signalProcess("KILL")
+            except Exception:
+                pass
+
+
+# ---------------------------------------------------------------- worker side
+
+
+class StoreLink(Protocol):
+    """A worker's end of its Unix socket: forwards publishes, matches replies."""
+
+    def __init__(self, on_lost: Any) -> None:
+        self.frames = FrameReader()
+        self.pending: dict[int, Deferred[Any]] = {}
+        self.seq = 0
+        self.on_lost = on_lost
+        self.gone = False
+
+    def forward(self, query: bytes, body: bytes, peer: Optional[str]) -> Deferred[Any]:
+        if self.gone or self.transport is None:
+            return fail(ConnectionError(STORE_GONE))
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        d: Deferred[Any] = Deferred()
+        self.pending[self.seq] = d
+        self.transport.write(pack_request(self.seq, peer, query, body))
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            frames = self.frames.feed(data)
+        except ValueError as e:
+            log.error("store channel: {error}", error=e)
+            assert self.transport is not None
+            self.transport.loseConnection()
+            return
+        for frame in frames:
+            seq, status, body = unpack_reply(frame)
+            d = self.pending.pop(seq, None)
+            if d is not None:
+                d.callback(HAND_OFF if not status else (status, body))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.gone = True
+        pending, self.pending = self.pending, {}
+        for d in pending.values():
+            d.errback(ConnectionError(STORE_GONE))
+        self.on_lost()
+
+
+class _Back(Protocol):
+    """The proxy's connection to the store process's private HTTP port."""
+
+    def __init__(self, front: StoreProxy) -> None:
+        self.front = front
+
+    def connectionMade(self) -> None:
+        self.front.back_ready(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.front.from_back(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.front.back_lost()
+
+
+class _BackFactory(ClientFactory):
+    noisy = False
+
+    def __init__(self, front: StoreProxy) -> None:
+        self.front = front
+
+    def buildProtocol(self, addr: Any) -> _Back:
+        return _Back(self.front)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.front.back_failed(reason)
+
+
+class StoreProxy(Protocol):
+    """A client connection handed off by the worker's lean path: every byte
+    proxied to the store process's private HTTP port, both ways."""
+
+    def __init__(self, reactor: Any, port: int) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.back: Optional[_Back] = None
+        self.early: list[bytes] = []
+        self.closed = False
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.reactor.connectTCP("127.0.0.1", self.port, _BackFactory(self), timeout=10)
+
+    def back_ready(self, back: _Back) -> None:
+        if self.closed:
+            assert back.transport is not None
+            back.transport.loseConnection()
+            return
+        self.back = back
+        assert back.transport is not None and self.transport is not None
+        if self.early:
+            back.transport.write(b"".join(self.early))
+            self.early = []
+        # Each side stops reading while the other cannot take more.
+        back.transport.registerProducer(self.transport, True)  # type: ignore[attr-defined]
+        self.transport.registerProducer(back.transport, True)  # type: ignore[attr-defined]
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def back_failed(self, reason: Failure) -> None:
+        log.error("cannot reach the store process's HTTP port: {why}", why=reason.getErrorMessage())
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.back is not None and self.back.transport is not None:
+            self.back.transport.write(data)
+        else:
+            self.early.append(data)
+
+    def from_back(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def back_lost(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+        if self.back is not None and self.back.transport is not None:
+            self.back.transport.loseConnection()
+
+
+class ProxySite:
+    """Stands in for twisted.web's site in a worker's :class:`ApiFastFactory`:
+    what the lean path does not answer is proxied."""
+
+    timeOut = 60  # twisted.web's idle timeout
+
+    def __init__(self, reactor: Any, port: int) -> None:
+        self.reactor = reactor
+        self.port = port
+
+    def buildProtocol(self, addr: Any) -> StoreProxy:
+        return StoreProxy(self.reactor, self.port)
+
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass
+
+
+class WorkerFastFactory(ApiFastFactory):
+    """A worker's lean path: publishes answered by the store process."""
+
+    def answer(self, query: bytes, body: bytes, peer: Optional[str]) -> Any:
+        return self.api.link.forward(query, body, peer)
+
+
+class ForwardingApi:
+    """The lean path's ``api`` in a worker: publishes answered by the store
+    process over ``link``."""
+
+    def __init__(self, link: StoreLink) -> None:
+        from qasino.frontends.http import JSON_TYPE
+
+        self.link = link
+        self.reply_type = JSON_TYPE
+
+    def reply_body(self, result: Any) -> tuple[bytes, bytes]:
+        if isinstance(result, tuple):
+            return result
+        if isinstance(result, Failure) and result.check(ConnectionError):
+            message = str(result.value) or STORE_GONE
+            status = b"503 Service Unavailable"
+        else:
+            log.failure("forwarding a publish failed", result)
+            message, status = "Internal error", b"500 Internal Server Error"
+        from qasino.ops import encode_json
+
+        return status, encode_json(error_shape(message, ""))
+
+
+def worker_main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="qasino-worker", description="one qasino_server HTTP worker")
+    p.add_argument("--listen-fd", type=int, required=True)
+    p.add_argument("--channel-fd", type=int, required=True)
+    p.add_argument("--proxy-port", type=int, required=True)
+    p.add_argument("--slot", type=int, default=0)
+    p.add_argument("--max-body-bytes", type=int, required=True)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", default="text")
+    p.add_argument("--log-file", default=None)
+    args = p.parse_args(argv)
+    set_parent_death_signal()
+
+    import gc
+
+    from qasino.logs import start_logging
+
+    start_logging(args.log_level, args.log_format, args.log_file)
+    from qasino.server_main import GC_THRESHOLDS
+
+    gc.set_threshold(*GC_THRESHOLDS)
+
+    from twisted.internet import reactor
+
+    r: Any = reactor
+
+    def lost() -> None:
+        if r.running:
+            log.warn("worker {slot}: the store process is gone; exiting", slot=args.slot)
+            r.stop()
+
+    link = StoreLink(lost)
+    r.adoptStreamConnection(args.channel_fd, socket.AF_UNIX, Factory.forProtocol(lambda: link))
+    os.close(args.channel_fd)
+    listen = socket.socket(fileno=os.dup(args.listen_fd))
+    family = listen.family
+    listen.setblocking(False)
+    listen.close()
+    factory = WorkerFastFactory(
+        ProxySite(r, args.proxy_port),  # type: ignore[arg-type]
+        ForwardingApi(link),
+        args.max_body_bytes,
+    )
+    r.adoptStreamPort(args.listen_fd, family, factory)
+    os.close(args.listen_fd)
+    gc.freeze()
+    r.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
