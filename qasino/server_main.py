@@ -446,7 +446,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stderr.write("qasino_server: --workers needs the HTTP port (--http-port)\n")
             return 2
         from qasino.service import LISTEN_BACKLOG
+        from qasino.store.lock import DataDirLock
         from qasino.workers import supervise
+
+        # The data directory's owner is named before the port is bound, as
+        # without --workers (the store process takes the lock itself).
+        try:
+            DataDirLock.acquire(config.db_dir).release()
+        except StoreError as e:
+            sys.stderr.write(f"qasino_server: {e.message}\n")
+            return 1
 
         bind = "127.0.0.1" if config.http_loopback_only else config.bind
         return supervise(
