@@ -121,7 +121,11 @@ CASES: list[tuple[str, str, Optional[bytes]]] = [
             }
         ).encode(),
     ),
-    ("csv", request_target(op="add_csv_table_data", identity="h4"), b"tablename\nc\nx\nint\n1\n2\n"),
+    (
+        "csv",
+        request_target(op="add_csv_table_data", identity="h4"),
+        b"tablename\nc\nx\nint\n1\n2\n",
+    ),
     ("query in a POST", request_target(op="query"), b'{"sql": "SELECT 1", "use_write_db": true}'),
     ("query text", request_target(op="query", format="text"), b'{"sql": "SELECT 2 AS two"}'),
     ("too big", request_target(op="add_table_data"), b" " * 4000),
