@@ -130,6 +130,9 @@ class ProfileTarget:
 
 PROFILE = ProfileTarget()
 
+# Flags every Daemon gets after its own (bench.run --server-workers N).
+SERVER_EXTRA: list[str] = []
+
 
 class Daemon:
     """One server process. Use as a context manager."""
@@ -170,6 +173,7 @@ class Daemon:
             *("-d", str(self.tmp / "db"), "-g", f"{self.generation_s:g}", "-v", str(views)),
             *("--log-level", "info", "-i", "bench"),
             *self.extra_args,
+            *SERVER_EXTRA,
         ]
 
     def __enter__(self) -> Daemon:

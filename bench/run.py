@@ -90,6 +90,14 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument(
         "--py-spy", type=Path, default=None, metavar="DIR", help="profile each server into DIR"
     )
+    p.add_argument(
+        "--server-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start every Qasino server with --workers N (RSS and py-spy then see "
+        "only the supervisor process)",
+    )
     return p.parse_args(argv)
 
 
@@ -197,6 +205,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     started = time.monotonic()
     failed = False
     daemon.PROFILE.directory = args.py_spy
+    if args.server_workers:
+        daemon.SERVER_EXTRA[:] = ["--workers", str(args.server_workers)]
+        results.extra["server_workers"] = args.server_workers
     try:
         with Workers() as workers:
             run_phases(Run(scale, keys, workers, results))
