@@ -291,6 +291,7 @@ class QasinoServer(MultiService):
                 keep_stale=config.keep_stale,
                 persist_ttl=config.persist_ttl,
                 history=config.history,
+                journal=not config.nats,
             ),
             now=reactor.seconds(),
             views=views.views,
@@ -406,6 +407,7 @@ class QasinoServer(MultiService):
                     ["--max-body-bytes", str(config.max_body_bytes), *config.worker_args],
                 )
                 self.workers.setServiceParent(self)
+                self.reload_hooks.append(self.workers.reload)
             else:
                 self.http = TCPListenService(
                     "HTTP",

@@ -406,6 +406,14 @@ class WorkerPool(Service):
         if not self.stopping and slot not in self.procs:
             self._spawn(slot)
 
+    def reload(self) -> None:
+        """SIGHUP: the workers reopen their log file (after logrotate)."""
+        for proc in list(self.procs.values()):
+            try:
+                proc.signalProcess("HUP")
+            except Exception:
+                pass
+
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self.stopping = True
@@ -621,12 +629,13 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--log-file", default=None)
     args = p.parse_args(argv)
     set_parent_death_signal()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the handler below is in place
 
     import gc
 
     from qasino.logs import start_logging
 
-    start_logging(args.log_level, args.log_format, args.log_file)
+    log_file = start_logging(args.log_level, args.log_format, args.log_file)
     from qasino.server_main import GC_THRESHOLDS
 
     gc.set_threshold(*GC_THRESHOLDS)
@@ -634,6 +643,9 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
     from twisted.internet import reactor
 
     r: Any = reactor
+    if log_file is not None:  # before the port: "starting on" means it is in place
+        reopen = log_file.reopen
+        signal.signal(signal.SIGHUP, lambda signum, frame: r.callFromThread(reopen))
 
     def lost() -> None:
         if r.running:

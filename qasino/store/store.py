@@ -58,7 +58,7 @@ from qasino.core.identifiers import (
 from qasino.core.model import Publish, PublishOptions, Result, Table, ViewDef
 from qasino.core.persist import PersistRegistry
 from qasino.core.tables import explain_cells
-from qasino.store import history
+from qasino.store import history, journal
 from qasino.store.internal import (
     GenerationReport,
     TableEntry,
@@ -104,6 +104,9 @@ class StoreConfig:
     keep_stale: int = 0
     persist_ttl: int = 0
     history: int = 0
+    # Journal the writer generation's publishes (qasino/store/journal.py) and
+    # replay what a killed run left; off under NATS (the stream is the log).
+    journal: bool = False
 
 
 @dataclass(frozen=True)
@@ -428,6 +431,8 @@ class Store:
         self.dir_lock = dir_lock or DataDirLock.acquire(config.db_dir)
         try:
             self.gen_dir = os.path.join(config.db_dir, GENERATIONS_DIR)
+            leftover = journal.left_behind(config.db_dir) if config.journal else []
+            self._journal = journal.Journal(config.db_dir) if config.journal else None
             # Generation files are transient: whatever a previous run left is stale.
             shutil.rmtree(self.gen_dir, ignore_errors=True)
             os.makedirs(self.gen_dir)
@@ -442,6 +447,8 @@ class Store:
         # Serve an (empty) snapshot at once: static tables and the internal
         # tables are queryable from the first second.
         self.rotate(now)
+        if leftover:
+            self._replay(leftover, now)
 
     # ------------------------------------------------------------------ writer
 
@@ -479,6 +486,8 @@ class Store:
         gen_file.set_views(self._views)
         gen = WriterGeneration(gen_file, open_writer(path), now, seq)
         gen_file.file_id = file_id(path)
+        if self._journal is not None:
+            self._journal.start(seq)
         for key in self.persisted.expire(seq, self.config.persist_ttl):
             log.info(
                 "persisted table {table} of {identity} dropped: not re-published "
@@ -492,6 +501,9 @@ class Store:
                 age = max(1, seq - carried.published_seq)
                 self._apply(gen, carried.publish, now, carried=True, age=age)
                 gen.note_carried(carried.publish.table.tablename, carried.published_at)
+                self._journal_add(
+                    ["c", journal.encode_publish(carried.publish), age, carried.published_at]
+                )
             except QasinoError as e:
                 log.error(
                     "could not carry persisted table {table} of {identity} forward: {error}",
@@ -518,11 +530,76 @@ class Store:
             else:
                 self._apply(self._writer, publish, now)
                 self.persisted.record(publish, now=now, seq=self._writer.seq)
+                self._journal_add(["p", journal.encode_publish(publish), remote_addr])
         except QasinoError:
             self.counters.add(update_errors=1)
             raise
         self._note_seen(publish, now, remote_addr)
         self.counters.add(updates_completed=1, inserts_completed=nrows)
+
+    def _journal_add(self, record: list[object]) -> None:
+        j = self._journal
+        if j is None:
+            return
+        j.append(record)
+        if j.broken is not None:
+            log.error(
+                "the journal is off until the next generation ({why}): a kill -9 now "
+                "would lose this generation's publishes",
+                why=j.broken,
+            )
+            j.broken = None
+
+    def _replay(self, paths: list[str], now: float) -> None:
+        """Apply what a killed run's journal holds to the writer generation."""
+        try:
+            age_s = time.time() - max(os.path.getmtime(p) for p in paths)
+        except OSError:
+            age_s = 0.0
+        if age_s > 2 * self.config.generation_duration_s:
+            log.info(
+                "a journal of a run that ended {age:.0f}s ago is older than two "
+                "generations: not replayed",
+                age=age_s,
+            )
+        else:
+            applied = refused = 0
+            for path in paths:
+                for record in journal.read_records(path):
+                    try:
+                        self._replay_one(record, now)
+                        applied += 1
+                    except (QasinoError, ValueError, TypeError, IndexError) as e:
+                        refused += 1
+                        log.warn("journal record not replayed: {error}", error=e)
+            log.info(
+                "replayed {applied} publishes of the generation a stopped run was "
+                "filling (journal; {refused} refused)",
+                applied=applied,
+                refused=refused,
+            )
+        for path in paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _replay_one(self, record: list[Any], now: float) -> None:
+        kind = record[0]
+        if kind == "p":
+            self.publish(journal.decode_publish(record[1]), now, record[2])
+        elif kind == "n":
+            self.name_value_update(record[1], record[2], record[3], record[4], now)
+        elif kind == "c":
+            publish = journal.decode_publish(record[1])
+            age, published_at = int(record[2]), float(record[3])
+            gen = self._writer
+            self._apply(gen, publish, now, carried=True, age=age)
+            gen.note_carried(publish.table.tablename, published_at)
+            self.persisted.record(publish, now=published_at, seq=gen.seq - age)
+            self._journal_add(record)
+        else:
+            raise ValueError(f"unknown journal record {kind!r}")
 
     def _note_seen(self, publish: Publish, now: float, remote_addr: Optional[str]) -> None:
         """Fleet bookkeeping of an applied publish (docs/fleet.md)."""
@@ -761,6 +838,7 @@ class Store:
             self.counters.add(update_errors=1)
             raise
         self.persisted.record(publish, merge_cells=True, now=now, seq=self._writer.seq)
+        self._journal_add(["n", tablename, column, value, identity])
         self._note_seen(publish, now, None)
         self.counters.add(updates_completed=1, inserts_completed=1)
 
@@ -882,6 +960,8 @@ class Store:
                     if gone is not old:
                         retired.append(gone)
             disposable = [f for f in retired if self._retire_locked(f)]
+        if self._journal is not None:
+            self._journal.retire_before(new_gen.seq)  # those generations are served
         if old is not None:
             # Its query connections are of no more use (history attaches
             # the file again where it is needed).
@@ -1140,6 +1220,8 @@ class Store:
         self.static.close()
         for kept in list(self._window):
             kept.close_connections()
+        if self._journal is not None:
+            self._journal.close(delete=True)  # a clean stop: the next start is empty
         self.dir_lock.release()
 
     # ------------------------------------------------------------------ readers

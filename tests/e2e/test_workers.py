@@ -229,8 +229,10 @@ def test_a_killed_worker_is_restarted_and_no_acknowledged_publish_is_lost(
         proc.close()
 
 
-def test_a_killed_store_process_is_started_again_on_the_same_http_port(tmp_path: Path) -> None:
-    proc = new_server(tmp_path / "kill-store", generation_s=1, extra_args=["--workers", "1"])
+def test_a_killed_store_process_comes_back_on_the_same_port_with_every_acknowledged_publish(
+    tmp_path: Path,
+) -> None:
+    proc = new_server(tmp_path / "kill-store", generation_s=600, extra_args=["--workers", "1"])
     try:
         proc.start()
         assert proc.proc is not None
@@ -238,24 +240,65 @@ def test_a_killed_store_process_is_started_again_on_the_same_http_port(tmp_path:
         (store,) = children(proc.proc.pid)
         workers = children(store)
         assert len(workers) == 1
-        os.kill(store, signal.SIGKILL)
-        poll_until(lambda: proc.count_log(r"HTTP listening on") == 2, 30, "a new store process")
+        acked: list[str] = []
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=_publish_loop, args=(port, f"s{t}", 400, acked, stop))
+            for t in range(3)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            poll_until(lambda: len(acked) >= 50, 30, "50 acknowledged publishes")
+            os.kill(store, signal.SIGKILL)
+            poll_until(lambda: proc.count_log(r"HTTP listening on") == 2, 30, "a new store")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
         # Its worker went with it (parent death signal or the closed channel).
         poll_until(lambda: not alive(workers[0]), 10, "the old worker to exit")
         (new_store,) = children(proc.proc.pid)
         assert new_store != store
-        proc.wait_log(r"generation \d+ is being served", count=2)
+        assert proc.count_log(r"replayed \d+ publishes") == 1
+        assert f"the store process (pid {store}) ended (signal 9)" in proc.stderr_text()
 
-        def published() -> bool:
+        def answered() -> bool:
             try:
-                reply = post(port, publish_body("back", "again", "x"), op="add_table_data")
+                return post(port, publish_body("back", "again", "x")).status == 200
             except OSError:
                 return False
-            return reply.status == 200 and reply.json()["response_op"] == "ok"
 
-        poll_until(published, 30, "a publish acknowledged by the new store process")
+        poll_until(answered, 30, "a publish answered by the new store process")
+        seen = [r[0] for r in write_db_rows(port, "SELECT who FROM burst")]
+        assert len(seen) == len(set(seen)), "a publish applied twice"
+        assert set(acked) <= set(seen), sorted(set(acked) - set(seen))[:5]
         assert write_db_rows(port, "SELECT who FROM again") == [["x"]]
-        assert f"the store process (pid {store}) ended (signal 9)" in proc.stderr_text()
+    finally:
+        proc.close()
+
+
+def test_one_process_killed_and_started_again_has_every_acknowledged_publish(
+    tmp_path: Path,
+) -> None:
+    proc = new_server(tmp_path / "kill-one", generation_s=600)
+    try:
+        proc.start()
+        port = proc.ports["http"]
+        acked: list[str] = []
+        _publish_loop(port, "one", 30, acked, threading.Event())
+        assert len(acked) == 30
+        proc.kill()
+        proc.start(keep_ports=True)
+        seen = {r[0] for r in write_db_rows(proc.ports["http"], "SELECT who FROM burst")}
+        assert seen == set(acked)
+        assert proc.stop() == 0
+        # A clean stop leaves no journal: the next start is empty, as always.
+        proc.start(keep_ports=True)
+        reply = post(
+            proc.ports["http"], b'{"sql": "SELECT * FROM burst", "use_write_db": 1}', op="query"
+        )
+        assert b"no such table" in reply.body
     finally:
         proc.close()
 
@@ -300,3 +343,32 @@ def test_workers_need_the_http_port(tmp_path: Path) -> None:
     done = run_server_to_exit(args, tmp_path)
     assert done.returncode == 2, done
     assert "--workers needs the HTTP port" in done.stderr
+
+
+def test_sighup_makes_the_workers_reopen_the_log_file(tmp_path: Path) -> None:
+    proc = new_server(tmp_path / "hup", extra_args=["--workers", "1"])
+    try:
+        proc.start()
+        assert proc.proc is not None and proc.log_path is not None
+        poll_until(lambda: len(worker_pids(proc)) == 1, 10, "the worker")
+        worker = worker_pids(proc)[0]
+        log_path = str(proc.log_path)
+
+        def open_paths() -> set[str]:
+            found = set()
+            for fd in os.listdir(f"/proc/{worker}/fd"):
+                try:
+                    found.add(os.readlink(f"/proc/{worker}/fd/{fd}"))
+                except OSError:
+                    pass
+            return found
+
+        proc.wait_log("WorkerFastFactory starting on", timeout=10)  # its handlers are in place
+        assert log_path in open_paths()
+        os.rename(log_path, log_path + ".1")  # what logrotate does
+        assert log_path not in open_paths()
+        os.kill(proc.proc.pid, signal.SIGHUP)
+        poll_until(lambda: log_path in open_paths(), 10, "the worker to reopen its log")
+        assert alive(worker)  # the same worker, not a restarted one
+    finally:
+        proc.close()

@@ -1,0 +1,165 @@
+"""The writer generation's journal: every publish the store applied and
+acknowledged, so that a store process killed with SIGKILL (or a crash)
+loses none of the generation it was filling.
+
+One file per writer generation, ``DB_DIR/journal/RUN-SEQ.journal``
+(``RUN``: when the store started, in nanoseconds; ``SEQ``: the writer
+generation's sequence number). A record is appended - one ``write``, no
+fsync: a killed process loses nothing the kernel took; a machine crash may -
+after the publish is applied and before it is acknowledged. A file is
+deleted once its generation has been served as a snapshot; a clean
+``close`` deletes them all (a clean restart starts empty, as always).
+
+At start-up a store replays the files a killed run left (if their last
+record is recent: a journal older than two generations describes a fleet
+that has moved on) into its first writer generation, through the normal
+publish path, and then deletes them.
+
+Records are JSON arrays: ``["p", publish, remote_addr]`` (a publish),
+``["n", table, column, value, identity]`` (a name/value update), ``["c",
+publish, age, published_at]`` (a persisted table carried into this
+generation, ``age`` generations after it was published). Each record is a
+4-byte big-endian length and the JSON; a torn last record is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import time
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import orjson
+
+from qasino.core.model import Publish, PublishOptions, Table
+
+DIR = "journal"
+_LEN = struct.Struct("!I")
+_NAME = re.compile(r"^(\d+)-(\d+)\.journal$")
+
+
+def encode_publish(publish: Publish) -> list[Any]:
+    t, o = publish.table, publish.options
+    return [
+        t.tablename,
+        list(t.column_names),
+        list(t.column_types),
+        [list(r) for r in t.rows],
+        o.identity,
+        o.persist,
+        o.static,
+        o.update,
+        list(o.keycols),
+    ]
+
+
+def decode_publish(data: list[Any]) -> Publish:
+    name, cols, types, rows, identity, persist, static, update, keycols = data
+    table = Table(name, tuple(cols), tuple(types), rows)
+    return Publish(table, PublishOptions(identity, persist, static, update, tuple(keycols)))
+
+
+def _dumps(record: list[Any]) -> bytes:
+    try:
+        return orjson.dumps(record)
+    except TypeError:  # e.g. a lone surrogate, which only the stdlib writes
+        return json.dumps(record).encode("ascii")
+
+
+class Journal:
+    """Appends records to the current writer generation's file."""
+
+    def __init__(self, db_dir: str) -> None:
+        self.directory = os.path.join(db_dir, DIR)
+        os.makedirs(self.directory, exist_ok=True)
+        self.run = time.time_ns()
+        self._fd: Optional[int] = None
+        self.broken: Optional[str] = None  # why appends stopped (logged once by the store)
+
+    def _path(self, seq: int) -> str:
+        return os.path.join(self.directory, f"{self.run}-{seq:012d}.journal")
+
+    def start(self, seq: int) -> None:
+        """Records from now on belong to writer generation ``seq``."""
+        self._close_fd()
+        try:
+            self._fd = os.open(self._path(seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as e:
+            self.broken = f"cannot open {self._path(seq)}: {e.strerror or e}"
+
+    def append(self, record: list[Any]) -> None:
+        if self._fd is None:
+            return
+        data = _dumps(record)
+        try:
+            os.write(self._fd, _LEN.pack(len(data)) + data)
+        except OSError as e:
+            self.broken = f"cannot write the journal: {e.strerror or e}"
+            self._close_fd()
+
+    def retire_before(self, seq: int) -> None:
+        """Delete this run's files of generations before ``seq`` (served)."""
+        for run, file_seq, path in journal_files(self.directory):
+            if run == self.run and file_seq < seq:
+                _unlink(path)
+
+    def close(self, delete: bool = True) -> None:
+        self._close_fd()
+        if delete:
+            for _, _, path in journal_files(self.directory):
+                _unlink(path)
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+def journal_files(directory: str) -> list[tuple[int, int, str]]:
+    """(run, seq, path) of every journal file, oldest first."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        m = _NAME.match(name)
+        if m:
+            found.append((int(m.group(1)), int(m.group(2)), os.path.join(directory, name)))
+    return sorted(found)
+
+
+def read_records(path: str) -> Iterator[list[Any]]:
+    with open(path, "rb") as f:
+        data = f.read()
+    at = 0
+    while at + _LEN.size <= len(data):
+        (size,) = _LEN.unpack_from(data, at)
+        end = at + _LEN.size + size
+        if end > len(data):
+            return  # torn: the process died in the middle of this write
+        try:
+            record = orjson.loads(data[at + _LEN.size : end])
+        except orjson.JSONDecodeError:
+            try:
+                record = json.loads(data[at + _LEN.size : end])
+            except ValueError:
+                return
+        if isinstance(record, list) and record:
+            yield record
+        at = end
+
+
+def left_behind(db_dir: str) -> list[str]:
+    """The journal files a previous run left, oldest first."""
+    return [path for _, _, path in journal_files(os.path.join(db_dir, DIR))]
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
