@@ -49,6 +49,8 @@ def test_every_flag_has_help_text_with_its_default(main: str) -> None:
     for action in parser._actions:
         if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
             continue
+        if action.help == argparse.SUPPRESS:  # internal (--workers' --http-fd): not shown
+            continue
         assert action.help and "default" in action.help, (main, action.option_strings)
 
 

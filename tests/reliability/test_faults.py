@@ -219,8 +219,12 @@ class StaticLoop:
                 sock.close(linger=0)
 
 
-def ingest_loop(server: ReliabilityProcess, stop: threading.Event, errors: list[Any]) -> None:
-    """Plain (generation) publishes from ever new identities: writer load."""
+def ingest_loop(
+    server: ReliabilityProcess, stop: threading.Event, errors: list[Any], prefix: str = ""
+) -> None:
+    """Plain (generation) publishes from ever new identities: writer load.
+    (A restart after a kill replays the journal: its identities have published
+    in the new writer generation too, so each run gets a ``prefix`` of its own.)"""
     session = requests.Session()
     url = f"http://{HOST}:{server.ports['http']}/request"
     rows = [[i, "y" * 30] for i in range(200)]
@@ -229,7 +233,7 @@ def ingest_loop(server: ReliabilityProcess, stop: threading.Event, errors: list[
             if stop.is_set():
                 return
             table = make_table("crash_ingest", (("i", "integer"), ("pad", "text")), rows)
-            body = json.dumps(publish_request(f"ingest{n}", table)).encode()
+            body = json.dumps(publish_request(f"ingest{prefix}{n}", table)).encode()
             reply = session.post(url, params={"op": "add_table_data"}, data=body, timeout=10)
             if reply.json() != OK:
                 errors.append((time.monotonic(), reply.text))
@@ -286,7 +290,9 @@ def test_kill_9_mid_ingest_then_restart_serves_at_once_with_the_last_acknowledge
         ingest_errors: list[Any] = []
         threads = [threading.Thread(target=loop.run, daemon=True) for loop in loops]
         threads.append(
-            threading.Thread(target=ingest_loop, args=(server, stop, ingest_errors), daemon=True)
+            threading.Thread(
+                target=ingest_loop, args=(server, stop, ingest_errors, f"{cycle}-"), daemon=True
+            )
         )
         want = rng.randint(3, 25)  # kill at a different point every cycle
         try:
