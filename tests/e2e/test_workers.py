@@ -13,6 +13,7 @@ import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -187,6 +188,31 @@ def _publish_loop(
             acked.append(who)
 
 
+@contextmanager
+def publishers(
+    port: int, prefix: str, threads: int, count: int, finish: bool
+) -> Iterator[list[str]]:
+    """``threads`` publishers of ``count`` publishes each while the block runs;
+    yields the identities acknowledged so far. At the end of the block they
+    finish their count (``finish``) or stop."""
+    acked: list[str] = []
+    stop = threading.Event()
+    running = [
+        threading.Thread(target=_publish_loop, args=(port, f"{prefix}{t}", count, acked, stop))
+        for t in range(threads)
+    ]
+    for t in running:
+        t.start()
+    try:
+        yield acked
+    finally:
+        if not finish:
+            stop.set()
+        for t in running:
+            t.join(60)
+        stop.set()
+
+
 def test_a_killed_worker_is_restarted_and_no_acknowledged_publish_is_lost(
     tmp_path: Path,
 ) -> None:
@@ -196,31 +222,19 @@ def test_a_killed_worker_is_restarted_and_no_acknowledged_publish_is_lost(
         port = proc.ports["http"]
         poll_until(lambda: len(worker_pids(proc)) == 2, 10, "both workers")
         first = worker_pids(proc)
-        acked: list[str] = []
-        stop = threading.Event()
-        threads = [
-            threading.Thread(target=_publish_loop, args=(port, f"p{t}", 150, acked, stop))
-            for t in range(4)
-        ]
-        for t in threads:
-            t.start()
-        try:
+        with publishers(port, "p", threads=4, count=150, finish=True) as acked:
             poll_until(lambda: len(acked) >= 60, 30, "60 acknowledged publishes")
             os.kill(first[0], signal.SIGKILL)
             poll_until(
                 lambda: worker_pids(proc).get(0) not in (None, first[0]), 30, "worker 0 again"
             )
-        finally:
-            for t in threads:
-                t.join(60)
-            stop.set()
         assert len(acked) > 300, len(acked)  # the other worker went on serving
         rows = write_db_rows(port, "SELECT who FROM burst")
         seen = [r[0] for r in rows]
         assert len(seen) == len(set(seen)), "a publish applied twice"
         assert set(acked) <= set(seen)
         assert alive(worker_pids(proc)[0]) and alive(worker_pids(proc)[1])
-        # The new worker serves: enough fresh connections reach both.
+        # Publishing goes on after the restart.
         for k in range(40):
             reply = post(port, publish_body(f"after-{k}", "burst", f"after-{k}"))
             assert reply.json()["response_op"] == "ok", reply
@@ -240,22 +254,10 @@ def test_a_killed_store_process_comes_back_on_the_same_port_with_every_acknowled
         (store,) = children(proc.proc.pid)
         workers = children(store)
         assert len(workers) == 1
-        acked: list[str] = []
-        stop = threading.Event()
-        threads = [
-            threading.Thread(target=_publish_loop, args=(port, f"s{t}", 400, acked, stop))
-            for t in range(3)
-        ]
-        for t in threads:
-            t.start()
-        try:
+        with publishers(port, "s", threads=3, count=400, finish=False) as acked:
             poll_until(lambda: len(acked) >= 50, 30, "50 acknowledged publishes")
             os.kill(store, signal.SIGKILL)
             poll_until(lambda: proc.count_log(r"HTTP listening on") == 2, 30, "a new store")
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(60)
         # Its worker went with it (parent death signal or the closed channel).
         poll_until(lambda: not alive(workers[0]), 10, "the old worker to exit")
         (new_store,) = children(proc.proc.pid)
