@@ -404,7 +404,13 @@ class QasinoServer(MultiService):
                     config.http_fd,
                     api,
                     lambda: proxy.port,
-                    ["--max-body-bytes", str(config.max_body_bytes), *config.worker_args],
+                    [
+                        "--max-body-bytes",
+                        str(config.max_body_bytes),
+                        "--max-connections",
+                        str(config.max_connections),
+                        *config.worker_args,
+                    ],
                 )
                 self.workers.setServiceParent(self)
                 self.reload_hooks.append(self.workers.reload)

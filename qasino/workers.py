@@ -624,6 +624,7 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--proxy-port", type=int, required=True)
     p.add_argument("--slot", type=int, default=0)
     p.add_argument("--max-body-bytes", type=int, required=True)
+    p.add_argument("--max-connections", type=int, default=0)
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", default="text")
     p.add_argument("--log-file", default=None)
@@ -659,13 +660,18 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
     family = listen.family
     listen.setblocking(False)
     listen.close()
-    factory = WorkerFastFactory(
+    factory: Any = WorkerFastFactory(
         ProxySite(r, args.proxy_port),  # type: ignore[arg-type]
         ForwardingApi(link),
         args.max_body_bytes,
     )
+    if args.max_connections:
+        from qasino.service import ConnectionLimitFactory
+
+        factory = ConnectionLimitFactory(factory, args.max_connections, f"HTTP worker {args.slot}")
     r.adoptStreamPort(args.listen_fd, family, factory)
     os.close(args.listen_fd)
+    log.info("worker {slot} (pid {pid}) serving HTTP", slot=args.slot, pid=os.getpid())
     gc.freeze()
     r.run()
     return 0

@@ -502,7 +502,8 @@ class Store:
                 self._apply(gen, carried.publish, now, carried=True, age=age)
                 gen.note_carried(carried.publish.table.tablename, carried.published_at)
                 self._journal_add(
-                    ["c", journal.encode_publish(carried.publish), age, carried.published_at]
+                    ["c", journal.describe(carried.publish), age, carried.published_at],
+                    carried.publish.table.rows,
                 )
             except QasinoError as e:
                 log.error(
@@ -530,18 +531,18 @@ class Store:
             else:
                 self._apply(self._writer, publish, now)
                 self.persisted.record(publish, now=now, seq=self._writer.seq)
-                self._journal_add(["p", journal.encode_publish(publish), remote_addr])
+                self._journal_add(["p", journal.describe(publish), remote_addr], publish.table.rows)
         except QasinoError:
             self.counters.add(update_errors=1)
             raise
         self._note_seen(publish, now, remote_addr)
         self.counters.add(updates_completed=1, inserts_completed=nrows)
 
-    def _journal_add(self, record: list[object]) -> None:
+    def _journal_add(self, record: list[object], rows: Optional[Sequence[object]] = None) -> None:
         j = self._journal
         if j is None:
             return
-        j.append(record)
+        j.append(record, rows)
         if j.broken is not None:
             log.error(
                 "the journal is off until the next generation ({why}): a kill -9 now "
@@ -587,17 +588,17 @@ class Store:
     def _replay_one(self, record: list[Any], now: float) -> None:
         kind = record[0]
         if kind == "p":
-            self.publish(journal.decode_publish(record[1]), now, record[2])
+            self.publish(journal.rebuild(record[1], record[3]), now, record[2])
         elif kind == "n":
             self.name_value_update(record[1], record[2], record[3], record[4], now)
         elif kind == "c":
-            publish = journal.decode_publish(record[1])
+            publish = journal.rebuild(record[1], record[4])
             age, published_at = int(record[2]), float(record[3])
             gen = self._writer
             self._apply(gen, publish, now, carried=True, age=age)
             gen.note_carried(publish.table.tablename, published_at)
             self.persisted.record(publish, now=published_at, seq=gen.seq - age)
-            self._journal_add(record)
+            self._journal_add(record[:4], publish.table.rows)
         else:
             raise ValueError(f"unknown journal record {kind!r}")
 

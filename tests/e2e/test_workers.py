@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -365,12 +366,38 @@ def test_sighup_makes_the_workers_reopen_the_log_file(tmp_path: Path) -> None:
                     pass
             return found
 
-        proc.wait_log("WorkerFastFactory starting on", timeout=10)  # its handlers are in place
+        proc.wait_log(r"worker 0 \(pid \d+\) serving HTTP", timeout=10)  # its handlers are in place
         assert log_path in open_paths()
         os.rename(log_path, log_path + ".1")  # what logrotate does
         assert log_path not in open_paths()
         os.kill(proc.proc.pid, signal.SIGHUP)
         poll_until(lambda: log_path in open_paths(), 10, "the worker to reopen its log")
         assert alive(worker)  # the same worker, not a restarted one
+    finally:
+        proc.close()
+
+
+def test_max_connections_applies_to_each_worker(tmp_path: Path) -> None:
+    proc = new_server(tmp_path / "limit", extra_args=["--workers", "1", "--max-connections", "2"])
+    try:
+        proc.start()
+        proc.wait_log(r"worker 0 \(pid \d+\) serving HTTP", timeout=10)
+        port = proc.ports["http"]
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        try:
+            for s in held:  # both are served
+                s.sendall(b"GET /-/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert s.recv(100).startswith(b"HTTP/1.1 ")
+            extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+            with extra:
+                try:
+                    got = extra.recv(100)
+                except ConnectionResetError:
+                    got = b""
+                assert got == b""  # closed at once: over the limit
+        finally:
+            for s in held:
+                s.close()
+        poll_until(lambda: post(port, b'{"op": "nope"}').status == 200, 10, "room again")
     finally:
         proc.close()

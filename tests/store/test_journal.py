@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from qasino.core.errors import PublishRejected
@@ -173,3 +174,27 @@ def test_cells_of_every_kind_round_trip(tmp_path: Path, stores: list[Store]) -> 
     stores.append(second)
     got = rows(second, "SELECT v FROM odd ORDER BY rowid", use_write_db=True)
     assert [r[0] for r in got] == [str(c) if isinstance(c, (int, float)) else c for c in cells]
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 4, 7, 9])
+def test_rows_encoded_in_slices_read_back_the_same(
+    count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "ROW_SLICE", 3)
+    rows = [(i, f"r{i}", None) if i % 2 else [i, f"r{i}", 1.5] for i in range(count)]
+    data = journal.with_rows(["p", ["t"], None], rows)
+    assert orjson.loads(data) == ["p", ["t"], None, [list(r) for r in rows]]
+
+
+def test_a_big_table_survives_a_kill(tmp_path: Path, stores: list[Store]) -> None:
+    cfg = config(tmp_path)
+    first = Store(cfg, now=NOW)
+    stores.append(first)
+    big = table("big", "i INTEGER, s TEXT", [[i, f"row {i}"] for i in range(25_000)])
+    publish(first, big, identity="a")
+    killed(first)
+    second = Store(cfg, now=NOW + 5)
+    stores.append(second)
+    assert rows(second, "SELECT count(*), sum(i) FROM big", use_write_db=True) == [
+        (25_000, sum(range(25_000)))
+    ]
