@@ -76,6 +76,23 @@ STORE_GONE = "the server is restarting its store process; publish again"
 RESTART_FIRST_S = 0.25
 RESTART_MAX_S = 8.0
 RESTART_RESET_S = 30.0
+
+
+class Backoff:
+    """How long to wait before starting a dead child again."""
+
+    def __init__(self) -> None:
+        self._next = RESTART_FIRST_S
+
+    def after(self, up_s: float) -> float:
+        """The wait after a child that ran ``up_s`` seconds died."""
+        if up_s >= RESTART_RESET_S:
+            self._next = RESTART_FIRST_S
+        delay = self._next
+        self._next = min(RESTART_MAX_S, delay * 2)
+        return delay
+
+
 # How long a stopping store process gives its workers before SIGKILL.
 WORKER_STOP_S = 10.0
 
@@ -193,7 +210,7 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._forward)
-        delay = RESTART_FIRST_S
+        backoff = Backoff()
         came_up_once = False
         while True:
             ready_r, ready_w = os.pipe()
@@ -216,8 +233,7 @@ class Supervisor:
             if not up and not came_up_once:
                 return code if code > 0 else 1  # could not start: as --workers 0 would
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
-            if time.monotonic() - started >= RESTART_RESET_S:
-                delay = RESTART_FIRST_S
+            delay = backoff.after(time.monotonic() - started)
             self._say(
                 f"the store process (pid {self.child.pid}) ended ({how}); "
                 f"starting it again in {delay:g}s"
@@ -227,7 +243,6 @@ class Supervisor:
                 time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
             if self.stopping:
                 return 0
-            delay = min(RESTART_MAX_S, delay * 2)
 
 
 def supervise(argv: Sequence[str], bind: str, port: int, backlog: int) -> int:
@@ -319,7 +334,7 @@ class WorkerPool(Service):
         self.worker_args = list(worker_args)
         self.procs: dict[int, Any] = {}
         self.protocols: dict[int, _WorkerProcess] = {}
-        self.delays: dict[int, float] = {}
+        self.backoffs: dict[int, Backoff] = {}
         self.started_at: dict[int, float] = {}
         self.restarts = 0
         self.stopping = False
@@ -389,10 +404,8 @@ class WorkerPool(Service):
         if self.stopping:
             return
         self.restarts += 1
-        delay = self.delays.get(slot, RESTART_FIRST_S)
-        if time.monotonic() - self.started_at.get(slot, 0.0) >= RESTART_RESET_S:
-            delay = RESTART_FIRST_S
-        self.delays[slot] = min(RESTART_MAX_S, delay * 2)
+        backoff = self.backoffs.setdefault(slot, Backoff())
+        delay = backoff.after(time.monotonic() - self.started_at.get(slot, 0.0))
         log.warn(
             "worker {slot} (pid {pid}) ended ({why}); starting it again in {delay}s",
             slot=slot,

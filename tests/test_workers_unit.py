@@ -12,7 +12,9 @@ from twisted.python.failure import Failure
 
 from qasino.frontends.fastpath import HAND_OFF, query_string_args
 from qasino.workers import (
+    RESTART_RESET_S,
     STORE_GONE,
+    Backoff,
     ForwardingApi,
     FrameReader,
     StoreChannel,
@@ -104,3 +106,10 @@ def test_the_worker_end_matches_replies_and_fails_what_waits_when_the_store_goes
     late: list[Any] = []
     link.forward(b"", b"d", None).addBoth(late.append)
     assert isinstance(late[0], Failure)
+
+
+def test_restarts_back_off_while_a_child_dies_quickly_and_reset_after_a_long_run() -> None:
+    backoff = Backoff()
+    assert [backoff.after(1.0) for _ in range(7)] == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+    assert backoff.after(RESTART_RESET_S) == 0.25
+    assert backoff.after(0.1) == 0.5
