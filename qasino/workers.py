@@ -258,26 +258,40 @@ def supervise(argv: Sequence[str], bind: str, port: int, backlog: int) -> int:
 # ---------------------------------------------------------------- store process side
 
 
-class StoreChannel(Protocol):
-    """The store process's end of one worker's Unix socket."""
+class _Framed(Protocol):
+    """One end of a worker's Unix socket: bytes in, whole frames out."""
 
-    def __init__(self, api: Any, query_args: Any) -> None:
-        self.api = api
-        self.query_args = query_args
+    side = "channel"
+
+    def __init__(self) -> None:
         self.frames = FrameReader()
 
     def dataReceived(self, data: bytes) -> None:
         try:
             frames = self.frames.feed(data)
         except ValueError as e:
-            log.error("worker channel: {error}; closing it", error=e)
+            log.error("{side}: {error}; closing it", side=self.side, error=e)
             assert self.transport is not None
             self.transport.loseConnection()
             return
         for frame in frames:
-            self._answer(frame)
+            self.frame_received(frame)
 
-    def _answer(self, frame: bytes) -> None:
+    def frame_received(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+
+class StoreChannel(_Framed):
+    """The store process's end of one worker's Unix socket."""
+
+    side = "worker channel"
+
+    def __init__(self, api: Any, query_args: Any) -> None:
+        super().__init__()
+        self.api = api
+        self.query_args = query_args
+
+    def frame_received(self, frame: bytes) -> None:
         seq, peer, query, body = unpack_request(frame)
         try:
             d = self.api.post_reply(self.query_args(query), body, peer)
@@ -453,11 +467,13 @@ class WorkerPool(Service):
 # ---------------------------------------------------------------- worker side
 
 
-class StoreLink(Protocol):
+class StoreLink(_Framed):
     """A worker's end of its Unix socket: forwards publishes, matches replies."""
 
+    side = "store channel"
+
     def __init__(self, on_lost: Any) -> None:
-        self.frames = FrameReader()
+        super().__init__()
         self.pending: dict[int, Deferred[Any]] = {}
         self.seq = 0
         self.on_lost = on_lost
@@ -472,19 +488,11 @@ class StoreLink(Protocol):
         self.transport.write(pack_request(self.seq, peer, query, body))
         return d
 
-    def dataReceived(self, data: bytes) -> None:
-        try:
-            frames = self.frames.feed(data)
-        except ValueError as e:
-            log.error("store channel: {error}", error=e)
-            assert self.transport is not None
-            self.transport.loseConnection()
-            return
-        for frame in frames:
-            seq, status, body = unpack_reply(frame)
-            d = self.pending.pop(seq, None)
-            if d is not None:
-                d.callback(HAND_OFF if not status else (status, body))
+    def frame_received(self, frame: bytes) -> None:
+        seq, status, body = unpack_reply(frame)
+        d = self.pending.pop(seq, None)
+        if d is not None:
+            d.callback(HAND_OFF if not status else (status, body))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.gone = True

@@ -113,3 +113,12 @@ def test_restarts_back_off_while_a_child_dies_quickly_and_reset_after_a_long_run
     assert [backoff.after(1.0) for _ in range(7)] == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
     assert backoff.after(RESTART_RESET_S) == 0.25
     assert backoff.after(0.1) == 0.5
+
+
+@pytest.mark.parametrize("end", ["store", "worker"])
+def test_a_garbled_channel_is_closed(end: str) -> None:
+    protocol = StoreChannel(FakeApi(), query_string_args) if end == "store" else StoreLink(list)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"\xff\xff\xff\xff")
+    assert transport.disconnecting
