@@ -384,19 +384,19 @@ class QasinoServer(MultiService):
             # Publishes read by the lean path, everything else by the site
             # (HTTPS keeps the site alone: its basic auth guards every path).
             api = site.resource.api
-            fast = ApiFastFactory(site, api, config.max_body_bytes)
-            if config.workers and config.http_fd is not None:
-                # The workers accept on the supervisor's socket; what they
-                # do not answer comes here, on a private loopback port.
-                self.http = TCPListenService(
-                    "worker proxy",
-                    reactor,
-                    0,
-                    fast,
-                    "127.0.0.1",
-                    max_connections=config.max_connections,
-                )
-                self.http.setServiceParent(self)
+            with_workers = bool(config.workers and config.http_fd is not None)
+            # With workers, they accept on the supervisor's socket; what they
+            # do not answer comes here, on a private loopback port.
+            self.http = TCPListenService(
+                "worker proxy" if with_workers else "HTTP",
+                reactor,
+                0 if with_workers else config.http_port,
+                ApiFastFactory(site, api, config.max_body_bytes),
+                "127.0.0.1" if with_workers else bind,
+                max_connections=config.max_connections,
+            )
+            self.http.setServiceParent(self)
+            if with_workers and config.http_fd is not None:
                 proxy = self.http
                 self.workers = WorkerPool(
                     reactor,
@@ -414,16 +414,6 @@ class QasinoServer(MultiService):
                 )
                 self.workers.setServiceParent(self)
                 self.reload_hooks.append(self.workers.reload)
-            else:
-                self.http = TCPListenService(
-                    "HTTP",
-                    reactor,
-                    config.http_port,
-                    fast,
-                    bind,
-                    max_connections=config.max_connections,
-                )
-                self.http.setServiceParent(self)
         self.https: Optional[TCPListenService] = None
         self.redirect: Optional[TCPListenService] = None
         if config.https_port is not None:

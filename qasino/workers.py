@@ -55,7 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qasino.core.render import error_shape
-from qasino.frontends.fastpath import HAND_OFF, ApiFastFactory
+from qasino.frontends.fastpath import HAND_OFF, ApiFastFactory, query_string_args
 
 log = Logger(namespace="qasino.workers")
 
@@ -286,15 +286,14 @@ class StoreChannel(_Framed):
 
     side = "worker channel"
 
-    def __init__(self, api: Any, query_args: Any) -> None:
+    def __init__(self, api: Any) -> None:
         super().__init__()
         self.api = api
-        self.query_args = query_args
 
     def frame_received(self, frame: bytes) -> None:
         seq, peer, query, body = unpack_request(frame)
         try:
-            d = self.api.post_reply(self.query_args(query), body, peer)
+            d = self.api.post_reply(query_string_args(query), body, peer)
         except Exception:
             d = fail()
         if isinstance(d, dict):
@@ -318,11 +317,19 @@ class _WorkerProcess(ProcessProtocol):
         self.pool = pool
         self.slot = slot
         self.pid: Optional[int] = None
+        self.started_at = time.monotonic()
         self.ended: Deferred[None] = Deferred()
+
+    def signal(self, name: str) -> None:
+        if self.transport is not None and not self.ended.called:
+            try:
+                self.transport.signalProcess(name)
+            except Exception:  # already gone (ProcessExitedAlready)
+                pass
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)
-        self.pool._ended(self.slot, self.pid, reason)
+        self.pool._ended(self, reason)
 
 
 class WorkerPool(Service):
@@ -346,11 +353,8 @@ class WorkerPool(Service):
         self.api = api
         self.proxy_port = proxy_port  # a callable: the private HTTP port
         self.worker_args = list(worker_args)
-        self.procs: dict[int, Any] = {}
-        self.protocols: dict[int, _WorkerProcess] = {}
+        self.children: dict[int, _WorkerProcess] = {}  # slot -> the running worker
         self.backoffs: dict[int, Backoff] = {}
-        self.started_at: dict[int, float] = {}
-        self.restarts = 0
         self.stopping = False
 
     def address(self) -> tuple[str, int]:
@@ -374,8 +378,6 @@ class WorkerPool(Service):
             self._spawn(slot)
 
     def _spawn(self, slot: int) -> None:
-        from qasino.frontends.fastpath import query_string_args
-
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         protocol = _WorkerProcess(self, slot)
         command = [
@@ -402,66 +404,50 @@ class WorkerPool(Service):
             )
         finally:
             theirs.close()
-        channel = StoreChannel(self.api, query_string_args)
+        channel = StoreChannel(self.api)
         factory = Factory.forProtocol(lambda: channel)
         self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, factory)
         ours.close()  # adopted as a copy
         protocol.pid = proc.pid
-        self.procs[slot] = proc
-        self.protocols[slot] = protocol
-        self.started_at[slot] = time.monotonic()
+        self.children[slot] = protocol
         log.info("worker {slot} started (pid {pid})", slot=slot, pid=proc.pid)
 
-    def _ended(self, slot: int, pid: Optional[int], reason: Failure) -> None:
-        self.procs.pop(slot, None)
-        self.protocols.pop(slot, None)
+    def _ended(self, child: _WorkerProcess, reason: Failure) -> None:
+        slot = child.slot
+        if self.children.get(slot) is child:
+            del self.children[slot]
         if self.stopping:
             return
-        self.restarts += 1
         backoff = self.backoffs.setdefault(slot, Backoff())
-        delay = backoff.after(time.monotonic() - self.started_at.get(slot, 0.0))
+        delay = backoff.after(time.monotonic() - child.started_at)
         log.warn(
             "worker {slot} (pid {pid}) ended ({why}); starting it again in {delay}s",
             slot=slot,
-            pid=pid,
+            pid=child.pid,
             why=reason.getErrorMessage(),
             delay=delay,
         )
         self.reactor.callLater(delay, self._respawn, slot)
 
     def _respawn(self, slot: int) -> None:
-        if not self.stopping and slot not in self.procs:
+        if not self.stopping and slot not in self.children:
             self._spawn(slot)
 
     def reload(self) -> None:
         """SIGHUP: the workers reopen their log file (after logrotate)."""
-        for proc in list(self.procs.values()):
-            try:
-                proc.signalProcess("HUP")
-            except Exception:
-                pass
+        for child in list(self.children.values()):
+            child.signal("HUP")
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self.stopping = True
         waits = []
-        for slot, proc in list(self.procs.items()):
-            protocol = self.protocols.get(slot)
-            try:
-                proc.signalProcess("TERM")
-            except Exception:
-                continue
-            if protocol is not None:
-                waits.append(protocol.ended)
-                self.reactor.callLater(WORKER_STOP_S, self._kill, proc, protocol)
+        for child in list(self.children.values()):
+            child.signal("TERM")
+            waits.append(child.ended)
+            # One that does not stop in time is killed.
+            self.reactor.callLater(WORKER_STOP_S, child.signal, "KILL")
         return DeferredList(waits)
-
-    def _kill(self, proc: Any, protocol: _WorkerProcess) -> None:
-        if not protocol.ended.called:
-            try:
-                proc.signalProcess("KILL")
-            except Exception:
-                pass
 
 
 # ---------------------------------------------------------------- worker side

@@ -10,7 +10,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from qasino.frontends.fastpath import HAND_OFF, query_string_args
+from qasino.frontends.fastpath import HAND_OFF
 from qasino.workers import (
     RESTART_RESET_S,
     STORE_GONE,
@@ -73,7 +73,7 @@ class FakeApi:
 
 def test_the_store_end_answers_each_request_by_its_seq() -> None:
     api = FakeApi()
-    channel = StoreChannel(api, query_string_args)
+    channel = StoreChannel(api)
     transport = StringTransport()
     channel.makeConnection(transport)
     data = pack_request(1, "1.2.3.4", b"op=add", b"A") + pack_request(2, None, b"op=query", b"")
@@ -117,7 +117,7 @@ def test_restarts_back_off_while_a_child_dies_quickly_and_reset_after_a_long_run
 
 @pytest.mark.parametrize("end", ["store", "worker"])
 def test_a_garbled_channel_is_closed(end: str) -> None:
-    protocol = StoreChannel(FakeApi(), query_string_args) if end == "store" else StoreLink(list)
+    protocol = StoreChannel(FakeApi()) if end == "store" else StoreLink(list)
     transport = StringTransport()
     protocol.makeConnection(transport)
     protocol.dataReceived(b"\xff\xff\xff\xff")
