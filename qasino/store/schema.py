@@ -27,6 +27,10 @@ class TableSchema:
     name: str
     columns: tuple[tuple[str, str], ...]  # (name, declared type), in order
     unique_keys: frozenset[tuple[str, ...]] = field(default_factory=frozenset)  # lower names
+    # column_names tuples of tables seen to add no column: a fleet publishes
+    # the same few, so most publishes skip the per-column look (a memo; a
+    # schema with new columns is a new TableSchema with an empty one).
+    covers: set[tuple[str, ...]] = field(default_factory=set, compare=False, repr=False)
 
     def column_lowers(self) -> set[str]:
         return {c.lower() for c, _ in self.columns}
@@ -73,6 +77,8 @@ def ensure_table(
         )
         conn.execute(f"CREATE TABLE {quote_ident(table.tablename)} ({cols})")
         schema = TableSchema(table.tablename, tuple(zip(table.column_names, table.column_types)))
+    elif tuple(table.column_names) in current.covers:
+        schema = current
     else:
         have = current.column_lowers()
         added = []
@@ -83,11 +89,12 @@ def ensure_table(
                 )
                 added.append((n, t))
                 have.add(n.lower())
-        schema = (
-            current
-            if not added
-            else TableSchema(current.name, current.columns + tuple(added), current.unique_keys)
-        )
+        if added:
+            schema = TableSchema(current.name, current.columns + tuple(added), current.unique_keys)
+        else:
+            schema = current
+            if len(current.covers) < MAX_COVERS:
+                current.covers.add(tuple(table.column_names))
     if keycols:
         lowered = tuple(k.lower() for k in keycols)
         if lowered not in schema.unique_keys:
@@ -118,26 +125,44 @@ def insert_rows(
     or ``merge`` (upsert that only overwrites the given columns)."""
     if not table.rows:
         return
-    name = quote_ident(target or table.tablename)
-    cols = ", ".join(quote_ident(c) for c in table.column_names)
-    marks = ", ".join("?" * len(table.column_names))
+    key = (mode, target or table.tablename, tuple(table.column_names), tuple(keycols))
+    sql = _insert_sql.get(key)
+    if sql is None:
+        sql = _insert_statement(*key)
+        if len(_insert_sql) >= MAX_CACHED_INSERTS:
+            _insert_sql.clear()
+        _insert_sql[key] = sql
+    conn.executemany(sql, table.rows)
+
+
+# INSERT statements by (mode, table, columns, key columns): building one
+# quotes every name, which cost more than a 10-row publish's insert.
+_insert_sql: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], str] = {}
+MAX_CACHED_INSERTS = 4096
+MAX_COVERS = 64
+
+
+def _insert_statement(
+    mode: str, tablename: str, column_names: tuple[str, ...], keycols: tuple[str, ...]
+) -> str:
+    name = quote_ident(tablename)
+    cols = ", ".join(quote_ident(c) for c in column_names)
+    marks = ", ".join("?" * len(column_names))
     if mode == "insert":
-        sql = f"INSERT INTO {name} ({cols}) VALUES ({marks})"
-    elif mode == "replace":
-        sql = f"INSERT OR REPLACE INTO {name} ({cols}) VALUES ({marks})"
-    elif mode == "merge":
+        return f"INSERT INTO {name} ({cols}) VALUES ({marks})"
+    if mode == "replace":
+        return f"INSERT OR REPLACE INTO {name} ({cols}) VALUES ({marks})"
+    if mode == "merge":
         keys = {k.lower() for k in keycols}
         sets = [
             f"{quote_ident(c)} = excluded.{quote_ident(c)}"
-            for c in table.column_names
+            for c in column_names
             if c.lower() not in keys
         ]
         conflict = ", ".join(quote_ident(k) for k in keycols)
         action = "DO UPDATE SET " + ", ".join(sets) if sets else "DO NOTHING"
-        sql = f"INSERT INTO {name} ({cols}) VALUES ({marks}) ON CONFLICT ({conflict}) {action}"
-    else:
-        raise ValueError(f"unknown insert mode {mode!r}")
-    conn.executemany(sql, table.rows)
+        return f"INSERT INTO {name} ({cols}) VALUES ({marks}) ON CONFLICT ({conflict}) {action}"
+    raise ValueError(f"unknown insert mode {mode!r}")
 
 
 def count_rows(conn: apsw.Connection, tablename: str) -> int:
