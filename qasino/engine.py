@@ -329,6 +329,17 @@ class Engine:
         ``Store.write_batch``); fires with each call's error or None."""
         return self._write(cells <= self.inline_max_cells, self.store.write_batch, calls)
 
+    def publish_group(
+        self, items: Sequence[tuple[Publish, Optional[str]]]
+    ) -> Deferred[list[Optional[QasinoError]]]:
+        """(publish, remote_addr) pairs applied in order with as few commits
+        as can be (``Store.publish_group``); fires with each one's error or
+        None once all are in the writer generation."""
+        cells = sum(len(p.table.rows) * len(p.table.column_names) for p, _ in items)
+        return self._write(
+            cells <= self.inline_max_cells, self.store.publish_group, items, self._now()
+        )
+
     def name_value_update(
         self, tablename: str, column: str, value: str, identity: str, now: Optional[float] = None
     ) -> Deferred[None]:

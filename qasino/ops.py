@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Optional, Protocol, TypeVar
 
 import orjson
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qasino.core import shapes
 from qasino.core.errors import InvalidInput, QasinoError
-from qasino.core.model import Result
+from qasino.core.model import Publish, Result
 from qasino.core.render import (
     LegacyRenderer,
     error_shape,
@@ -92,6 +92,19 @@ def decode_body(data: bytes | str) -> tuple[Any, Optional[int]]:
         return json.loads(data), None
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def merge_request(args: dict[str, str], body: bytes) -> tuple[Any, Optional[int]]:
+    """A ``POST /request``'s request object: the JSON body (``{}`` when
+    blank) with the query-string ``args`` filled in where the body lacks
+    them, and :func:`decode_body`'s length. Raises ValueError or
+    UnicodeDecodeError for a body that is not JSON; a body that is JSON but
+    not an object is returned as it is."""
+    payload, plain_bytes = decode_body(body) if body.strip() else ({}, None)
+    if isinstance(payload, dict):
+        for key, value in args.items():
+            payload.setdefault(key, value)
+    return payload, plain_bytes
 
 
 PUBLISH_OPS = frozenset({"add_table_data", "add_csv_table_data", "name_value_update"})
@@ -257,6 +270,38 @@ class Dispatcher:
             d = self.forwarder.forward_json(publish.options.identity, request)
             return d.addCallback(lambda _: self.ok())
         return self.engine.publish(publish, remote_addr).addCallback(lambda _: self.ok())
+
+    def add_checked_tables(
+        self, items: Sequence[tuple[Publish, Optional[str]]], transport: str
+    ) -> Deferred[list[Reply]]:
+        """``add_table_data`` requests that worker processes
+        (qasino/workers.py) already decoded and checked with
+        :func:`parse_json_publish`, as (publish, remote_addr) pairs: applied
+        in order with as few commits as can be (``Engine.publish_group``),
+        then answered and counted each as :meth:`dispatch` would the request
+        itself. Fires with the replies, never errbacks. Not with ``--nats``,
+        whose forwarder wants the requests as sent."""
+        started = time.perf_counter()
+
+        def answered(outcome: object) -> list[Reply]:
+            errors: Sequence[object] = (
+                [outcome] * len(items) if isinstance(outcome, Failure) else outcome  # type: ignore[assignment]
+            )
+            replies = []
+            for error in errors:
+                if error is None:
+                    reply = self.ok()
+                else:
+                    failure = error if isinstance(error, Failure) else Failure(error)
+                    reply = self._failed(failure, "add_table_data")
+                replies.append(self.stats.count("add_table_data", transport, started, reply))
+            return replies
+
+        try:
+            d = self.engine.publish_group(items)
+        except Exception:
+            d = fail()
+        return d.addBoth(answered)
 
     def add_csv_table_data(
         self,

@@ -409,6 +409,19 @@ class QasinoServer(MultiService):
                         str(config.max_body_bytes),
                         "--max-connections",
                         str(config.max_connections),
+                        # With --nats the stream wants requests as sent.
+                        *(
+                            ()
+                            if config.nats
+                            else (
+                                "--max-table-rows",
+                                str(config.max_table_rows),
+                                "--max-table-columns",
+                                str(config.max_table_columns),
+                                "--max-cell-bytes",
+                                str(config.max_cell_bytes),
+                            )
+                        ),
                         *config.worker_args,
                     ],
                 )

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import marshal
 import os
 import signal
 import socket
@@ -54,17 +55,25 @@ from twisted.internet.protocol import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from qasino.core.errors import InvalidInput
+from qasino.core.model import Publish, PublishOptions, Table
 from qasino.core.render import error_shape
+from qasino.core.tables import parse_json_publish
 from qasino.frontends.fastpath import HAND_OFF, ApiFastFactory, query_string_args
 
 log = Logger(namespace="qasino.workers")
 
 # Frames on a worker's Unix socket: a 4-byte big-endian length, then the
-# frame. A request: seq (4), peer length (2), peer, query-string length (4),
-# query string, body. A reply: seq (4), status-line length (2), status
-# line, body; an empty status line means "not a publish: proxy it".
+# frame. A request: seq (4), kind (1), peer length (2), peer, query-string
+# length (4), query string, body. Kind RAW: the POST /request as received;
+# kind CHECKED: an add_table_data the worker decoded and checked, with an
+# empty query string and encode_publish's bytes as the body. A reply: seq
+# (4), status-line length (2), status line, body; an empty status line
+# means "not a publish: proxy it".
 _LEN = struct.Struct("!I")
-_REQ = struct.Struct("!IH")
+_REQ = struct.Struct("!IcH")
+RAW = b"R"
+CHECKED = b"P"
 _QLEN = struct.Struct("!I")
 _REP = struct.Struct("!IH")
 MAX_FRAME = 1 << 31
@@ -97,22 +106,55 @@ class Backoff:
 WORKER_STOP_S = 10.0
 
 
-def pack_request(seq: int, peer: Optional[str], query: bytes, body: bytes) -> bytes:
+def pack_request(
+    seq: int, peer: Optional[str], query: bytes, body: bytes, kind: bytes = RAW
+) -> bytes:
     p = (peer or "").encode("utf-8", "replace")[:65535]
     size = _REQ.size + len(p) + _QLEN.size + len(query) + len(body)
     return b"".join(
-        (_LEN.pack(size), _REQ.pack(seq, len(p)), p, _QLEN.pack(len(query)), query, body)
+        (_LEN.pack(size), _REQ.pack(seq, kind, len(p)), p, _QLEN.pack(len(query)), query, body)
     )
 
 
-def unpack_request(frame: bytes) -> tuple[int, Optional[str], bytes, bytes]:
-    seq, plen = _REQ.unpack_from(frame)
+def unpack_request(frame: bytes) -> tuple[int, bytes, Optional[str], bytes, bytes]:
+    """(seq, kind, peer, query string, body) of a request frame."""
+    seq, kind, plen = _REQ.unpack_from(frame)
     at = _REQ.size
     peer = frame[at : at + plen].decode("utf-8", "replace") or None
     at += plen
     (qlen,) = _QLEN.unpack_from(frame, at)
     at += _QLEN.size
-    return seq, peer, frame[at : at + qlen], frame[at + qlen :]
+    return seq, kind, peer, frame[at : at + qlen], frame[at + qlen :]
+
+
+def encode_publish(publish: Publish) -> bytes:
+    """A checked publish as marshal bytes: the worker sends its table as
+    decoded (lists of plain cells), so the store process decodes it with one
+    C call and runs no JSON decoding or checks of its own."""
+    t, o = publish.table, publish.options
+    fields: Any = (  # cells are plain JSON values (``marshal`` refuses others)
+        t.tablename,
+        t.column_names,
+        t.column_types,
+        t.rows,
+        t.cells_checked,
+        o.identity,
+        o.persist,
+        o.static,
+        o.update,
+        o.keycols,
+    )
+    return marshal.dumps(fields)
+
+
+def decode_publish(data: bytes) -> Publish:
+    name, names, types, rows, checked, identity, persist, static, update, keycols = marshal.loads(
+        data
+    )
+    return Publish(
+        Table(name, names, types, rows, checked),
+        PublishOptions(identity, persist, static, update, keycols),
+    )
 
 
 def pack_reply(seq: int, status: bytes, body: bytes) -> bytes:
@@ -274,6 +316,10 @@ class _Framed(Protocol):
             assert self.transport is not None
             self.transport.loseConnection()
             return
+        self.frames_received(frames)
+
+    def frames_received(self, frames: list[bytes]) -> None:
+        """The whole frames of one read."""
         for frame in frames:
             self.frame_received(frame)
 
@@ -290,8 +336,39 @@ class StoreChannel(_Framed):
         super().__init__()
         self.api = api
 
-    def frame_received(self, frame: bytes) -> None:
-        seq, peer, query, body = unpack_request(frame)
+    def frames_received(self, frames: list[bytes]) -> None:
+        """Checked publishes of one read are applied as a group (one commit,
+        replies after it); a raw request between them ends the group, so
+        everything is applied in the order the worker sent it."""
+        group: list[tuple[int, Publish, Optional[str]]] = []
+        for frame in frames:
+            seq, kind, peer, query, body = unpack_request(frame)
+            if kind != CHECKED:
+                self._apply_group(group)
+                group = []
+                self._raw(seq, peer, query, body)
+                continue
+            try:
+                group.append((seq, decode_publish(body), peer))
+            except Exception:
+                self._done(Failure(), seq)
+        self._apply_group(group)
+
+    def _apply_group(self, group: list[tuple[int, Publish, Optional[str]]]) -> None:
+        if not group:
+            return
+        dispatcher = self.api.dispatcher
+        items = [(publish, peer) for _, publish, peer in group]
+        d = dispatcher.add_checked_tables(items, self.api.transport)
+        d.addBoth(self._group_done, [seq for seq, _, _ in group])
+
+    def _group_done(self, replies: Any, seqs: list[int]) -> None:
+        if isinstance(replies, Failure):
+            replies = [replies] * len(seqs)
+        for seq, reply in zip(seqs, replies):
+            self._done(reply, seq)
+
+    def _raw(self, seq: int, peer: Optional[str], query: bytes, body: bytes) -> None:
         try:
             d = self.api.post_reply(query_string_args(query), body, peer)
         except Exception:
@@ -465,13 +542,15 @@ class StoreLink(_Framed):
         self.on_lost = on_lost
         self.gone = False
 
-    def forward(self, query: bytes, body: bytes, peer: Optional[str]) -> Deferred[Any]:
+    def forward(
+        self, query: bytes, body: bytes, peer: Optional[str], kind: bytes = RAW
+    ) -> Deferred[Any]:
         if self.gone or self.transport is None:
             return fail(ConnectionError(STORE_GONE))
         self.seq = (self.seq + 1) & 0xFFFFFFFF
         d: Deferred[Any] = Deferred()
         self.pending[self.seq] = d
-        self.transport.write(pack_request(self.seq, peer, query, body))
+        self.transport.write(pack_request(self.seq, peer, query, body, kind))
         return d
 
     def frame_received(self, frame: bytes) -> None:
@@ -597,18 +676,45 @@ class WorkerFastFactory(ApiFastFactory):
     """A worker's lean path: publishes answered by the store process."""
 
     def answer(self, query: bytes, body: bytes, peer: Optional[str]) -> Any:
-        return self.api.link.forward(query, body, peer)
+        api = self.api
+        checked = api.checked(query, body)
+        if checked is not None:
+            return api.link.forward(b"", checked, peer, CHECKED)
+        return api.link.forward(query, body, peer)
 
 
 class ForwardingApi:
     """The lean path's ``api`` in a worker: publishes answered by the store
-    process over ``link``."""
+    process over ``link``. With ``limits`` (the store's ``--max-table-*``
+    and ``--max-cell-bytes``), a valid ``add_table_data`` is decoded and
+    checked here and sent as a compact table; anything else (other ops,
+    CSV, and every request that fails a check, whose error reply the store
+    process writes as ever) goes as received."""
 
-    def __init__(self, link: StoreLink) -> None:
+    def __init__(self, link: StoreLink, limits: Optional[dict[str, int]] = None) -> None:
         from qasino.frontends.http import JSON_TYPE
 
         self.link = link
         self.reply_type = JSON_TYPE
+        self.limits = limits
+
+    def checked(self, query: bytes, body: bytes) -> Optional[bytes]:
+        """encode_publish of a valid add_table_data request, else None."""
+        if self.limits is None:
+            return None
+        from qasino.ops import merge_request
+
+        args = query_string_args(query)
+        if args.get("op") == "add_csv_table_data":
+            return None
+        try:
+            request, plain_bytes = merge_request(args, body)
+            if not isinstance(request, dict) or request.get("op") != "add_table_data":
+                return None
+            publish = parse_json_publish(request, **self.limits, decoded_from_bytes=plain_bytes)
+            return encode_publish(publish)
+        except (InvalidInput, ValueError, UnicodeDecodeError):
+            return None
 
     def reply_body(self, result: Any) -> tuple[bytes, bytes]:
         if isinstance(result, tuple):
@@ -632,6 +738,10 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--slot", type=int, default=0)
     p.add_argument("--max-body-bytes", type=int, required=True)
     p.add_argument("--max-connections", type=int, default=0)
+    # The store's table limits: with them, the worker checks publishes.
+    p.add_argument("--max-table-rows", type=int, default=None)
+    p.add_argument("--max-table-columns", type=int, default=None)
+    p.add_argument("--max-cell-bytes", type=int, default=None)
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", default="text")
     p.add_argument("--log-file", default=None)
@@ -660,6 +770,13 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
             log.warn("worker {slot}: the store process is gone; exiting", slot=args.slot)
             r.stop()
 
+    limits = None
+    if None not in (args.max_table_rows, args.max_table_columns, args.max_cell_bytes):
+        limits = {
+            "max_rows": args.max_table_rows,
+            "max_columns": args.max_table_columns,
+            "max_cell_bytes": args.max_cell_bytes,
+        }
     link = StoreLink(lost)
     r.adoptStreamConnection(args.channel_fd, socket.AF_UNIX, Factory.forProtocol(lambda: link))
     os.close(args.channel_fd)
@@ -669,7 +786,7 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
     listen.close()
     factory: Any = WorkerFastFactory(
         ProxySite(r, args.proxy_port),  # type: ignore[arg-type]
-        ForwardingApi(link),
+        ForwardingApi(link, limits),
         args.max_body_bytes,
     )
     if args.max_connections:

@@ -71,6 +71,10 @@ class PersistRegistry:
     def __len__(self) -> int:
         return len(self._plain) + len(self._merged)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether (lower tablename, identity) has a persisted table."""
+        return key in self._plain or key in self._merged
+
     def record(
         self, publish: Publish, merge_cells: bool = False, now: float = 0.0, seq: int = 0
     ) -> None:

@@ -22,7 +22,7 @@ from qasino.core import shapes
 from qasino.core.model import Result
 from qasino.frontends.stream import DEFAULT_MAX_STREAM_ROWS, run_stream
 from qasino.frontends.web import install_web_ui, query_args
-from qasino.ops import MISSING_SQL, Dispatcher, decode_body, encode_json, is_true
+from qasino.ops import MISSING_SQL, Dispatcher, encode_json, is_true, merge_request
 
 log = Logger(namespace="qasino.http")
 
@@ -222,7 +222,7 @@ class RequestResource(Resource):
                 body, args.get("identity"), self.transport, peer
             )
         try:
-            payload, plain_bytes = decode_body(body) if body.strip() else ({}, None)
+            payload, plain_bytes = merge_request(args, body)
         except (ValueError, UnicodeDecodeError) as e:
             if args.get("op") == "add_table_data":
                 self.dispatcher.engine.count_publish_error()
@@ -230,8 +230,6 @@ class RequestResource(Resource):
             return succeed(self.dispatcher.error(f"Could not parse POST body: {e}"))
         if not isinstance(payload, dict):
             return succeed(self.dispatcher.error("Could not parse POST body: not a JSON object"))
-        for key, value in args.items():
-            payload.setdefault(key, value)
         if payload.get("op") == "query":
             return payload
         return self.dispatcher.dispatch(payload, self.transport, plain_bytes, remote_addr=peer)

@@ -126,6 +126,26 @@ class Journal:
             self.broken = f"cannot write the journal: {e.strerror or e}"
             self._close_fd()
 
+    def mark(self) -> Optional[int]:
+        """Where the next record will start (for :meth:`cut`), or None."""
+        if self._fd is None:
+            return None
+        try:
+            return os.fstat(self._fd).st_size
+        except OSError:
+            return None
+
+    def cut(self, mark: Optional[int]) -> None:
+        """Drop what was appended since :meth:`mark` (publishes whose
+        group commit failed: they are not in the generation)."""
+        if self._fd is None or mark is None:
+            return
+        try:
+            os.ftruncate(self._fd, mark)
+        except OSError as e:
+            self.broken = f"cannot cut the journal back: {e.strerror or e}"
+            self._close_fd()
+
     def retire_before(self, seq: int) -> None:
         """Delete this run's files of generations before ``seq`` (served)."""
         for run, file_seq, path in journal_files(self.directory):

@@ -131,6 +131,38 @@ CASES: list[tuple[str, str, Optional[bytes]]] = [
     ("query in a POST", request_target(op="query"), b'{"sql": "SELECT 1", "use_write_db": true}'),
     ("query text", request_target(op="query", format="text"), b'{"sql": "SELECT 2 AS two"}'),
     ("too big", request_target(op="add_table_data"), b" " * 4000),
+    # Publishes a worker checks itself and sends as a compact table:
+    (
+        "identity and options in the query string",
+        request_target(op="add_table_data", identity="h5", persist="1", update="1", keycols="k"),
+        json.dumps({"table": make_table("kv", [("k", "text"), ("v", "int")], [["a", 1]])}).encode(),
+    ),
+    (
+        "update of the keyed table",
+        request_target(op="add_table_data", identity="h5", persist="1", update="1", keycols="k"),
+        json.dumps({"table": make_table("kv", [("k", "text"), ("v", "int")], [["a", 2]])}).encode(),
+    ),
+    (
+        "a cell only SQLite refuses",
+        request_target(op="add_table_data", identity="h6"),
+        json.dumps({"table": make_table("w", [("x", "int")], [[1], [{"a": 1}]])}).encode(),
+    ),
+    (
+        "an integer past 64 bits",
+        request_target(op="add_table_data", identity="h7"),
+        b'{"table": {"tablename": "w", "column_names": ["x"], "column_types": ["int"],'
+        b' "rows": [[18446744073709551615]]}}',
+    ),
+    (
+        "the refused tables left nothing",
+        request_target(op="query"),
+        b'{"sql": "SELECT * FROM w", "use_write_db": true}',
+    ),
+    (
+        "the keyed table",
+        request_target(op="query"),
+        b'{"sql": "SELECT * FROM kv", "use_write_db": true}',
+    ),
     ("empty body", request_target(), b""),
 ]
 
