@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -190,6 +191,9 @@ def spawn(tmp_path: Path) -> Iterator[Any]:
             encoding="utf-8",
             timeout=10,
             cwd=str(tmp_path),
+            # A suite started in the background (``cmd &``) ignores SIGINT,
+            # and the client would inherit that: Ctrl-C must reach it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         child.home = home
         children.append(child)
