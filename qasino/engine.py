@@ -231,6 +231,7 @@ class Engine:
         views: Optional[ViewsSource] = None,
         inline_max_cells: int = INLINE_MAX_CELLS,
         inline_slice_s: float = INLINE_SLICE_S,
+        group_commit: bool = False,
     ) -> None:
         self.store = store
         self.runner = runner
@@ -253,6 +254,11 @@ class Engine:
         self._on_thread = False
         self._pumping = False
         self._pump_call: Optional[Any] = None
+        # group_commit: small publishes of one reactor turn wait here, to be
+        # applied together with one commit (see publish).
+        self.group_commit = group_commit
+        self._group: list[tuple[Publish, Optional[str], Deferred[None]]] = []
+        self._group_call: Optional[Any] = None
 
     def _now(self) -> float:
         """The engine clock's time (an IReactorTime: the reactor or a Clock)."""
@@ -269,11 +275,43 @@ class Engine:
         Tables of at most ``inline_max_cells`` cells are written on the
         calling (reactor) thread; bigger ones on the writer thread. Either
         way they are applied in arrival order, each atomically on its own.
+
+        With ``group_commit``, small publishes that arrive in one reactor
+        turn (from any connection or transport) are applied at its end with
+        one commit (``Store.publish_group``) and answered after it; any
+        other write first applies them, so the order holds.
         """
         table = publish.table
         inline = len(table.rows) * len(table.column_names) <= self.inline_max_cells
+        if self.group_commit and inline and now is None:
+            d: Deferred[None] = Deferred()
+            self._group.append((publish, remote_addr, d))
+            if self._group_call is None:
+                self._group_call = self.clock.callLater(0, self._flush_group)
+            return d
         when = self._now() if now is None else now
         return self._write(inline, self.store.publish, publish, when, remote_addr)
+
+    def _flush_group(self) -> None:
+        call, self._group_call = self._group_call, None
+        if call is not None and call.active():
+            call.cancel()
+        group, self._group = self._group, []
+        if not group:
+            return
+        items = [(publish, remote_addr) for publish, remote_addr, _ in group]
+        done = self._enqueue(True, self.store.publish_group, items, self._now())
+
+        def answer(errors: Any) -> None:
+            if isinstance(errors, Failure):
+                errors = [errors] * len(group)
+            for (_, _, d), error in zip(group, errors):
+                if error is None:
+                    d.callback(None)
+                else:
+                    d.errback(error)
+
+        done.addBoth(answer)
 
     def _write(self, inline: bool, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run a writer method in order with every other write.
@@ -287,6 +325,11 @@ class Engine:
         run on the writer thread so the reactor keeps serving meanwhile.
         Writes that arrive while one is on the thread wait in ``_queue``.
         """
+        if self._group:
+            self._flush_group()
+        return self._enqueue(inline, fn, *args)
+
+    def _enqueue(self, inline: bool, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         if inline and not self._queue and not self._on_thread:
             return run_now(fn, *args)
         d: Deferred[T] = Deferred()

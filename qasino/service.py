@@ -303,6 +303,8 @@ class QasinoServer(MultiService):
             reactor,
             config.identity,
             views,
+            # NATS mode applies the stream's batches with one commit itself.
+            group_commit=not config.nats,
         )
         self.dispatcher = Dispatcher(
             self.engine,

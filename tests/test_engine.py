@@ -467,3 +467,62 @@ def test_missing_views_file_is_logged_once_with_its_full_path(
     assert said == [
         f"views file {tmp_path / 'missing.yaml'} not found: no views (it is read when it appears)"
     ], said
+
+
+# --- group commit (the server's engine: group_commit=True) ----------------------
+
+
+def cpu(identity: str, n: object = 1) -> Publish:
+    table = Table("cpu", ("host", "n"), ("TEXT", "INTEGER"), [[identity, n]])
+    return Publish(table, PublishOptions(identity))
+
+
+def commits(store: Store) -> list[int]:
+    counted = [0]
+
+    def hook() -> bool:
+        counted[0] += 1
+        return False
+
+    store._writer.conn.set_commit_hook(hook)
+    return counted
+
+
+def test_publishes_of_one_turn_are_applied_at_its_end_with_one_commit(
+    store: Store, clock: Clock
+) -> None:
+    engine = Engine(store, SyncRunner(), clock, "server1", group_commit=True)
+    counted = commits(store)
+    ds = [engine.publish(cpu(h, n)) for h, n in (("a", 1), ("b", 2), ("a", 3), ("c", {"x": 1}))]
+    assert [d.called for d in ds] == [False] * 4  # nothing answered before it is in
+    clock.advance(0)
+    outcomes = [fired(d)[0] for d in ds]
+    assert outcomes[:2] == [None, None]
+    assert isinstance(outcomes[2], Failure) and outcomes[2].check(PublishRejected)
+    assert isinstance(outcomes[3], Failure)
+    assert counted == [1]
+    rows = fired(engine.query("SELECT host, n FROM cpu ORDER BY host", use_write_db=True))
+    assert rows[0].rows == [("a", 1), ("b", 2)]
+
+
+def test_any_other_write_first_applies_the_waiting_group(store: Store, clock: Clock) -> None:
+    engine = Engine(store, SyncRunner(), clock, "server1", group_commit=True)
+    d = engine.publish(cpu("a", 1))
+    # A rotation in the same turn: the publish goes into the generation it
+    # arrived in, and is answered, before the snapshot is taken.
+    info = fired(engine.rotate())[0]
+    assert fired(d) == [None]
+    assert info.generation_number is not None
+    result = fired(engine.query("SELECT host FROM cpu"))[0]
+    assert result.rows == [("a",)]
+    assert not clock.getDelayedCalls()  # the end-of-turn call was cancelled
+
+
+def test_publishes_with_their_own_time_or_too_big_are_not_held(store: Store, clock: Clock) -> None:
+    engine = Engine(store, SyncRunner(), clock, "server1", inline_max_cells=4, group_commit=True)
+    assert fired(engine.publish(cpu("a"), now=clock.seconds())) == [None]  # NATS mode
+    big = Publish(
+        Table("cpu", ("host", "n"), ("TEXT", "INTEGER"), [["b", i] for i in range(3)]),
+        PublishOptions("b"),
+    )
+    assert fired(engine.publish(big)) == [None]  # on the writer (here: at once)
