@@ -296,16 +296,32 @@ class Engine:
         call, self._group_call = self._group_call, None
         if call is not None and call.active():
             call.cancel()
-        group, self._group = self._group, []
-        if not group:
-            return
-        items = [(publish, remote_addr) for publish, remote_addr, _ in group]
+        waiting, self._group = self._group, []
+        # Applied in chunks of at most inline_max_cells cells, each one write
+        # on the reactor thread, so a turn's worth of publishes stalls the
+        # reactor no longer than one big table would (the pump yields
+        # between writes).
+        chunk: list[tuple[Publish, Optional[str], Deferred[None]]] = []
+        cells = 0
+        for entry in waiting:
+            table = entry[0].table
+            size = len(table.rows) * len(table.column_names)
+            if chunk and cells + size > self.inline_max_cells:
+                self._apply_chunk(chunk)
+                chunk, cells = [], 0
+            chunk.append(entry)
+            cells += size
+        if chunk:
+            self._apply_chunk(chunk)
+
+    def _apply_chunk(self, chunk: list[tuple[Publish, Optional[str], Deferred[None]]]) -> None:
+        items = [(publish, remote_addr) for publish, remote_addr, _ in chunk]
         done = self._enqueue(True, self.store.publish_group, items, self._now())
 
         def answer(errors: Any) -> None:
             if isinstance(errors, Failure):
-                errors = [errors] * len(group)
-            for (_, _, d), error in zip(group, errors):
+                errors = [errors] * len(chunk)
+            for (_, _, d), error in zip(chunk, errors):
                 if error is None:
                     d.callback(None)
                 else:

@@ -526,3 +526,14 @@ def test_publishes_with_their_own_time_or_too_big_are_not_held(store: Store, clo
         PublishOptions("b"),
     )
     assert fired(engine.publish(big)) == [None]  # on the writer (here: at once)
+
+
+def test_a_big_turn_is_applied_in_chunks_of_at_most_the_inline_size(
+    store: Store, clock: Clock
+) -> None:
+    engine = Engine(store, SyncRunner(), clock, "server1", inline_max_cells=5, group_commit=True)
+    counted = commits(store)
+    ds = [engine.publish(cpu(f"h{i}")) for i in range(5)]  # 2 cells each
+    clock.advance(0)
+    assert [fired(d) for d in ds] == [[None]] * 5
+    assert counted == [3]  # h0+h1, h2+h3, h4
