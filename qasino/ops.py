@@ -12,7 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Optional, Protocol, TypeVar
+from typing import Any, Optional, Protocol, TypeVar, cast
 
 import orjson
 from twisted.internet.defer import Deferred, fail, succeed
@@ -284,8 +284,10 @@ class Dispatcher:
         started = time.perf_counter()
 
         def answered(outcome: object) -> list[Reply]:
-            errors: Sequence[object] = (
-                [outcome] * len(items) if isinstance(outcome, Failure) else outcome  # type: ignore[assignment]
+            errors = (
+                [outcome] * len(items)
+                if isinstance(outcome, Failure)
+                else cast(list[Optional[QasinoError]], outcome)
             )
             replies = []
             for error in errors:
