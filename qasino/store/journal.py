@@ -102,6 +102,7 @@ class Journal:
         os.makedirs(self.directory, exist_ok=True)
         self.run = time.time_ns()
         self._fd: Optional[int] = None
+        self._size = 0  # of the open file: where the next record starts
         self.broken: Optional[str] = None  # why appends stopped (logged once by the store)
 
     def _path(self, seq: int) -> str:
@@ -112,6 +113,7 @@ class Journal:
         self._close_fd()
         try:
             self._fd = os.open(self._path(seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._size = os.fstat(self._fd).st_size
         except OSError as e:
             self.broken = f"cannot open {self._path(seq)}: {e.strerror or e}"
 
@@ -121,19 +123,14 @@ class Journal:
             return
         data = _dumps(record) if rows is None else with_rows(record, rows)
         try:
-            os.write(self._fd, _LEN.pack(len(data)) + data)
+            self._size += os.write(self._fd, _LEN.pack(len(data)) + data)
         except OSError as e:
             self.broken = f"cannot write the journal: {e.strerror or e}"
             self._close_fd()
 
     def mark(self) -> Optional[int]:
         """Where the next record will start (for :meth:`cut`), or None."""
-        if self._fd is None:
-            return None
-        try:
-            return os.fstat(self._fd).st_size
-        except OSError:
-            return None
+        return None if self._fd is None else self._size
 
     def cut(self, mark: Optional[int]) -> None:
         """Drop what was appended since :meth:`mark` (publishes whose
@@ -142,6 +139,7 @@ class Journal:
             return
         try:
             os.ftruncate(self._fd, mark)
+            self._size = mark
         except OSError as e:
             self.broken = f"cannot cut the journal back: {e.strerror or e}"
             self._close_fd()

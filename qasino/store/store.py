@@ -17,7 +17,6 @@ Threading contract (see docs/concurrency.md):
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import shutil
 import threading
@@ -311,7 +310,13 @@ class _GroupUndo:
         lowers = {key[0] for key in self.keys}
         identities = {key[1] for key in self.keys}
         self.schemas = {name: gen.schemas.get(name) for name in lowers}
-        self.table_stats = {name: copy.copy(gen.table_stats.get(name)) for name in lowers}
+        # note_publish changes a table's stat in place: keep its fields.
+        self.table_stats = {
+            name: None
+            if (t := gen.table_stats.get(name)) is None
+            else (t, t.nr_updates, t.last_update_epoch)
+            for name in lowers
+        }
         self.identity_stats = {
             i: None if (v := gen.identity_stats.get(i)) is None else list(v) for i in identities
         }
@@ -327,7 +332,13 @@ class _GroupUndo:
             gen.contrib.pop(key, None)
             gen.spans.pop(key, None)
         _put_back(gen.schemas, self.schemas)
-        _put_back(gen.table_stats, self.table_stats)
+        for name, before in self.table_stats.items():
+            if before is None:
+                gen.table_stats.pop(name, None)
+            else:
+                stat, updates, last = before
+                stat.nr_updates, stat.last_update_epoch = updates, last
+                gen.table_stats[name] = stat
         _put_back(gen.identity_stats, self.identity_stats)
         _put_back(store.identities, self.seen)
         _put_back(store._last_publishes, self.last)
