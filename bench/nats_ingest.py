@@ -29,6 +29,7 @@ from pathlib import Path
 
 import nats
 
+from bench.daemon import start_py_spy, stop_py_spy
 from tests.nats.cluster import NatsCluster
 from tests.server_process import QasinoProcess, new_server, poll_until
 
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tables", type=int, default=100_000)
     p.add_argument("--replicas", type=int, default=3)
     p.add_argument("--generation", type=int, default=600)
+    p.add_argument(
+        "--py-spy", type=Path, default=None, metavar="FILE", help="profile the catch-up into FILE"
+    )
     args = p.parse_args(argv)
     ceiling_n = min(args.tables, 20_000)
     before = apply_ceiling(ceiling_n)
@@ -128,8 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         server.start(wait_first_generation=False, timeout=60)
         server.wait_log("restored .* static/persist publishes", timeout=60)
         began = time.perf_counter()
+        spy = None
+        if args.py_spy is not None and server.proc is not None:
+            spy = start_py_spy(server.proc.pid, args.py_spy)
         server.wait_log("caught up with stream", timeout=600)
         done = time.perf_counter()
+        if spy is not None:
+            stop_py_spy(spy)
         text = server.log_text()
         applied = text.count("not applied")
         result = {
