@@ -19,7 +19,14 @@ from twisted.python.failure import Failure
 from qasino.core.errors import PublishRejected, QueryError, StoreError
 from qasino.core.model import Publish, PublishOptions, Result, Table
 from qasino.core.views import parse_views_yaml
-from qasino.engine import Engine, EngineService, SyncRunner, ViewsSource, views_from
+from qasino.engine import (
+    GROUP_MAX_CELLS,
+    Engine,
+    EngineService,
+    SyncRunner,
+    ViewsSource,
+    views_from,
+)
 from qasino.store.store import SnapshotInfo, Store, StoreConfig
 from tests.helpers import ManualRunner
 
@@ -526,6 +533,18 @@ def test_publishes_with_their_own_time_or_too_big_are_not_held(store: Store, clo
         PublishOptions("b"),
     )
     assert fired(engine.publish(big)) == [None]  # on the writer (here: at once)
+
+
+def test_bigger_tables_are_applied_at_once_not_held_for_the_turn(
+    store: Store, clock: Clock
+) -> None:
+    engine = Engine(store, SyncRunner(), clock, "server1", group_commit=True)
+    rows = [[f"r{i}", i] for i in range(GROUP_MAX_CELLS // 2 + 1)]
+    big = Publish(Table("cpu", ("host", "n"), ("TEXT", "INTEGER"), rows), PublishOptions("b"))
+    small = engine.publish(cpu("a"))
+    assert fired(engine.publish(big)) == [None]
+    # The small one waiting was applied first, in arrival order.
+    assert fired(small) == [None]
 
 
 def test_a_big_turn_is_applied_in_chunks_of_at_most_the_inline_size(
