@@ -930,8 +930,10 @@ class Store:
         self, items: Sequence[tuple[Publish, Optional[str]]], now: float
     ) -> list[Optional[QasinoError]]:
         """Apply (publish, remote_addr) pairs in order, as many as can be
-        under one commit of the writer generation (group commit, for
-        ``--workers``: a commit costs as much as a 10-row insert). Each
+        under one commit of the writer generation (group commit: a commit
+        costs as much as a 10-row insert; the engine groups the small
+        publishes of a reactor turn, the store process with ``--workers``
+        those of a read from a worker). Each
         publish stays atomic on its own (a savepoint) and gets its own error,
         or None when applied.
 
