@@ -6,13 +6,15 @@ rolls the transaction back, as after a storage error at commit)."""
 
 from __future__ import annotations
 
+import os
+import resource
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
-from qasino.core.errors import InvalidInput, PublishRejected, QasinoError
+from qasino.core.errors import InvalidInput, PublishRejected, QasinoError, StoreError
 from qasino.core.model import Publish, PublishOptions
 from qasino.store.store import Store, StoreConfig
 from tests.store.test_journal import killed
@@ -209,3 +211,29 @@ def test_no_keep_stale_copy_is_made_of_a_failed_group(tmp_path: Path) -> None:
         ]
     finally:
         s.close()
+
+
+def test_a_group_whose_commit_meets_a_full_disk_fails_whole_and_can_be_sent_again(
+    store: Store,
+) -> None:
+    """A real storage error at commit: a file-size limit (RLIMIT_FSIZE; the
+    write fails with EFBIG, as on a full disk) that lets the WAL grow by one
+    page at most, set only around the group's publish."""
+    assert store.publish_group(items(cpu("a", 1), cpu("b", 2)), NOW + 1) == [None, None]
+    before = state(store)
+    wal = store._writer.file.path + "-wal"
+    group = items(*[cpu(f"c{i}", i, name=f"t{i}") for i in range(30)])  # 30 new tables
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(wal) + 4096, hard))
+    try:
+        errors = store.publish_group(group, NOW + 2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert errors and all(isinstance(e, StoreError) for e in errors), messages(errors)
+    assert all("storage error" in e.message for e in errors if e is not None)
+    assert state(store) == before
+    # Space again: the same publishes go in, tables created anew.
+    assert store.publish_group(group, NOW + 3) == [None] * 30
+    assert rows(store, "SELECT host FROM t29", use_write_db=True) == [("c29",)]
+    store.rotate(NOW + 30)
+    assert rows(store, "SELECT count(*) FROM cpu") == [(2,)]
