@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Optional, TypeVar
 
 import nats
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from nats.js.errors import NotFoundError
 from twisted.internet.defer import Deferred
@@ -48,6 +48,96 @@ RECONNECT_WAIT_S = 0.5
 ACK_TIMEOUT_S = 5.0
 # A consumer nobody fetched from for this long is removed by JetStream.
 CONSUMER_IDLE_S = 600.0
+# How a pull request's status arrives (nats-py's parsed header), and the
+# one that is only an idle heartbeat.
+STATUS_HEADER = api.Header.STATUS.value
+HEARTBEAT_STATUS = "100"
+# A lingering pull request is waited for this much past its expiry.
+EXPIRES_GRACE_S = 0.2
+
+
+class PullReader:
+    """Reads a pull consumer through one callback subscription.
+
+    nats-py's ``PullSubscription.fetch`` waits for every message after the
+    first with ``Subscription.next_msg``, which makes a ``uuid4`` name, an
+    asyncio task and a ``wait_for`` timer per message: half of the NATS
+    thread's time in a catch-up (docs/scaling.md). Here each pull request
+    gets its own reply subject under one wildcard subscription, and the
+    callback only collects. A fetch first asks with ``no_wait`` (what is
+    there now, up to the batch, ended by a 404 status when short); when
+    nothing was there it asks again with ``expires`` and returns at the
+    first message. Messages of a request that arrive after its fetch
+    returned are kept for the next fetch, in order. Only the status of the
+    fetch's own request ends it: one left over from an earlier request
+    must not make a fetch come back empty while messages are waiting.
+    """
+
+    def __init__(self, nc: Any, stream: str, consumer: str) -> None:
+        self.nc = nc
+        self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self.inbox = nc.new_inbox()
+        self.sub: Any = None
+        self.buffer: list[Any] = []
+        self.request = 0  # the number of the last request made
+        self.want = 0  # messages that end the wait for it
+        self.answered: Optional[asyncio.Future[None]] = None
+
+    async def start(self) -> None:
+        self.sub = await self.nc.subscribe(self.inbox + ".*", cb=self._received)
+
+    async def close(self) -> None:
+        if self.sub is not None:
+            sub, self.sub = self.sub, None
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection may be gone
+                pass
+
+    async def _received(self, msg: Any) -> None:
+        headers = msg.headers
+        status = headers.get(STATUS_HEADER) if headers and not msg.data else None
+        if status is None:
+            self.buffer.append(msg)
+            if len(self.buffer) >= self.want:
+                self._wake()
+        elif status != HEARTBEAT_STATUS and msg.subject == f"{self.inbox}.{self.request}":
+            self._wake()  # 404 no messages, 408 expired, 409: that request is over
+
+    def _wake(self) -> None:
+        if self.answered is not None and not self.answered.done():
+            self.answered.set_result(None)
+
+    async def _ask(self, batch: int, want: int, expires_s: Optional[float]) -> None:
+        self.request += 1
+        self.want = want
+        self.answered = asyncio.get_running_loop().create_future()
+        body: dict[str, Any] = {"batch": batch}
+        if expires_s is None:
+            body["no_wait"] = True
+        else:
+            body["expires"] = int(expires_s * 1e9)
+        await self.nc.publish(
+            self.next_subject, json.dumps(body).encode(), reply=f"{self.inbox}.{self.request}"
+        )
+
+    async def _wait(self, timeout: float) -> None:
+        assert self.answered is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self.answered), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:
+        """Up to ``batch`` messages, in stream order; [] after ``timeout``."""
+        if not self.buffer:
+            await self._ask(batch, batch, None)
+            await self._wait(timeout)
+        if not self.buffer:
+            await self._ask(batch, 1, timeout)
+            await self._wait(timeout + EXPIRES_GRACE_S)
+        out, self.buffer = self.buffer[:batch], self.buffer[batch:]
+        return out
 
 
 class NatsBridge:
@@ -63,6 +153,7 @@ class NatsBridge:
         self.js: Any = None
         self._consumers = 0  # consumers made so far this run
         self._consumer_name: Optional[str] = None
+        self._reader: Optional[PullReader] = None
         # Set on the reactor thread through callFromThread.
         self.on_state: Callable[[bool, str], None] = lambda up, why: None
 
@@ -219,17 +310,18 @@ class NatsBridge:
             num_replicas=1,
         )
         consumer = await self.js.add_consumer(stream, config)
-        sub = await self.js.pull_subscribe_bind(consumer=consumer.name, stream=stream)
+        reader = PullReader(self.nc, stream, consumer.name)
+        await reader.start()
         out: list[StreamMessage] = []
         try:
             while not out or out[-1].seq < last:
-                batch = await self.fetch(sub, 1000, 2.0)
+                batch = await self.fetch(reader, 1000, 2.0)
                 if not batch:
                     break
                 out.extend(batch)
         finally:
+            await reader.close()
             try:
-                await sub.unsubscribe()
                 await self.js.delete_consumer(stream, consumer.name)
             except Exception:  # noqa: BLE001 - it expires by itself
                 pass
@@ -273,13 +365,14 @@ class NatsBridge:
         )
         self._consumer_name = name
         await self.js.add_consumer(stream, config)
-        return await self.js.pull_subscribe_bind(durable=name, stream=stream)
+        if self._reader is not None:
+            await self._reader.close()
+        self._reader = PullReader(self.nc, stream, name)
+        await self._reader.start()
+        return self._reader
 
-    async def fetch(self, sub: Any, batch: int, timeout: float) -> list[StreamMessage]:
-        try:
-            msgs = await sub.fetch(batch, timeout=timeout)
-        except (NatsTimeoutError, asyncio.TimeoutError):
-            return []
+    async def fetch(self, reader: PullReader, batch: int, timeout: float) -> list[StreamMessage]:
+        msgs = await reader.fetch(batch, timeout)
         out = []
         for m in msgs:
             parsed = parse_ack_reply(m.reply or "")
