@@ -48,6 +48,11 @@ INLINE_SLICE_S = 0.01
 GROUP_MAX_CELLS = 1_000
 
 
+def publish_cells(publish: Publish) -> int:
+    """A publish's size as the engine weighs it: rows x columns."""
+    return len(publish.table.rows) * len(publish.table.column_names)
+
+
 class Runner(Protocol):
     def write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]: ...
 
@@ -287,8 +292,7 @@ class Engine:
         answered after it; any other write first applies them, so the order
         holds.
         """
-        table = publish.table
-        cells = len(table.rows) * len(table.column_names)
+        cells = publish_cells(publish)
         inline = cells <= self.inline_max_cells
         if self.group_commit and cells <= GROUP_MAX_CELLS and inline and now is None:
             d: Deferred[None] = Deferred()
@@ -311,8 +315,7 @@ class Engine:
         chunk: list[tuple[Publish, Optional[str], Deferred[None]]] = []
         cells = 0
         for entry in waiting:
-            table = entry[0].table
-            size = len(table.rows) * len(table.column_names)
+            size = publish_cells(entry[0])
             if chunk and cells + size > self.inline_max_cells:
                 self._apply_chunk(chunk)
                 chunk, cells = [], 0
@@ -401,7 +404,7 @@ class Engine:
         """(publish, remote_addr) pairs applied in order with as few commits
         as can be (``Store.publish_group``); fires with each one's error or
         None once all are in the writer generation."""
-        cells = sum(len(p.table.rows) * len(p.table.column_names) for p, _ in items)
+        cells = sum(publish_cells(p) for p, _ in items)
         return self._write(
             cells <= self.inline_max_cells, self.store.publish_group, items, self._now()
         )

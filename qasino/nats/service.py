@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from qasino.core.errors import InvalidInput, PublishRejected, QasinoError
 from qasino.core.model import Publish
 from qasino.core.stream_time import StreamTimeline, check_duration
-from qasino.engine import Engine
+from qasino.engine import Engine, publish_cells
 from qasino.nats.bridge import NatsBridge
 from qasino.nats.messages import (
     CSV_TYPE,
@@ -425,7 +425,7 @@ class NatsService(Service):
                 self._keep(m, decoded)
             if isinstance(decoded, Publish):
                 calls.append((store.publish, (decoded, m.ts)))
-                cells += len(decoded.table.rows) * len(decoded.table.column_names)
+                cells += publish_cells(decoded)
             elif isinstance(decoded, NameValue):
                 calls.append(
                     (
