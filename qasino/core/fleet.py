@@ -214,11 +214,8 @@ class IdentityFragments:
 # snapshot's seq, ?2: the JSON), in identity order as identity_rows gives them.
 IDENTITIES_FROM_JSON = """
 INSERT INTO "qasino_server_identities"
-SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-       json_extract(value, '$[2]'), json_extract(value, '$[3]'),
-       max(0, ?1 - json_extract(value, '$[4]')),
-       json_extract(value, '$[6]'), json_extract(value, '$[7]'),
-       json_extract(value, '$[5]'), ?1 - json_extract(value, '$[4]') > 0
+SELECT value->>0, value->>1, value->>2, value->>3, max(0, ?1 - (value->>4)),
+       value->>6, value->>7, value->>5, ?1 - (value->>4) > 0
 FROM json_each(?2) ORDER BY 1
 """
 

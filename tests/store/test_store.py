@@ -15,6 +15,7 @@ import pytest
 from qasino.core.errors import InvalidInput, PublishRejected, QueryError, StoreError
 from qasino.core.model import Cell, Publish, PublishOptions, Result, Table, ViewDef
 from qasino.core.views import parse_views_yaml
+from qasino.store import internal
 from qasino.store import store as store_module
 from qasino.store.sqlite import GENERATION_PAGE_SIZE
 from qasino.store.store import GENERATIONS_DIR, Store, StoreConfig
@@ -729,6 +730,59 @@ def test_internal_tables_exist_from_the_start(store: Store) -> None:
     assert rows(store, "SELECT generation_number FROM qasino_server_info") == [(int(NOW),)]
     names = [str(r[0]) for r in rows(store, "SELECT tablename FROM qasino_server_tables")]
     assert sorted(names) == sorted(INTERNAL_TABLES)
+
+
+def test_many_identities_fill_the_internal_tables_exactly(store: Store) -> None:
+    # More rows than JSON_FILL_MIN_ROWS: connections and table_identities are
+    # filled from one JSON text; every value must read back as published.
+    n = internal.JSON_FILL_MIN_ROWS + 8
+    names = [f"host{i:03d}" for i in range(n - 3)] + [
+        "nul\x00byte",
+        "line\u2028sep",
+        "emoji\U0001f600",
+    ]
+    times = {name: NOW + 1 + i / 7 for i, name in enumerate(names)}  # 1/7: every bit used
+    for name in names:
+        publish(store, table("t", T_AB, [[1, "x"]]), identity=name, now=times[name])
+    store.rotate(NOW + 30)
+    assert rows(
+        store, "SELECT identity, nr_tables, last_update_epoch FROM qasino_server_connections"
+    ) == [(name, 1, times[name]) for name in sorted(names)]
+    assert rows(store, "SELECT * FROM qasino_server_table_identities") == [
+        ("t", name, 1, 0) for name in sorted(names)
+    ]
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_internal_fill_keeps_every_value_and_type(many: bool) -> None:
+    odd: list[tuple[object, ...]] = [
+        ("a\x00b", 2**63 - 1, NOW / 3),
+        ('q"uote\\', -(2**63), 1e-300),
+        ("\u00e9\u2028", 0, None),
+        (None, 1, 12345678901234567.0),
+    ]
+    filler = [(f"h{i}", i, NOW + i / 7) for i in range(internal.JSON_FILL_MIN_ROWS)]
+    data = odd + (filler if many else [])
+    conn = apsw.Connection(":memory:")
+    for name in ("qasino_server_connections", "by_row"):
+        conn.execute(f'CREATE TABLE "{name}" (identity varchar, nr_tables int, last int)')
+    internal._fill(conn, "qasino_server_connections", data)
+    conn.executemany('INSERT INTO "by_row" VALUES (?, ?, ?)', data)
+    got = list(conn.execute('SELECT * FROM "qasino_server_connections" ORDER BY rowid'))
+    by_row = list(conn.execute('SELECT * FROM "by_row" ORDER BY rowid'))
+    assert got == by_row == data
+    # the same storage classes as bound row by row (INT affinity included)
+    assert [tuple(map(type, r)) for r in got] == [tuple(map(type, r)) for r in by_row]
+
+
+def test_internal_fill_goes_row_by_row_for_what_json_cannot_hold() -> None:
+    data: list[tuple[object, ...]] = [(f"h{i}", i, b"\x00blob") for i in range(50)]
+    conn = apsw.Connection(":memory:")
+    conn.execute(
+        'CREATE TABLE "qasino_server_connections" (identity varchar, nr_tables int, last int)'
+    )
+    internal._fill(conn, "qasino_server_connections", data)
+    assert list(conn.execute('SELECT * FROM "qasino_server_connections"')) == data
 
 
 def test_table_list_lists_the_tables_of_the_served_snapshot(store: Store) -> None:
