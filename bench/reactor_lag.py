@@ -61,7 +61,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from twisted.internet import reactor, task
     from twisted.internet.threads import deferToThread
 
-    from qasino.server_main import GC_THRESHOLDS
+    from qasino.proc import GC_THRESHOLDS
     from qasino.service import ServerConfig, make_service
 
     sys.setswitchinterval(0.001)  # as qasino_server runs

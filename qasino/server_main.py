@@ -15,6 +15,7 @@ from qasino.config import parse_args as parse_config_args
 from qasino.config import render as render_config
 from qasino.core.errors import StoreError
 from qasino.logs import add_logging_arguments, start_logging
+from qasino.proc import GC_THRESHOLDS
 from qasino.service import (
     DEFAULT_HTPASSWD_FILE,
     DEFAULT_KEYS_DIR,
@@ -22,10 +23,6 @@ from qasino.service import (
     ServerConfig,
     default_db_dir,
 )
-
-# gc.set_threshold: young collections every 50,000 net allocations instead
-# of 700, full ones a hundred times rarer than young ones.
-GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def _port(text: str) -> Optional[int]:
@@ -465,7 +462,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             LISTEN_BACKLOG,
         )
     if config.http_fd is not None:
-        from qasino.workers import set_parent_death_signal
+        from qasino.proc import set_parent_death_signal
 
         set_parent_death_signal()
     # One server per --db-dir, decided before anything (logging included)

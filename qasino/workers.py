@@ -31,7 +31,6 @@ meanwhile wait in its backlog.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import marshal
 import os
 import signal
@@ -60,6 +59,7 @@ from qasino.core.model import Publish, PublishOptions, Table
 from qasino.core.render import error_shape
 from qasino.core.tables import parse_json_publish
 from qasino.frontends.fastpath import HAND_OFF, ApiFastFactory, query_string_args
+from qasino.proc import GC_THRESHOLDS, set_parent_death_signal
 
 log = Logger(namespace="qasino.workers")
 
@@ -192,18 +192,6 @@ class FrameReader:
         if at:
             del buf[:at]
         return frames
-
-
-def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
-    """Linux: get ``sig`` when the parent process dies (no orphans that
-    hold the data directory or the ports)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 # ---------------------------------------------------------------- supervisor
@@ -757,7 +745,6 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
     from qasino.logs import start_logging
 
     log_file = start_logging(args.log_level, args.log_format, args.log_file)
-    from qasino.server_main import GC_THRESHOLDS
 
     gc.set_threshold(*GC_THRESHOLDS)
 

@@ -146,6 +146,16 @@ class Counters:
                 self._values[name] += n
                 self._totals[name] += n
 
+    def add_pair(self, first: str, n: int, second: str, m: int) -> None:
+        """``add(first=n, second=m)`` without the keyword dict: once or
+        twice per publish, where ``add`` cost about 1.5 µs a call."""
+        with self._lock:
+            values, totals = self._values, self._totals
+            values[first] += n
+            values[second] += m
+            totals[first] += n
+            totals[second] += m
+
     def give_back(self, values: dict[str, int]) -> None:
         """Undo a :meth:`take` (the generation was not served); totals keep them once."""
         with self._lock:
@@ -583,7 +593,7 @@ class Store:
         the publisher's address, if the transport knows it.
         """
         nrows = len(publish.table.rows)
-        self.counters.add(updates_received=1, inserts_received=nrows)
+        self.counters.add_pair("updates_received", 1, "inserts_received", nrows)
         try:
             _check_tablename(publish.table.tablename)
             _check_keycols(publish)
@@ -592,12 +602,14 @@ class Store:
             else:
                 self._apply(self._writer, publish, now)
                 self.persisted.record(publish, now=now, seq=self._writer.seq)
-                self._journal_add(["p", journal.describe(publish), remote_addr], publish.table.rows)
+                if self._journal is not None:
+                    record: list[object] = ["p", journal.describe(publish), remote_addr]
+                    self._journal_add(record, publish.table.rows)
         except QasinoError:
             self.counters.add(update_errors=1)
             raise
         self._note_seen(publish, now, remote_addr)
-        self.counters.add(updates_completed=1, inserts_completed=nrows)
+        self.counters.add_pair("updates_completed", 1, "inserts_completed", nrows)
 
     def _journal_add(self, record: list[object], rows: Optional[Sequence[object]] = None) -> None:
         j = self._journal
