@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -80,6 +81,24 @@ async def fill(url: str, n: int, replicas: int, window: int = 2000) -> float:
     return took
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of a process and of its children, by pid."""
+    out = {pid: cpu_seconds(pid)}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                out[int(child)] = cpu_seconds(int(child))
+            except OSError:
+                pass
+    return out
+
+
 def apply_ceiling(n: int) -> float:
     """Tables/s of the same messages decoded and written in batches of 2,000
     in this process: no NATS, no reactor, no threads (the same-run ceiling)."""
@@ -135,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         spy = None
         if args.py_spy is not None and server.proc is not None:
             spy = start_py_spy(server.proc.pid, args.py_spy)
+        cpu_before = tree_cpu(server.proc.pid) if server.proc is not None else {}
         server.wait_log("caught up with stream", timeout=600)
         done = time.perf_counter()
+        cpu_after = tree_cpu(server.proc.pid) if server.proc is not None else {}
         if spy is not None:
             stop_py_spy(spy)
         text = server.log_text()
@@ -149,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             "replicas": args.replicas,
             "refused": applied,
         }
+        # CPU per table of the server process and of its reader process
+        # (started after `began`, so all of its CPU counts).
+        server_pid = server.proc.pid if server.proc is not None else -1
+        for pid, seconds in cpu_after.items():
+            spent = seconds - cpu_before.get(pid, 0.0)
+            key = "server_us_per_table" if pid == server_pid else "reader_us_per_table"
+            result[key] = round(result.get(key, 0.0) + spent / args.tables * 1e6, 1)
         poll_until(lambda: server is not None and server.alive(), 1, "server alive")
         after = apply_ceiling(ceiling_n)
         result["apply_ceiling_tables_per_s"] = round((before + after) / 2)

@@ -39,16 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.nats_ingest import TARGET_TABLES_PER_S, fill
+from bench.nats_ingest import TARGET_TABLES_PER_S, cpu_seconds, fill
 
 _LEN = struct.Struct("!I")
 BATCH = 2000
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def reader_main(url: str, durable: str, n: int) -> int:
@@ -166,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:]
     import gc
 
-    from qasino.server_main import GC_THRESHOLDS
+    from qasino.proc import GC_THRESHOLDS
 
     gc.set_threshold(*GC_THRESHOLDS)  # both processes collect as the server does
     if argv[:1] == ["--reader"]:

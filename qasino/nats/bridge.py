@@ -143,15 +143,27 @@ class PullReader:
 class NatsBridge:
     """One NATS connection on a private asyncio loop; Deferreds out."""
 
-    def __init__(self, reactor: Any, servers: list[str], name: str) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        servers: list[str],
+        name: str,
+        own_loop: bool = True,
+        consumers_made: int = 0,
+    ) -> None:
+        """``own_loop`` False: used from a running asyncio loop (the reader
+        process), without a thread; ``reactor`` then only needs a
+        ``callFromThread`` that calls at once. ``consumers_made``: how many
+        consumers earlier readers of this server made (names go on from
+        there)."""
         self.reactor = reactor
         self.servers = servers
         self.name = name
-        self.loop = asyncio.new_event_loop()
+        self.loop = asyncio.new_event_loop() if own_loop else asyncio.get_running_loop()
         self.thread = threading.Thread(target=self._run, name="qasino-nats", daemon=True)
         self.nc: Any = None
         self.js: Any = None
-        self._consumers = 0  # consumers made so far this run
+        self._consumers = consumers_made  # consumers made so far this run
         self._consumer_name: Optional[str] = None
         self._reader: Optional[PullReader] = None
         # Set on the reactor thread through callFromThread.
@@ -231,7 +243,9 @@ class NatsBridge:
             )
         )
         stopping = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({task, stopping}, timeout=CONNECT_TIMEOUT_S + 1)
+        done, _ = await asyncio.wait(
+            {task, stopping}, timeout=CONNECT_TIMEOUT_S + 1, return_when=asyncio.FIRST_COMPLETED
+        )
         if not done:
             why = last_error[0] if last_error else "no answer"
             self._state(False, f"cannot reach NATS at {','.join(self.servers)}: {why}; retrying")

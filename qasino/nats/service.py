@@ -22,12 +22,15 @@ still holds and so rebuilds the current generation.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import Iterator
 from typing import Any, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -52,27 +55,111 @@ from qasino.nats.messages import (
     original_of,
     subject_for,
 )
+from qasino.nats.reader import decode_frame
 from qasino.ops import Dispatcher, encode_json
 from qasino.store.store import SnapshotInfo
+from qasino.workers import Backoff, FrameReader
 
 log = Logger(namespace="qasino.nats")
 
-FETCH_BATCH = 2000
-FETCH_TIMEOUT_S = 0.5
 DEFAULT_RETENTION_GENERATIONS = 10
 MIN_MAX_AGE_S = 60.0
 # Messages younger than this (by the server's clock) are copied to
 # QASINO_KEEP when static/persist; older ones were copied when they were
 # new (copies are de-duplicated by JetStream for two minutes).
 KEEP_LIVE_S = 60.0
-# Batches handed to the reactor and not yet applied, at most.
-IN_FLIGHT = 2
 CAUGHT_UP_S = 2.0
+# A batch is written in transactions of at most this many cells, each on
+# the reactor thread (the engine's inline bound): with the decoding in the
+# reader process, a writer thread would only fight the reactor for the GIL
+# (executemany lets go of it around every row; docs/scaling.md).
+APPLY_CHUNK_CELLS = 10_000
+# Consumer names a reader process may use before the next one's (durable-N).
+READER_CONSUMERS = 1000
+# How long a stopping server waits for its reader process before SIGKILL.
+READER_STOP_S = 5.0
 
 
 def consumer_name(identity: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in identity)
     return "qasino_" + (safe or "server")
+
+
+class ReaderProcess(ProcessProtocol):
+    """The reader process (:mod:`qasino.nats.reader`) as the server sees
+    it: batch frames on its stdout, log lines on its stderr, one byte on
+    its stdin per batch applied."""
+
+    def __init__(self, service: NatsService) -> None:
+        self.service = service
+        self.frames = FrameReader()
+        self.partial = b""
+        self.started_at = float(service.reactor.seconds())
+        self.pid: Optional[int] = None
+        self.ended: Deferred[None] = Deferred()
+        self.dropped = False  # killed for garbage: what else it sent is ignored
+        self._kill: Optional[Any] = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.pid = self.transport.pid
+
+    def outReceived(self, data: bytes) -> None:
+        if self.dropped:
+            return
+        try:
+            frames = self.frames.feed(data)
+        except ValueError as e:
+            log.error("NATS reader process sent garbage ({error}); stopping it", error=e)
+            self.drop()
+            return
+        for frame in frames:
+            if self.dropped:
+                return
+            self.service.reader_frame(self, frame)
+
+    def errReceived(self, data: bytes) -> None:
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            level, _, text = line.decode("utf-8", "replace").partition(" ")
+            if level == "info":
+                log.info("{text}", text=text)
+            else:
+                log.warn(
+                    "{text}", text=text if level == "warn" else line.decode("utf-8", "replace")
+                )
+
+    def credit(self) -> None:
+        """One more batch applied: the reader may send another."""
+        if self.transport is not None and not self.ended.called:
+            try:
+                self.transport.write(b"\x01")
+            except Exception:  # noqa: BLE001 - it is ending
+                pass
+
+    def signal(self, name: str) -> None:
+        if self.transport is not None and not self.ended.called:
+            try:
+                self.transport.signalProcess(name)
+            except Exception:  # noqa: BLE001 - already gone (ProcessExitedAlready)
+                pass
+
+    def drop(self) -> None:
+        self.dropped = True
+        self.signal("KILL")
+
+    def stop(self) -> None:
+        """EOF on its stdin and SIGTERM; SIGKILL if it is not gone in time."""
+        if self.transport is not None and not self.ended.called:
+            self.transport.closeStdin()
+            self.signal("TERM")
+            self._kill = self.service.reactor.callLater(READER_STOP_S, self.signal, "KILL")
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._kill is not None and self._kill.active():
+            self._kill.cancel()
+        self.ended.callback(None)
+        self.service.reader_ended(self, reason.getErrorMessage())
 
 
 class NatsService(Service):
@@ -117,9 +204,14 @@ class NatsService(Service):
         self._ticks.clock = reactor
         self._main: Optional[Any] = None
         self._stop: Optional[asyncio.Event] = None
-        self._next_seq: Optional[int] = None  # NATS thread only
-        self._in_flight: Optional[asyncio.Semaphore] = None  # NATS thread only
-        self._handed = 0  # batches handed and not yet applied (NATS thread only)
+        # The next stream sequence to read: set by the restore (NATS thread)
+        # before the reader starts, then by the reader's batches (reactor).
+        self._next_seq: Optional[int] = None
+        self._handed = 0  # batches of the reader not yet applied
+        self._reader: Optional[ReaderProcess] = None
+        self._reader_starts = 0
+        self._reader_backoff = Backoff()
+        self._stopping = False
         self.kept: set[str] = set()  # persist subjects with a copy in QASINO_KEEP
         dispatcher.forwarder = self
         engine.on_generation(self._gensig)
@@ -133,15 +225,21 @@ class NatsService(Service):
         self._main = asyncio.run_coroutine_threadsafe(self._run(), self.bridge.loop)
         self._ticks.start(self.tick_s, now=False)
 
-    def stopService(self) -> None:
+    def stopService(self) -> Optional[Deferred[None]]:
         super().stopService()
+        self._stopping = True
         if self._ticks.running:
             self._ticks.stop()
+        reader, self._reader = self._reader, None
         if self._stop is not None:
             self.bridge.loop.call_soon_threadsafe(self._stop.set)
         if self._main is not None:
             self._main.cancel()
         self.bridge.stop()
+        if reader is None:
+            return None
+        reader.stop()
+        return reader.ended
 
     def _on_state(self, up: bool, why: str) -> None:
         if up:
@@ -194,6 +292,8 @@ class NatsService(Service):
             self.reactor.callFromThread(log.error, "NATS consumer stopped: {error}", error=repr(e))
 
     async def _consume(self, stop: asyncio.Event) -> None:
+        """Connect, make the streams, restore the kept copies; then the
+        reader process reads the stream (:meth:`_start_reader`)."""
         if not await self.bridge.connect(stop):
             return
         while not stop.is_set():
@@ -210,59 +310,11 @@ class NatsService(Service):
             except Exception as e:  # noqa: BLE001 - retried
                 self.bridge._state(False, f"cannot read stream {KEEP_STREAM}: {e!r}")
                 await _sleep(stop, 1.0)
+        if stop.is_set():
+            return
         # Up again if a failure above said otherwise.
         self.bridge._state(self.bridge.nc.is_connected, f"reading stream {self.stream}")
-        sub = None
-        fresh = True
-        loop = asyncio.get_running_loop()
-        last_message = loop.time()
-        stall_s = max(3.0, 4 * self.tick_s)
-        while not stop.is_set():
-            if not self.bridge.nc.is_connected:
-                # nats-py is reconnecting (logged once): wait for it quietly.
-                await _sleep(stop, 0.5)
-                last_message = loop.time()
-                continue
-            try:
-                if sub is None:
-                    sub = await self.bridge.consumer(self.stream, self.durable, self._next_seq)
-                    fresh = True
-                msgs = await self.bridge.fetch(sub, FETCH_BATCH, FETCH_TIMEOUT_S)
-                now = loop.time()
-                if not msgs:
-                    if not self.caught_up and not self._handed:
-                        self.reactor.callFromThread(self._caught_up)
-                    if now - last_message > stall_s:
-                        # Ticks come every tick_s: silence means the
-                        # consumer is gone (its node died). Make it again.
-                        self.reactor.callFromThread(
-                            log.warn,
-                            "no message from stream {stream} for {s:.0f}s: "
-                            "making the consumer again",
-                            stream=self.stream,
-                            s=now - last_message,
-                        )
-                        sub = None
-                        last_message = now
-                    continue
-                last_message = now
-                msgs, gap = self._in_order(msgs, fresh)
-                fresh = False
-                if msgs:
-                    await self._hand(msgs)
-                    self._next_seq = msgs[-1].seq + 1
-                if gap:
-                    # A batch went missing (a node died under it): start the
-                    # consumer again right after the last applied message.
-                    sub = None
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - retried
-                self.reactor.callFromThread(
-                    log.warn, "NATS consumer: {error}; retrying", error=repr(e)
-                )
-                sub = None
-                await _sleep(stop, 0.5)
+        self.reactor.callFromThread(self._start_reader)
 
     async def _restore_kept(self) -> None:
         """Before the stream: the last static/persist publishes per identity
@@ -305,55 +357,99 @@ class NatsService(Service):
         self.reactor.callFromThread(on_reactor)
         await done
 
-    def _in_order(self, msgs: list[StreamMessage], fresh: bool) -> tuple[list[StreamMessage], bool]:
-        """Drop what was applied already; cut the batch at a sequence gap.
+    # ------------------------------------------------------------ reader process
 
-        The first message of a fresh consumer is taken whatever its number
-        (what came before it may have expired)."""
-        expected = None if fresh else self._next_seq
-        out: list[StreamMessage] = []
-        for m in msgs:
-            if expected is not None and m.seq < expected:
-                continue
-            if expected is not None and m.seq > expected:
-                return out, True
-            out.append(m)
-            expected = m.seq + 1
-        return out, False
-
-    async def _hand(self, msgs: list[StreamMessage]) -> None:
-        """Decode a batch here (on the NATS thread) and hand it to the
-        reactor thread to apply; returns once it is handed, with at most
-        ``IN_FLIGHT`` batches not yet applied, so decoding the next batch
-        overlaps with SQLite writing the last one. The reactor applies
-        batches in the order they are handed."""
+    def _start_reader(self) -> None:
+        if self._stopping or self._reader is not None:
+            return
         limits = self.dispatcher.limits
-        decoded = [_decode_or_error(m, limits) for m in msgs]
-        loop = asyncio.get_running_loop()
-        if self._in_flight is None:
-            self._in_flight = asyncio.Semaphore(IN_FLIGHT)
-        slots = self._in_flight
-        await slots.acquire()
+        command = [
+            sys.executable,
+            "-m",
+            "qasino.nats.reader",
+            "--servers",
+            ",".join(self.servers),
+            "--name",
+            f"qasino-{self.engine.identity}-reader",
+            "--stream",
+            self.stream,
+            "--durable",
+            self.durable,
+            "--consumer-index",
+            str(READER_CONSUMERS * self._reader_starts),
+            "--tick-s",
+            repr(self.tick_s),
+            "--max-rows",
+            str(limits["max_rows"]),
+            "--max-columns",
+            str(limits["max_columns"]),
+            "--max-cell-bytes",
+            str(limits["max_cell_bytes"]),
+        ]
+        if self._next_seq is not None:
+            command += ["--start-seq", str(self._next_seq)]
+        protocol = ReaderProcess(self)
+        self._reader = protocol
+        self._reader_starts += 1
+        self.reactor.spawnProcess(
+            protocol,
+            sys.executable,
+            command,
+            env=os.environ.copy(),
+            childFDs={0: "w", 1: "r", 2: "r"},
+        )
+        log.info(
+            "NATS reader process started (pid {pid}) from stream sequence {seq}",
+            pid=protocol.pid,
+            seq=self._next_seq if self._next_seq is not None else "1",
+        )
 
+    def reader_frame(self, reader: ReaderProcess, frame: bytes) -> None:
+        """One frame from the reader process (reactor thread)."""
+        try:
+            batch = decode_frame(frame, self.dispatcher.limits)
+        except ValueError as e:
+            log.error("NATS reader process sent garbage ({error}); stopping it", error=e)
+            reader.drop()
+            return
+        if batch is None:  # it found nothing more to read
+            if not self.caught_up and not self._handed:
+                self._caught_up()
+            return
+        msgs, decoded = batch
+        if not msgs:
+            reader.credit()
+            return
+        self._next_seq = msgs[-1].seq + 1
         self._handed += 1
+        d = maybeDeferred(self.apply_batch, msgs, True, decoded)
+        d.addErrback(lambda f: log.failure("applying a NATS batch failed", f))
+        # Caught up: nothing left to deliver, or (the pending count lags
+        # behind while ticks keep coming) the last message is recent.
+        if msgs[-1].pending == 0 or self.reactor.seconds() - msgs[-1].ts < CAUGHT_UP_S:
+            d.addBoth(lambda _: self._caught_up())
 
-        def released() -> None:
+        def applied(_: object) -> None:
             self._handed -= 1
-            slots.release()
+            reader.credit()
 
-        def finish(_: object) -> None:
-            loop.call_soon_threadsafe(released)
+        d.addBoth(applied)
 
-        def on_reactor() -> None:
-            d = maybeDeferred(self.apply_batch, msgs, True, decoded)
-            d.addErrback(lambda f: log.failure("applying a NATS batch failed", f))
-            # Caught up: nothing left to deliver, or (the pending count lags
-            # behind while ticks keep coming) the last message is recent.
-            if msgs[-1].pending == 0 or self.reactor.seconds() - msgs[-1].ts < CAUGHT_UP_S:
-                d.addBoth(lambda _: self._caught_up())
-            d.addBoth(finish)
-
-        self.reactor.callFromThread(on_reactor)
+    def reader_ended(self, reader: ReaderProcess, why: str) -> None:
+        if self._reader is reader:
+            self._reader = None
+        if self._stopping:
+            return
+        delay = self._reader_backoff.after(self.reactor.seconds() - reader.started_at)
+        log.warn(
+            "NATS reader process (pid {pid}) ended ({why}); starting it again in {delay}s "
+            "from stream sequence {seq}",
+            pid=reader.pid,
+            why=why,
+            delay=delay,
+            seq=self._next_seq,
+        )
+        self.reactor.callLater(delay, self._start_reader)
 
     def _caught_up(self) -> None:
         if not self.caught_up:
@@ -424,8 +520,11 @@ class NatsService(Service):
             if from_stream:
                 self._keep(m, decoded)
             if isinstance(decoded, Publish):
+                size = publish_cells(decoded)
+                if cells + size > APPLY_CHUNK_CELLS:
+                    flush()
                 calls.append((store.publish, (decoded, m.ts)))
-                cells += publish_cells(decoded)
+                cells += size
             elif isinstance(decoded, NameValue):
                 calls.append(
                     (

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 from tests.e2e.conftest import (
     http_publish,
@@ -264,6 +267,67 @@ def test_kill_of_one_nats_node_during_ingest_loses_no_acknowledged_publish(
     b = nats_server("kb")
     g, ra, rb = same_generation(a, b, sql, timeout=20)
     assert ra == rb
+
+
+def reader_pid(server: QasinoProcess) -> Optional[int]:
+    """The pid of the server's NATS reader process (its one child), if running."""
+    assert server.proc is not None
+    children = [
+        int(pid)
+        for task in Path(f"/proc/{server.proc.pid}/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
+    assert len(children) <= 1, children
+    return children[0] if children else None
+
+
+def test_kill_of_the_reader_process_during_ingest_loses_and_doubles_nothing(
+    nats_server: Callable[..., QasinoProcess],
+) -> None:
+    a = nats_server("ra")
+    # Connected at once: no "cannot reach NATS" on the way (the connect
+    # used to wait out its timeout first and say so).
+    assert "cannot reach NATS" not in a.log_text()
+    first = reader_pid(a)
+    assert first is not None
+    acked: list[str] = []
+    for i in range(60):
+        if i == 20:
+            os.kill(first, signal.SIGKILL)
+        ident = f"r{i:03d}"
+        ok(
+            http_publish(
+                a.ports["http"], publish_request(ident, table("rp", [[ident, i]]), persist=1)
+            )
+        )
+        acked.append(ident)
+    a.wait_log(rf"NATS reader process \(pid {first}\) ended", timeout=10)
+    poll_until(lambda: reader_pid(a) not in (None, first), 10, "a new reader process")
+    sql = "SELECT host, count(*) FROM rp GROUP BY host ORDER BY host"
+    poll_until(
+        lambda: served(a, sql)[1] == [[ident, "1"] for ident in acked],
+        20,
+        "every acknowledged publish served once",
+    )
+    # The reader ends with its server: on SIGTERM, and on SIGKILL (parent-death signal).
+    second = reader_pid(a)
+    assert second is not None
+    assert a.stop() == 0
+    poll_until(lambda: not alive(second), 10, "the reader to end with its server")
+    b = nats_server("rb")
+    third = reader_pid(b)
+    assert third is not None
+    b.kill()
+    poll_until(lambda: not alive(third), 10, "the reader to end with its killed server")
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie or a reaped pid is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_killed_server_restarted_with_empty_db_dir_catches_up(
