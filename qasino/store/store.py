@@ -1683,6 +1683,8 @@ def _check_keycols(publish: Publish) -> None:
     Otherwise SQLite would read a quoted unknown name as a string literal and
     key the table on a constant, and the persist registry could not key rows.
     """
+    if not publish.options.keycols:
+        return
     columns = {c.lower() for c in publish.table.column_names}
     for keycol in publish.options.keycols:
         if keycol.lower() not in columns:
