@@ -31,6 +31,7 @@ from pathlib import Path
 import nats
 
 from bench.daemon import start_py_spy, stop_py_spy
+from tests.e2e.conftest import http_query
 from tests.nats.cluster import NatsCluster
 from tests.server_process import QasinoProcess, new_server, poll_until
 
@@ -162,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             stop_py_spy(spy)
         text = server.log_text()
         applied = text.count("not applied")
+        # Every table is in the generation being written (it is --generation
+        # long): 10 rows each, none lost, none twice.
+        reply = http_query(server.ports["http"], "SELECT count(*) FROM disks", use_write_db=True)
+        rows = int(reply["table"]["rows"][0][0])
+        if rows != args.tables * 10:
+            raise SystemExit(f"the server holds {rows} rows, not {args.tables * 10}: {reply}")
         result = {
             "nats_publish_tables_per_s": round(args.tables / publish_s),
             "nats_ingest_tables_per_s": round(args.tables / (done - began)),

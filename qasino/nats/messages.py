@@ -90,9 +90,11 @@ def original_of(kept: StreamMessage) -> Optional[StreamMessage]:
     return StreamMessage(subject, kept.data, rest or None, seq, ts_ns)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StreamMessage:
-    """One message as the consumer got it (plain values, any thread)."""
+    """One message as the consumer got it (plain values, any thread; not
+    changed once made). Not frozen: a frozen dataclass took 1.1 µs to make,
+    this 0.2, once per message on both sides of the reader's pipe."""
 
     subject: str
     data: bytes

@@ -560,6 +560,8 @@ class NatsService(Service):
         tombstone = False
         if isinstance(decoded, Publish):
             opts, name = decoded.options, decoded.table.tablename
+            if not (opts.static or opts.persist or self.kept):
+                return  # the common case: nothing to copy or to end
             if opts.static:
                 subject = keep_subject("s", opts.identity, name)
             else:
