@@ -355,13 +355,18 @@ class Engine:
             self._flush_group()
         return self._enqueue(inline, fn, *args)
 
-    def _enqueue(self, inline: bool, fn: Callable[..., T], *args: Any) -> Deferred[T]:
-        if inline and not self._queue and not self._on_thread:
+    def _enqueue(
+        self, inline: bool, fn: Callable[..., T], *args: Any, now_ok: bool = True
+    ) -> Deferred[T]:
+        if inline and now_ok and not self._queue and not self._on_thread:
             return run_now(fn, *args)
         d: Deferred[T] = Deferred()
         self._queue.append((inline, fn, args, d))
         if not self._pumping and not self._on_thread and self._pump_call is None:
-            self._pump()
+            if now_ok:
+                self._pump()
+            else:  # from the next turn on, a slice at a time
+                self._pump_call = self.clock.callLater(0, self._pump)
         return d
 
     def _pump(self) -> None:
@@ -392,11 +397,22 @@ class Engine:
             self._pump()
 
     def write_batch(
-        self, calls: Sequence[tuple[Callable[..., object], tuple[Any, ...]]], cells: int
+        self,
+        calls: Sequence[tuple[Callable[..., object], tuple[Any, ...]]],
+        cells: int,
+        in_turns: bool = False,
     ) -> Deferred[list[Any]]:
         """Store writer calls applied in order in one transaction (see
-        ``Store.write_batch``); fires with each call's error or None."""
-        return self._write(cells <= self.inline_max_cells, self.store.write_batch, calls)
+        ``Store.write_batch``); fires with each call's error or None.
+
+        ``in_turns``: always through the queue, so that many such batches
+        in a row (a NATS catch-up) are written ``inline_slice_s`` at a time
+        and the reactor serves queries between them."""
+        if self._group:
+            self._flush_group()
+        return self._enqueue(
+            cells <= self.inline_max_cells, self.store.write_batch, calls, now_ok=not in_turns
+        )
 
     def publish_group(
         self, items: Sequence[tuple[Publish, Optional[str]]]

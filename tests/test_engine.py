@@ -257,6 +257,34 @@ def test_a_queue_of_inline_writes_yields_to_the_reactor_between_slices(
     assert clock.getDelayedCalls() == []
 
 
+def test_batches_written_in_turns_start_at_the_next_turn_a_slice_at_a_time(
+    store: Store, clock: Clock
+) -> None:
+    engine = Engine(store, SyncRunner(), clock, "server1", inline_slice_s=0.0)
+    batches = [
+        [(store.publish, (Publish(table("t", [[n]]), PublishOptions(f"host{n}")), 1.0))]
+        for n in range(3)
+    ]
+    turns: list[float] = []
+    real_call_later = clock.callLater
+
+    def call_later(delay: float, fn: Any, *args: Any) -> Any:
+        turns.append(delay)
+        return real_call_later(delay, fn, *args)
+
+    clock.callLater = call_later  # type: ignore[method-assign]
+    done = [fired(engine.write_batch(b, 1, in_turns=True)) for b in batches]
+    assert done == [[], [], []], "nothing written in the caller's turn"
+    assert turns == [0]
+    clock.advance(0)
+    assert done == [[[None]], [[None]], [[None]]]
+    assert turns == [0, 0, 0], "one batch per turn (a slice of 0 s)"
+    assert clock.getDelayedCalls() == []
+    # Without in_turns a batch is written at once, as before.
+    now = fired(engine.write_batch(batches[0], 1))
+    assert now and isinstance(now[0][0], PublishRejected)
+
+
 def test_publish_uses_the_engine_clock(engine: Engine, clock: Clock) -> None:
     clock.advance(12.5)
     fired(engine.publish(Publish(table("t", [[1]]), PublishOptions("host1"))))

@@ -485,7 +485,7 @@ class NatsService(Service):
         def flush() -> None:
             nonlocal last, calls, applied, cells
             if calls:
-                last = self.engine.write_batch(calls, cells)
+                last = self.engine.write_batch(calls, cells, in_turns=True)
                 last.addCallback(self._batch_done, applied)
                 last.addErrback(self._batch_failed, applied)
                 calls, applied, cells = [], [], 0

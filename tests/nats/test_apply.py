@@ -53,7 +53,7 @@ def served(store: Store, sql: str) -> list[tuple[object, ...]]:
 
 
 def test_generations_are_cut_by_stream_time_with_aligned_numbers(
-    engine: Engine, store: Store
+    engine: Engine, store: Store, clock: Clock
 ) -> None:
     nats = service(engine)
     nats.apply_batch(
@@ -64,15 +64,17 @@ def test_generations_are_cut_by_stream_time_with_aligned_numbers(
             message(4, 2012.0, "h1", [["h1", 3]]),
         ]
     )
+    clock.advance(0)  # batches are written from the next reactor turn on
     assert served(store, "SELECT generation_number FROM qasino_server_info") == [(2000,)]
     assert served(store, "SELECT host, n FROM t ORDER BY host") == [("h1", 1), ("h2", 2)]
     nats.apply_batch([tick(5, 2031.0)])  # idle generations are skipped
+    clock.advance(0)
     assert served(store, "SELECT generation_number FROM qasino_server_info") == [(2010,)]
     assert served(store, "SELECT host, n FROM t") == [("h1", 3)]
 
 
 def test_second_publish_in_a_generation_is_refused_within_a_batch(
-    engine: Engine, store: Store
+    engine: Engine, store: Store, clock: Clock
 ) -> None:
     nats = service(engine)
     nats.apply_batch(
@@ -84,6 +86,7 @@ def test_second_publish_in_a_generation_is_refused_within_a_batch(
             tick(5, 2021.0),
         ]
     )
+    clock.advance(0)
     # h1's second publish was refused; h2's persisted table is carried.
     assert served(store, "SELECT host, n FROM t ORDER BY host") == [("h2", 2)]
     assert store.counters.peek()["update_errors"] == 0  # counters of generation 2020

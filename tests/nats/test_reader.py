@@ -170,7 +170,7 @@ def attached(service: NatsService) -> tuple[ReaderProcess, FakeTransport]:
 
 
 def test_batches_are_applied_in_order_with_one_credit_each(
-    nats_service: NatsService, store: Store
+    nats_service: NatsService, store: Store, clock: Clock
 ) -> None:
     proc, transport = attached(nats_service)
     first = [msg(s, publish_body(f"h{s}", [[f"h{s}", s]]), f"qasino.publish.h{s}") for s in (1, 2)]
@@ -179,6 +179,8 @@ def test_batches_are_applied_in_order_with_one_credit_each(
     proc.childDataReceived(1, data[:7])  # frames arrive in pieces
     assert transport.written == b""
     proc.childDataReceived(1, data[7:])
+    assert transport.written == b"", "a credit only once its batch is applied"
+    clock.advance(0)  # written from the next reactor turn on
     assert transport.written == b"\x01\x01"
     assert nats_service.applied == 3
     assert nats_service._next_seq == 4
