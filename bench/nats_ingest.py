@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -86,6 +87,15 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def query_loop(port: int, stop: threading.Event, latencies: list[float]) -> None:
+    """Queries back to back while the server catches up: what a user sees."""
+    while not stop.is_set():
+        started = time.perf_counter()
+        http_query(port, "SELECT count(*) FROM qasino_server_tables")
+        latencies.append(time.perf_counter() - started)
+        stop.wait(0.005)
 
 
 def served_rows(port: int, use_write_db: bool) -> int:
@@ -164,8 +174,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.py_spy is not None and server.proc is not None:
             spy = start_py_spy(server.proc.pid, args.py_spy)
         cpu_before = tree_cpu(server.proc.pid) if server.proc is not None else {}
-        server.wait_log("caught up with stream", timeout=600)
-        done = time.perf_counter()
+        stop_queries = threading.Event()
+        latencies: list[float] = []
+        querying = threading.Thread(
+            target=query_loop, args=(server.ports["http"], stop_queries, latencies)
+        )
+        querying.start()
+        try:
+            server.wait_log("caught up with stream", timeout=600)
+        finally:
+            done = time.perf_counter()
+            stop_queries.set()
+            querying.join()
         cpu_after = tree_cpu(server.proc.pid) if server.proc is not None else {}
         if spy is not None:
             stop_py_spy(spy)
@@ -188,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
             "replicas": args.replicas,
             "refused": applied,
         }
+        if latencies:
+            latencies.sort()
+            result["catchup_queries"] = len(latencies)
+            result["catchup_query_p50_ms"] = round(latencies[len(latencies) // 2] * 1000, 1)
+            result["catchup_query_p99_ms"] = round(latencies[len(latencies) * 99 // 100] * 1000, 1)
+            result["catchup_query_max_ms"] = round(latencies[-1] * 1000, 1)
         # CPU per table of the server process and of its reader process
         # (started after `began`, so all of its CPU counts).
         server_pid = server.proc.pid if server.proc is not None else -1
