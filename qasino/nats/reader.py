@@ -127,45 +127,84 @@ def idle_frame() -> bytes:
     return _LEN.pack(len(body)) + body
 
 
-def decode_frame(
-    frame: bytes, limits: dict[str, int]
-) -> Optional[tuple[list[StreamMessage], list[Any]]]:
-    """A frame's messages and what each decodes to (a Publish, a NameValue,
-    None for a tick, or the InvalidInput it raised); None for an idle frame.
-    Raises ValueError for a frame that is not one."""
+def load_frame(frame: bytes) -> Optional[list[tuple[Any, ...]]]:
+    """A frame's entries, checked for shape (None: an idle frame). Raises
+    ValueError for a frame that is not one. Cheap: the tables are made
+    from the entries later, a piece at a time (:func:`messages_of`)."""
     try:
         parsed = marshal.loads(frame)
-    except (EOFError, TypeError) as e:
+    except (EOFError, TypeError, ValueError) as e:
         raise ValueError(f"not a reader frame: {e}") from None
     if parsed == (IDLE,):
         return None
-    if not (isinstance(parsed, tuple) and len(parsed) == 2 and parsed[0] == BATCH):
+    if not (
+        isinstance(parsed, tuple)
+        and len(parsed) == 2
+        and parsed[0] == BATCH
+        and isinstance(parsed[1], list)
+    ):
         raise ValueError("not a reader frame")
+    entries: list[tuple[Any, ...]] = parsed[1]
+    for entry in entries:
+        if not (
+            isinstance(entry, tuple)
+            and len(entry) == 8
+            and type(entry[0]) is int
+            and type(entry[1]) is int
+            and type(entry[2]) is int
+            and type(entry[3]) is str
+            and type(entry[6]) is bytes
+            and (entry[7] is None or isinstance(entry[7], dict))
+        ):
+            raise ValueError(f"not a reader entry: {str(entry)[:80]}")
+    return entries
+
+
+def messages_of(
+    entries: Sequence[tuple[Any, ...]], limits: dict[str, int]
+) -> tuple[list[StreamMessage], list[Any]]:
+    """The messages of checked entries and what each decodes to (a Publish,
+    a NameValue, None for a tick, or the InvalidInput it raised). Never
+    raises: an entry whose payload is not what its kind says is refused
+    like bad input."""
     msgs: list[StreamMessage] = []
     decoded: list[Any] = []
-    for seq, ts_ns, pending, subject, kind, payload, data, headers in parsed[1]:
+    for seq, ts_ns, pending, subject, kind, payload, data, headers in entries:
         m = StreamMessage(subject, data, headers, seq, ts_ns, pending)
         msgs.append(m)
-        if kind == PUBLISH:
-            name, names, types, rows, checked, identity, persist, static, update, keys = payload
-            decoded.append(
-                Publish(
-                    Table(name, names, types, rows, checked),
-                    PublishOptions(identity, persist, static, update, keys),
+        try:
+            if kind == PUBLISH:
+                name, names, types, rows, checked, identity, persist, static, update, keys = payload
+                decoded.append(
+                    Publish(
+                        Table(name, names, types, rows, checked),
+                        PublishOptions(identity, persist, static, update, keys),
+                    )
                 )
-            )
-        elif kind == NAME_VALUE:
-            decoded.append(NameValue(*payload))
-        elif kind == REFUSED:
-            decoded.append(InvalidInput(payload))
-        elif kind == UNDECODED:
-            try:
-                decoded.append(decode(m, limits))
-            except InvalidInput as e:
-                decoded.append(e)
-        else:
-            decoded.append(None)
+            elif kind == NAME_VALUE:
+                decoded.append(NameValue(*payload))
+            elif kind == REFUSED:
+                decoded.append(InvalidInput(str(payload)))
+            elif kind == UNDECODED:
+                try:
+                    decoded.append(decode(m, limits))
+                except InvalidInput as e:
+                    decoded.append(e)
+            elif kind == TICK:
+                decoded.append(None)
+            else:
+                raise ValueError(f"kind {kind!r}")
+        except (TypeError, ValueError) as e:
+            decoded.append(InvalidInput(f"the reader process handed over a broken entry: {e}"))
     return msgs, decoded
+
+
+def decode_frame(
+    frame: bytes, limits: dict[str, int]
+) -> Optional[tuple[list[StreamMessage], list[Any]]]:
+    """:func:`load_frame` then :func:`messages_of` (None: an idle frame)."""
+    entries = load_frame(frame)
+    return None if entries is None else messages_of(entries, limits)
 
 
 # ---------------------------------------------------------------- the process

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -55,7 +56,7 @@ from qasino.nats.messages import (
     original_of,
     subject_for,
 )
-from qasino.nats.reader import decode_frame
+from qasino.nats.reader import load_frame, messages_of
 from qasino.ops import Dispatcher, encode_json
 from qasino.store.store import SnapshotInfo
 from qasino.workers import Backoff, FrameReader
@@ -74,6 +75,8 @@ CAUGHT_UP_S = 2.0
 # reader process, a writer thread would only fight the reactor for the GIL
 # (executemany lets go of it around every row; docs/scaling.md).
 APPLY_CHUNK_CELLS = 10_000
+# Entries of a reader frame turned into tables per reactor turn.
+FEED_ENTRIES = 250
 # Consumer names a reader process may use before the next one's (durable-N).
 READER_CONSUMERS = 1000
 # How long a stopping server waits for its reader process before SIGKILL.
@@ -212,6 +215,10 @@ class NatsService(Service):
         self._reader_starts = 0
         self._reader_backoff = Backoff()
         self._stopping = False
+        # Frames of the reader not yet handed to the engine, and the call
+        # that hands over the next piece.
+        self._frames: deque[tuple[ReaderProcess, list[tuple[Any, ...]]]] = deque()
+        self._feeding: Optional[Any] = None
         self.kept: set[str] = set()  # persist subjects with a copy in QASINO_KEEP
         dispatcher.forwarder = self
         engine.on_generation(self._gensig)
@@ -230,6 +237,10 @@ class NatsService(Service):
         self._stopping = True
         if self._ticks.running:
             self._ticks.stop()
+        if self._feeding is not None and self._feeding.active():
+            self._feeding.cancel()
+        self._feeding = None
+        self._frames.clear()
         reader, self._reader = self._reader, None
         if self._stop is not None:
             self.bridge.loop.call_soon_threadsafe(self._stop.set)
@@ -407,33 +418,52 @@ class NatsService(Service):
     def reader_frame(self, reader: ReaderProcess, frame: bytes) -> None:
         """One frame from the reader process (reactor thread)."""
         try:
-            batch = decode_frame(frame, self.dispatcher.limits)
+            entries = load_frame(frame)
         except ValueError as e:
             log.error("NATS reader process sent garbage ({error}); stopping it", error=e)
             reader.drop()
             return
-        if batch is None:  # it found nothing more to read
+        if entries is None:  # it found nothing more to read
             if not self.caught_up and not self._handed:
                 self._caught_up()
             return
-        msgs, decoded = batch
-        if not msgs:
+        if not entries:
             reader.credit()
             return
-        self._next_seq = msgs[-1].seq + 1
+        self._next_seq = entries[-1][0] + 1
         self._handed += 1
+        self._frames.append((reader, entries))
+        if self._feeding is None:
+            self._feeding = self.reactor.callLater(0, self._feed)
+
+    def _feed(self) -> None:
+        """Make the tables of the next piece of the oldest frame and hand
+        them to the engine; one piece per reactor turn, so that a 2,000-table
+        batch does not hold the reactor while it is turned into objects."""
+        self._feeding = None
+        if not self._frames:
+            return
+        reader, entries = self._frames[0]
+        piece, rest = entries[:FEED_ENTRIES], entries[FEED_ENTRIES:]
+        msgs, decoded = messages_of(piece, self.dispatcher.limits)
         d = maybeDeferred(self.apply_batch, msgs, True, decoded)
         d.addErrback(lambda f: log.failure("applying a NATS batch failed", f))
-        # Caught up: nothing left to deliver, or (the pending count lags
-        # behind while ticks keep coming) the last message is recent.
-        if msgs[-1].pending == 0 or self.reactor.seconds() - msgs[-1].ts < CAUGHT_UP_S:
-            d.addBoth(lambda _: self._caught_up())
+        if rest:
+            self._frames[0] = (reader, rest)
+        else:
+            self._frames.popleft()
+            # Caught up: nothing left to deliver, or (the pending count lags
+            # behind while ticks keep coming) the last message is recent.
+            if msgs[-1].pending == 0 or self.reactor.seconds() - msgs[-1].ts < CAUGHT_UP_S:
+                d.addBoth(lambda _: self._caught_up())
 
-        def applied(_: object) -> None:
-            self._handed -= 1
-            reader.credit()
+            def applied(_: object) -> None:
+                self._handed -= 1
+                reader.credit()
 
-        d.addBoth(applied)
+            d.addBoth(applied)
+        if self._frames:
+            self._feeding = self.reactor.callLater(0, self._feed)
 
     def reader_ended(self, reader: ReaderProcess, why: str) -> None:
         if self._reader is reader:

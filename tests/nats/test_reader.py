@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from typing import Any
 
 import nats
@@ -18,6 +19,7 @@ from qasino.core.errors import InvalidInput
 from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFAULT_MAX_ROWS
 from qasino.engine import Engine
 from qasino.nats import reader
+from qasino.nats import service as service_module
 from qasino.nats.bridge import NatsBridge
 from qasino.nats.messages import (
     CSV_TYPE,
@@ -186,6 +188,62 @@ def test_batches_are_applied_in_order_with_one_credit_each(
     assert nats_service._next_seq == 4
     rows = store.query("SELECT host, n FROM t ORDER BY n", use_write_db=True).rows
     assert [tuple(r) for r in rows] == [("h1", 1), ("h2", 2), ("h3", 3)]
+
+
+def test_a_frame_is_fed_a_piece_per_turn_and_credited_once_all_is_applied(
+    nats_service: NatsService, store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "FEED_ENTRIES", 2)
+    proc, transport = attached(nats_service)
+    msgs = [
+        msg(s, publish_body(f"h{s}", [[f"h{s}", s]]), f"qasino.publish.h{s}") for s in range(1, 6)
+    ]
+    feeds: list[int] = []
+    real_feed = nats_service._feed
+
+    def feed() -> None:
+        feeds.append(len(nats_service._frames[0][1]) if nats_service._frames else 0)
+        real_feed()
+
+    nats_service._feed = feed  # type: ignore[method-assign]
+    proc.childDataReceived(1, reader.encode_batch(msgs, LIMITS))
+    assert feeds == [] and transport.written == b"", "nothing in the turn the frame came in"
+    clock.advance(0)
+    assert feeds == [5, 3, 1], "two entries a turn"
+    assert transport.written == b"\x01"
+    rows = store.query("SELECT n FROM t ORDER BY rowid", use_write_db=True).rows
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
+    assert nats_service._frames == deque() and nats_service._handed == 0
+
+
+def test_an_entry_with_a_broken_payload_is_refused_and_the_rest_applied(
+    nats_service: NatsService, store: Store, clock: Clock
+) -> None:
+    import marshal
+
+    good = reader.encode_batch([msg(2, publish_body("h2", [["h2", 2]]))], LIMITS)
+    entry = marshal.loads(frame_body(good))[1][0]
+    broken = (1, entry[1], 0, "qasino.publish.h1", reader.PUBLISH, ("t", 5), b"", None)
+    body = marshal.dumps((reader.BATCH, [broken, entry]))
+    proc, transport = attached(nats_service)
+    proc.childDataReceived(1, reader._LEN.pack(len(body)) + body)
+    clock.advance(0)
+    assert transport.written == b"\x01"
+    assert store.counters.peek()["update_errors"] == 1  # counted as a refused publish
+    rows = store.query("SELECT host FROM t", use_write_db=True).rows
+    assert [r[0] for r in rows] == ["h2"]
+
+
+def test_an_entry_of_the_wrong_shape_is_garbage() -> None:
+    import marshal
+
+    for entry in [
+        (1, 2, 3),
+        ("1", 0, 0, "s", 0, None, b"", None),
+        (1, 0, 0, "s", 0, None, "x", None),
+    ]:
+        with pytest.raises(ValueError):
+            reader.load_frame(marshal.dumps((reader.BATCH, [entry])))
 
 
 def test_an_idle_frame_says_caught_up_once_nothing_is_waiting(
