@@ -55,7 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qasino.core.errors import InvalidInput
-from qasino.core.model import Publish, PublishOptions, Table
+from qasino.core.model import Publish, publish_fields, publish_from_fields
 from qasino.core.render import error_shape
 from qasino.core.tables import parse_json_publish
 from qasino.frontends.fastpath import HAND_OFF, ApiFastFactory, query_string_args
@@ -131,30 +131,11 @@ def encode_publish(publish: Publish) -> bytes:
     """A checked publish as marshal bytes: the worker sends its table as
     decoded (lists of plain cells), so the store process decodes it with one
     C call and runs no JSON decoding or checks of its own."""
-    t, o = publish.table, publish.options
-    fields: Any = (  # cells are plain JSON values (``marshal`` refuses others)
-        t.tablename,
-        t.column_names,
-        t.column_types,
-        t.rows,
-        t.cells_checked,
-        o.identity,
-        o.persist,
-        o.static,
-        o.update,
-        o.keycols,
-    )
-    return marshal.dumps(fields)
+    return marshal.dumps(publish_fields(publish))  # cells are plain JSON values
 
 
 def decode_publish(data: bytes) -> Publish:
-    name, names, types, rows, checked, identity, persist, static, update, keycols = marshal.loads(
-        data
-    )
-    return Publish(
-        Table(name, names, types, rows, checked),
-        PublishOptions(identity, persist, static, update, keycols),
-    )
+    return publish_from_fields(marshal.loads(data))
 
 
 def pack_reply(seq: int, status: bytes, body: bytes) -> bytes:

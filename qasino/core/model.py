@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 Cell = Union[int, float, str, None]
 
@@ -46,6 +46,34 @@ class PublishOptions:
 class Publish:
     table: Table
     options: PublishOptions
+
+
+def publish_fields(publish: Publish) -> tuple[Any, ...]:
+    """A publish as a flat tuple of plain values (for ``marshal`` between
+    processes: the --workers channel and the NATS reader's pipe)."""
+    t, o = publish.table, publish.options
+    return (
+        t.tablename,
+        t.column_names,
+        t.column_types,
+        t.rows,
+        t.cells_checked,
+        o.identity,
+        o.persist,
+        o.static,
+        o.update,
+        o.keycols,
+    )
+
+
+def publish_from_fields(fields: Sequence[Any]) -> Publish:
+    """The publish :func:`publish_fields` made ``fields`` of; raises
+    ValueError or TypeError for a tuple that is not one."""
+    name, names, types, rows, checked, identity, persist, static, update, keycols = fields
+    return Publish(
+        Table(name, names, types, rows, checked),
+        PublishOptions(identity, persist, static, update, keycols),
+    )
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from qasino.core.errors import InvalidInput
-from qasino.core.model import Publish, PublishOptions, Table
+from qasino.core.model import Publish, publish_fields, publish_from_fields
 from qasino.nats.messages import TICK_SUBJECT, NameValue, StreamMessage, decode
 
 FETCH_BATCH = 2000
@@ -81,21 +81,9 @@ def _entry(m: StreamMessage, limits: dict[str, int]) -> tuple[Any, ...]:
     except InvalidInput as e:
         return (*head, REFUSED, e.message, b"", None)
     if isinstance(decoded, Publish):
-        t, o = decoded.table, decoded.options
-        payload: tuple[Any, ...] = (
-            t.tablename,
-            t.column_names,
-            t.column_types,
-            t.rows,
-            t.cells_checked,
-            o.identity,
-            o.persist,
-            o.static,
-            o.update,
-            o.keycols,
-        )
-        keep = o.persist or o.static
-        return (*head, PUBLISH, payload, m.data if keep else b"", m.headers if keep else None)
+        keep = decoded.options.persist or decoded.options.static
+        fields = publish_fields(decoded)
+        return (*head, PUBLISH, fields, m.data if keep else b"", m.headers if keep else None)
     if isinstance(decoded, NameValue):
         payload = (decoded.tablename, decoded.column, decoded.value, decoded.identity)
         return (*head, NAME_VALUE, payload, m.data, m.headers)
@@ -174,13 +162,7 @@ def messages_of(
         msgs.append(m)
         try:
             if kind == PUBLISH:
-                name, names, types, rows, checked, identity, persist, static, update, keys = payload
-                decoded.append(
-                    Publish(
-                        Table(name, names, types, rows, checked),
-                        PublishOptions(identity, persist, static, update, keys),
-                    )
-                )
+                decoded.append(publish_from_fields(payload))
             elif kind == NAME_VALUE:
                 decoded.append(NameValue(*payload))
             elif kind == REFUSED:
