@@ -3,8 +3,8 @@
 Is a NATS consumer process worth building? This measures the design on
 paper in docs/scaling.md before it is built: one process reads the pull
 consumer (qasino's ``PullReader``) and decodes and checks every message
-(``qasino.nats.messages.decode``); it sends each batch as one ``marshal``
-frame over a pipe to a second process, which applies the batches with
+(``qasino.nats.messages.decode``); it sends each batch as one frame, as
+the server's reader process does, over a pipe to a second process, which applies the batches with
 ``Store.write_batch`` as the server does (no reactor, no engine). On a real
 3-node ``nats-server`` cluster on loopback, filled as ``bench.nats_ingest``
 fills it (10-row tables, many identities).
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import marshal
 import os
 import shutil
 import struct
@@ -40,55 +39,39 @@ from pathlib import Path
 from typing import Any
 
 from bench.nats_ingest import TARGET_TABLES_PER_S, cpu_seconds, fill
+from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFAULT_MAX_ROWS
 
 _LEN = struct.Struct("!I")
 BATCH = 2000
+LIMITS = {
+    "max_rows": DEFAULT_MAX_ROWS,
+    "max_columns": DEFAULT_MAX_COLUMNS,
+    "max_cell_bytes": DEFAULT_MAX_CELL_BYTES,
+}
 
 
 def reader_main(url: str, durable: str, n: int) -> int:
-    """The reading process: fetch, decode, send one frame per batch on stdout."""
-    from qasino.core.errors import InvalidInput
-    from qasino.core.model import Publish
-    from qasino.core.tables import DEFAULT_MAX_CELL_BYTES, DEFAULT_MAX_COLUMNS, DEFAULT_MAX_ROWS
-    from qasino.nats.bridge import NatsBridge, PullReader
-    from qasino.nats.messages import STREAM, StreamMessage, decode, parse_ack_reply
+    """The reading process: fetch, decode, send one frame per batch on stdout
+    (the server's reader frames, ``qasino.nats.reader.encode_batch``)."""
+    import nats
 
-    limits = {
-        "max_rows": DEFAULT_MAX_ROWS,
-        "max_columns": DEFAULT_MAX_COLUMNS,
-        "max_cell_bytes": DEFAULT_MAX_CELL_BYTES,
-    }
+    from qasino.nats.bridge import NatsBridge, PullReader
+    from qasino.nats.messages import STREAM
+    from qasino.nats.reader import encode_batch
+
     out = os.fdopen(sys.stdout.fileno(), "wb", buffering=0)
 
     async def run() -> None:
-        bridge = NatsBridge(None, url.split(","), "bench-reader")
-        import nats
-
+        bridge = NatsBridge(None, url.split(","), "bench-reader", own_loop=False)
         nc = await nats.connect(servers=bridge.servers)
         bridge.nc, bridge.js = nc, nc.jetstream()
         reader: PullReader = await bridge.consumer(STREAM, durable, None)
         sent = 0
         while sent < n:
-            batch: list[Any] = []
-            for m in await reader.fetch(BATCH, 0.5):
-                parsed = parse_ack_reply(m.reply or "")
-                assert parsed is not None, m.reply
-                seq, ts_ns, pending = parsed
-                msg = StreamMessage(m.subject, m.data, m.headers, seq, ts_ns, pending)
-                try:
-                    p = decode(msg, limits)
-                except InvalidInput as e:
-                    batch.append((seq, ts_ns, e.message))
-                    continue
-                assert isinstance(p, Publish), p  # the stream holds only tables here
-                t, o = p.table, p.options
-                fields = (t.tablename, t.column_names, t.column_types, t.rows, t.cells_checked)
-                options = (o.identity, o.persist, o.static, o.update, o.keycols)
-                batch.append((seq, ts_ns, fields + options))
-            if batch:
-                frame = marshal.dumps(batch)
-                out.write(_LEN.pack(len(frame)) + frame)
-                sent += len(batch)
+            msgs = await bridge.fetch(reader, BATCH, 0.5)
+            if msgs:
+                out.write(encode_batch(msgs, LIMITS))
+                sent += len(msgs)
         await nc.close()
 
     asyncio.run(run())
@@ -103,7 +86,8 @@ def read_exactly(stream: Any, n: int) -> bytes:
 
 
 def one_round(url: str, n: int, durable: str, nats_pids: list[int], work: Path) -> dict[str, Any]:
-    from qasino.core.model import Publish, PublishOptions, Table
+    from qasino.core.model import Publish
+    from qasino.nats.reader import load_frame, messages_of
     from qasino.store.store import Store, StoreConfig
 
     store = Store(StoreConfig(db_dir=str(work / durable), generation_duration_s=600), now=1.7e9)
@@ -119,17 +103,14 @@ def one_round(url: str, n: int, durable: str, nats_pids: list[int], work: Path) 
     try:
         while applied + refused < n:
             (size,) = _LEN.unpack(read_exactly(reader.stdout, _LEN.size))
+            entries = load_frame(read_exactly(reader.stdout, size))
+            assert entries is not None  # this reader sends no idle frames
             calls = []
-            for _seq, ts_ns, item in marshal.loads(read_exactly(reader.stdout, size)):
-                if isinstance(item, str):
+            for m, decoded in zip(*messages_of(entries, LIMITS)):
+                if not isinstance(decoded, Publish):  # refused: bad input
                     refused += 1
                     continue
-                name, names, types, rows, checked, identity, persist, static, update, keys = item
-                publish = Publish(
-                    Table(name, names, types, rows, checked),
-                    PublishOptions(identity, persist, static, update, keys),
-                )
-                calls.append((store.publish, (publish, ts_ns / 1e9)))
+                calls.append((store.publish, (decoded, m.ts)))
             errors = store.write_batch(calls)
             applied += sum(1 for e in errors if e is None)
             refused += sum(1 for e in errors if e is not None)

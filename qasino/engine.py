@@ -339,7 +339,9 @@ class Engine:
 
         done.addBoth(answer)
 
-    def _write(self, inline: bool, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+    def _write(
+        self, inline: bool, fn: Callable[..., T], *args: Any, now_ok: bool = True
+    ) -> Deferred[T]:
         """Run a writer method in order with every other write.
 
         Why not always on the writer thread: apsw lets go of the GIL around
@@ -353,7 +355,7 @@ class Engine:
         """
         if self._group:
             self._flush_group()
-        return self._enqueue(inline, fn, *args)
+        return self._enqueue(inline, fn, *args, now_ok=now_ok)
 
     def _enqueue(
         self, inline: bool, fn: Callable[..., T], *args: Any, now_ok: bool = True
@@ -408,9 +410,7 @@ class Engine:
         ``in_turns``: always through the queue, so that many such batches
         in a row (a NATS catch-up) are written ``inline_slice_s`` at a time
         and the reactor serves queries between them."""
-        if self._group:
-            self._flush_group()
-        return self._enqueue(
+        return self._write(
             cells <= self.inline_max_cells, self.store.write_batch, calls, now_ok=not in_turns
         )
 

@@ -181,14 +181,6 @@ def messages_of(
     return msgs, decoded
 
 
-def decode_frame(
-    frame: bytes, limits: dict[str, int]
-) -> Optional[tuple[list[StreamMessage], list[Any]]]:
-    """:func:`load_frame` then :func:`messages_of` (None: an idle frame)."""
-    entries = load_frame(frame)
-    return None if entries is None else messages_of(entries, limits)
-
-
 # ---------------------------------------------------------------- the process
 
 

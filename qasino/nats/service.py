@@ -707,13 +707,6 @@ def _message(failure: Failure) -> str:
     return str(getattr(failure.value, "message", None) or failure.getErrorMessage())
 
 
-def _decode_or_error(m: StreamMessage, limits: dict[str, int]) -> Any:
-    try:
-        return decode(m, limits)
-    except InvalidInput as e:
-        return e
-
-
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
