@@ -56,6 +56,14 @@ HEARTBEAT_STATUS = "100"
 EXPIRES_GRACE_S = 0.2
 
 
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less if ``stop`` is set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
 class PullReader:
     """Reads a pull consumer through one callback subscription.
 

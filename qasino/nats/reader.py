@@ -234,7 +234,7 @@ def widen_pipe(fd: int) -> None:
 
 
 async def read_stream(args: argparse.Namespace) -> int:
-    from qasino.nats.bridge import NatsBridge
+    from qasino.nats.bridge import NatsBridge, sleep_unless_stopped
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -265,7 +265,7 @@ async def read_stream(args: argparse.Namespace) -> int:
     while not stop.is_set():
         if not bridge.nc.is_connected:
             # nats-py is reconnecting (logged once): wait for it quietly.
-            await _sleep(stop, 0.5)
+            await sleep_unless_stopped(stop, 0.5)
             last_message = time.monotonic()
             continue
         try:
@@ -304,15 +304,8 @@ async def read_stream(args: argparse.Namespace) -> int:
         except Exception as e:  # noqa: BLE001 - retried
             say("warn", f"NATS consumer: {e!r}; retrying")
             sub = None
-            await _sleep(stop, 0.5)
+            await sleep_unless_stopped(stop, 0.5)
     return 0
-
-
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except asyncio.TimeoutError:
-        pass
 
 
 def reader_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:

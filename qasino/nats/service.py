@@ -40,7 +40,7 @@ from qasino.core.errors import InvalidInput, PublishRejected, QasinoError
 from qasino.core.model import Publish
 from qasino.core.stream_time import StreamTimeline, check_duration
 from qasino.engine import Engine, publish_cells
-from qasino.nats.bridge import NatsBridge
+from qasino.nats.bridge import NatsBridge, sleep_unless_stopped
 from qasino.nats.messages import (
     CSV_TYPE,
     GENSIG_SUBJECT,
@@ -313,14 +313,14 @@ class NatsService(Service):
                 break
             except Exception as e:  # noqa: BLE001 - retried
                 self.bridge._state(False, f"cannot create stream {self.stream}: {e!r}")
-                await _sleep(stop, 1.0)
+                await sleep_unless_stopped(stop, 1.0)
         while not stop.is_set():
             try:
                 await self._restore_kept()
                 break
             except Exception as e:  # noqa: BLE001 - retried
                 self.bridge._state(False, f"cannot read stream {KEEP_STREAM}: {e!r}")
-                await _sleep(stop, 1.0)
+                await sleep_unless_stopped(stop, 1.0)
         if stop.is_set():
             return
         # Up again if a failure above said otherwise.
@@ -710,10 +710,3 @@ def _message(failure: Failure) -> str:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except asyncio.TimeoutError:
-        pass
