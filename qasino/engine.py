@@ -21,16 +21,15 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from qasino.core.errors import QasinoError
 from qasino.core.model import Publish, Result, ViewDef
 from qasino.core.views import load_views_file
 from qasino.store.query import RowStream
 from qasino.store.store import SnapshotInfo, Store
+from qasino.threads import CallThreads
 
 log = Logger(namespace="qasino.engine")
 
@@ -71,17 +70,11 @@ BACKGROUND_NICE = int(os.environ.get("QASINO_BACKGROUND_NICE", "10"))
 
 def _lower_thread_priority() -> None:
     """Renice the calling thread (Linux: a thread is a task with its own
-    nice value); best effort, once per thread."""
-    if getattr(_thread_state, "niced", False):
-        return
-    _thread_state.niced = True
+    nice value); best effort."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
     except (OSError, AttributeError):
         pass
-
-
-_thread_state = threading.local()
 
 
 class ThreadRunner:
@@ -90,26 +83,24 @@ class ThreadRunner:
 
     def __init__(self, reactor: IReactorThreads, readers: int = 4, background: int = 2) -> None:
         self.reactor = reactor
-        self.writer = ThreadPool(minthreads=1, maxthreads=1, name="qasino-writer")
-        self.reader = ThreadPool(minthreads=1, maxthreads=readers, name="qasino-reader")
-        self.background = ThreadPool(
-            minthreads=0, maxthreads=max(1, background), name="qasino-background-reader"
+        self.writer = CallThreads(reactor, "qasino-writer", 1, minthreads=1)
+        self.reader = CallThreads(reactor, "qasino-reader", readers, minthreads=1)
+        self.background = CallThreads(
+            reactor,
+            "qasino-background-reader",
+            max(1, background),
+            on_thread_start=_lower_thread_priority,
         )
 
     def read_background(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """A read on a background reader thread (lower CPU priority)."""
-
-        def job() -> T:
-            _lower_thread_priority()
-            return fn(*args)
-
-        return deferToThreadPool(self.reactor, self.background, job)
+        return self.background.call(fn, *args)
 
     def write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
-        return deferToThreadPool(self.reactor, self.writer, fn, *args)
+        return self.writer.call(fn, *args)
 
     def read(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
-        return deferToThreadPool(self.reactor, self.reader, fn, *args)
+        return self.reader.call(fn, *args)
 
     def start(self) -> None:
         self.writer.start()
@@ -117,7 +108,7 @@ class ThreadRunner:
         self.background.start()
 
     def stop(self) -> None:
-        # ThreadPool.stop lets queued work finish before the threads exit.
+        # Each pool lets its queued calls finish before its threads exit.
         self.writer.stop()
         self.reader.stop()
         self.background.stop()

@@ -21,7 +21,6 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python.threadpool import ThreadPool
 from zope.interface import alsoProvides
 
 from qasino.alerting import AlertEvaluator, AlertsSource
@@ -46,6 +45,7 @@ from qasino.ops import Dispatcher
 from qasino.store.lock import DataDirLock
 from qasino.store.query import QueryLimits
 from qasino.store.store import Store, StoreConfig
+from qasino.threads import CallThreads
 from qasino.workers import WorkerPool
 
 if TYPE_CHECKING:  # only for the annotation: nothing NATS is imported at run time
@@ -251,8 +251,8 @@ class TCPListenService(Service):
 class ThreadPoolService(Service):
     """A thread pool started and stopped with the server."""
 
-    def __init__(self, name: str, maxthreads: int) -> None:
-        self.pool = ThreadPool(minthreads=0, maxthreads=maxthreads, name=name)
+    def __init__(self, reactor: Any, name: str, maxthreads: int) -> None:
+        self.pool = CallThreads(reactor, name, maxthreads)
 
     def startService(self) -> None:
         self.pool.start()
@@ -518,7 +518,7 @@ class QasinoServer(MultiService):
         )
         install_ops_pages(site.resource, self.metrics)
         if config.htpasswd_file:
-            pool = ThreadPoolService("qasino-auth", maxthreads=2)
+            pool = ThreadPoolService(reactor, "qasino-auth", maxthreads=2)
             pool.setServiceParent(self)
             self.htpasswd = HtpasswdStore(config.htpasswd_file)
             checker = HtpasswdChecker(self.htpasswd, reactor, pool.pool)

@@ -26,12 +26,12 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 from twisted.web.guard import BasicCredentialFactory, HTTPAuthSessionWrapper
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
+
+from qasino.threads import CallThreads
 
 log = Logger(namespace="qasino.https")
 
@@ -169,7 +169,7 @@ class HtpasswdStore:
 class HtpasswdChecker:
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, store: HtpasswdStore, reactor: Any, pool: ThreadPool) -> None:
+    def __init__(self, store: HtpasswdStore, reactor: Any, pool: CallThreads) -> None:
         self.store = store
         self.reactor = reactor
         self.pool = pool
@@ -184,7 +184,7 @@ class HtpasswdChecker:
                 raise error.UnauthorizedLogin("bad user name or password")
             return bytes(creds.username)
 
-        d = deferToThreadPool(self.reactor, self.pool, self.store.check, username, password)
+        d = self.pool.call(self.store.check, username, password)
         result: Deferred[bytes | tuple[()]] = d.addCallback(verdict)
         return result
 

@@ -171,7 +171,7 @@ def messages_of(
                 try:
                     decoded.append(decode(m, limits))
                 except InvalidInput as e:
-                    decoded.append(e)
+                    decoded.append(e.with_traceback(None))  # no cycle through the frame
             elif kind == TICK:
                 decoded.append(None)
             else:

@@ -58,6 +58,7 @@ from qasino.core.identifiers import (
 from qasino.core.model import Publish, PublishOptions, Result, Table, ViewDef
 from qasino.core.persist import PersistRegistry
 from qasino.core.tables import explain_cells
+from qasino.proc import young_collections_paused
 from qasino.store import history, journal
 from qasino.store.internal import (
     GenerationReport,
@@ -931,7 +932,10 @@ class Store:
                     try:
                         fn(*args)
                     except QasinoError as e:
-                        errors.append(e)
+                        # Kept as a value: without its traceback, whose frames
+                        # would hold ``errors`` and so make a cycle that only
+                        # the cyclic collector frees.
+                        errors.append(e.with_traceback(None))
                     else:
                         errors.append(None)
         except apsw.Error as e:
@@ -983,7 +987,7 @@ class Store:
         try:
             self.publish(item[0], now, item[1])
         except QasinoError as e:
-            return e
+            return e.with_traceback(None)  # a value: see write_batch
         return None
 
     def _commit_group(
@@ -1046,14 +1050,17 @@ class Store:
             log.warn("{what}", what=renewed)
         self._heal_static()
         gen = self._heal_writer(self._writer, now)
-        try:
-            return self._rotate(gen, now, next_number)
-        except (QasinoError, apsw.Error) as e:
-            if not self._is_broken(gen, e):
-                raise  # disk full, read-only, ...: keep the generation, retry later
-            reason = e.message if isinstance(e, QasinoError) else sqlite_message(e)
-            fresh = self._replace_broken_writer(gen, now, reason)
-        return self._rotate(fresh, now, next_number)
+        # The per-identity bookkeeping makes and drops a few containers per
+        # identity: no young collection in the middle of it.
+        with young_collections_paused():
+            try:
+                return self._rotate(gen, now, next_number)
+            except (QasinoError, apsw.Error) as e:
+                if not self._is_broken(gen, e):
+                    raise  # disk full, read-only, ...: keep the generation, retry later
+                reason = e.message if isinstance(e, QasinoError) else sqlite_message(e)
+                fresh = self._replace_broken_writer(gen, now, reason)
+            return self._rotate(fresh, now, next_number)
 
     def _rotate(
         self, gen: WriterGeneration, now: float, next_number: Optional[int] = None
@@ -1711,7 +1718,7 @@ def _refused_cell(error: BaseException, table: Table) -> InvalidInput:
         try:
             explain_cells(table)
         except InvalidInput as e:
-            return e
+            return e.with_traceback(None)
     return InvalidInput(f"a cell cannot be stored: {error}")
 
 

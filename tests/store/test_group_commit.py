@@ -237,3 +237,38 @@ def test_a_group_whose_commit_meets_a_full_disk_fails_whole_and_can_be_sent_agai
     assert rows(store, "SELECT host FROM t29", use_write_db=True) == [("c29",)]
     store.rotate(NOW + 30)
     assert rows(store, "SELECT count(*) FROM cpu") == [(2,)]
+
+
+@pytest.fixture
+def no_cyclic_gc() -> Iterator[None]:
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def test_refused_publishes_leave_nothing_for_the_cyclic_collector(
+    store: Store, no_cyclic_gc: None
+) -> None:
+    """A refusal is handed back as a value without its traceback: with it,
+    its frames held the list of errors that held it, and every refused
+    publish kept its whole group (rows and all) alive until a collection
+    that stalled every thread."""
+    import gc
+
+    store.publish_group(items(cpu("a"), cpu("b")), NOW + 1)
+    gc.collect()  # what the first publishes of the generation leave (caches)
+    errors = store.publish_group(items(cpu("a"), cpu("c"), cpu("b")), NOW + 2)
+    assert [type(e).__name__ for e in errors] == ["PublishRejected", "NoneType", "PublishRejected"]
+    for round_ in range(3):
+        errors = store.publish_group(items(cpu("a"), cpu("c"), cpu("b")), NOW + 3 + round_)
+        assert [type(e) for e in errors] == [PublishRejected] * 3
+        assert all(e is not None and e.__traceback__ is None for e in errors)
+    batch = store.write_batch([(store.publish, (cpu("a"), NOW + 9))])
+    assert isinstance(batch[0], PublishRejected) and batch[0].__traceback__ is None
+    del errors, batch
+    assert gc.collect() == 0
