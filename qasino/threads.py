@@ -5,9 +5,10 @@ Twisted's ``deferToThreadPool`` makes a reference cycle per call (its
 slow publish left four objects only the cyclic garbage collector frees.
 At a query loop's rate they triggered a young collection every few
 seconds, and each one held the GIL for 15-70 ms: a stall of every thread
-(docs/performance.md, "Garbage collection"). :class:`CallThreads` does the
-same job with no cycle, so what a call allocates is freed by reference
-counting as soon as its Deferred has fired.
+(docs/performance.md, "Garbage collection and the GIL").
+:class:`CallThreads` does the same job with no cycle, so what a call
+allocates is freed by reference counting as soon as its Deferred has
+fired.
 """
 
 from __future__ import annotations
