@@ -3,6 +3,7 @@ engine that runs store calls at once (SyncRunner) and a fake clock."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,3 +65,15 @@ def logged_failures() -> Iterator[list[dict[str, Any]]]:
     globalLogPublisher.addObserver(observer)
     yield events
     globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
+def no_cyclic_gc() -> Iterator[None]:
+    """The cyclic collector collected now and then off, so a test's
+    ``gc.collect()`` counts only the cyclic garbage it made itself."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -195,7 +195,7 @@ def test_each_thread_runs_the_start_hook_once(reactor: FakeReactor) -> None:
 
 
 def test_calls_leave_nothing_for_the_cyclic_collector(
-    reactor: FakeReactor, pool: CallThreads
+    reactor: FakeReactor, pool: CallThreads, no_cyclic_gc: None
 ) -> None:
     """What a call allocates goes with reference counting: Twisted's
     deferToThreadPool left four objects in a cycle per call, and the young
@@ -207,18 +207,13 @@ def test_calls_leave_nothing_for_the_cyclic_collector(
     def boom() -> None:
         raise KeyError("x")
 
-    gc.collect()
-    gc.disable()
-    try:
-        out: list[Any] = []
-        for i in range(300):
-            d = pool.call(Payload) if i % 10 else pool.call(boom)
-            d.addErrback(lambda f: f.trap(KeyError))
-            d.addBoth(lambda r: out.append(type(r).__name__))
-            del d
-        reactor.run_until(lambda: len(out) == 300)
-        assert out.count("Payload") == 270
-        out.clear()
-        assert gc.collect() == 0
-    finally:
-        gc.enable()
+    out: list[Any] = []
+    for i in range(300):
+        d = pool.call(Payload) if i % 10 else pool.call(boom)
+        d.addErrback(lambda f: f.trap(KeyError))
+        d.addBoth(lambda r: out.append(type(r).__name__))
+        del d
+    reactor.run_until(lambda: len(out) == 300)
+    assert out.count("Payload") == 270
+    out.clear()
+    assert gc.collect() == 0

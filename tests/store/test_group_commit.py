@@ -239,18 +239,6 @@ def test_a_group_whose_commit_meets_a_full_disk_fails_whole_and_can_be_sent_agai
     assert rows(store, "SELECT count(*) FROM cpu") == [(2,)]
 
 
-@pytest.fixture
-def no_cyclic_gc() -> Iterator[None]:
-    import gc
-
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 def test_refused_publishes_leave_nothing_for_the_cyclic_collector(
     store: Store, no_cyclic_gc: None
 ) -> None:
